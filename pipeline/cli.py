@@ -1,0 +1,189 @@
+"""The `sftbeam` command line.
+
+  sftbeam run --input PATTERN --output DIR [--config configs/X.yaml]
+              [sftbeam options] [Beam pipeline options]
+
+Exit codes: 0 done; 1 the run failed or rejected more than
+--max_rejected_fraction of its input; 2 a config error (one line, before
+anything runs).
+"""
+
+import argparse
+import json
+import sys
+import threading
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline import config as config_lib
+from pipeline.graph import build_batch_pipeline
+from pipeline.options import ConfigError
+from pipeline.output_dir import prepare_output_dir, remove_empty_temp_dirs
+from transforms import progress, schema
+from transforms.tokenizer_source import TokenizerNotFound, load_tokenizer
+
+# The DirectRunner first tries Prism, which downloads a binary; naming its
+# batch engine directly keeps the default run offline.
+DEFAULT_RUNNER = 'FnApiRunner'
+PROGRESS_SECONDS = 10
+
+
+class _OneLineParser(argparse.ArgumentParser):
+  """Turns argparse's usage errors into ConfigErrors (one line, exit 2)."""
+
+  def error(self, message):
+    raise ConfigError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = _OneLineParser(prog='sftbeam', description=__doc__.split('\n')[0])
+  commands = parser.add_subparsers(dest='command', required=True,
+                                   parser_class=_OneLineParser)
+  run = commands.add_parser(
+      'run', help='prepare SFT batches from JSONL records',
+      epilog='Any other --flag is passed to Beam as a pipeline option.')
+  config_lib.add_option_flags(run)
+  return parser
+
+
+def _is_remote(path: str) -> bool:
+  return '://' in path
+
+
+def check_inputs_exist(patterns):
+  """Local patterns must match files; remote ones are matched at run time."""
+  for pattern in patterns:
+    if _is_remote(pattern):
+      continue
+    if not FileSystems.match([pattern])[0].metadata_list:
+      raise ConfigError(f'--input {pattern} matches no file')
+
+
+def check_tokenizer(config):
+  """Loads a local or embedded tokenizer now, to fail before the run."""
+  if _is_remote(config.tokenizer):
+    return  # read on the workers; nothing touches GCS at construction
+  try:
+    load_tokenizer(config.tokenizer, config.special_tokens_in_text)
+  except TokenizerNotFound as error:
+    raise ConfigError(f'{error} (pass --tokenizer with a HuggingFace hub '
+                      'name or a tokenizer directory)') from None
+
+
+def pipeline_options(beam_args) -> PipelineOptions:
+  options = PipelineOptions(beam_args)
+  if not options.view_as(StandardOptions).runner:
+    options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+  return options
+
+
+def _report_progress(stop: threading.Event, started: float):
+  while not stop.wait(PROGRESS_SECONDS):
+    counts = progress.snapshot()
+    elapsed = time.time() - started
+    lines = counts.get('lines_read', 0)
+    print(f'[{elapsed:6.0f}s] read {lines} lines, wrote '
+          f'{counts.get("batches_written", 0)} batches '
+          f'({counts.get("records_written", 0)} records), rejected '
+          f'{counts.get("rejected", 0)}; {lines / elapsed:.0f} lines/s',
+          flush=True)
+
+
+def run_pipeline(config, beam_args) -> float:
+  """Runs the batch job to completion; gives its wall time in seconds."""
+  options = pipeline_options(beam_args)
+  started = time.time()
+  progress.reset()
+  stop = threading.Event()
+  reporter = threading.Thread(target=_report_progress, args=(stop, started),
+                              daemon=True)
+  reporter.start()
+  try:
+    with beam.Pipeline(options=options) as root:
+      build_batch_pipeline(root, config)
+  finally:
+    stop.set()
+  return time.time() - started
+
+
+def read_info(output_dir: str) -> dict:
+  with FileSystems.open(FileSystems.join(output_dir, schema.INFO_FILE)) as f:
+    return json.loads(f.read())
+
+
+def format_summary(info: dict, wall_seconds: float) -> str:
+  counts = info['counts']
+  rows = [
+      ('records in', counts['records_in']),
+      ('  written', counts['records_written']),
+      ('  rejected', counts['records_rejected']),
+  ]
+  rows += [(f'    {reason}', count)
+           for reason, count in counts['rejected_by_reason'].items()]
+  rows += [
+      ('  truncated (written)', counts['records_truncated']),
+      ('blank lines skipped', counts['blank_lines']),
+      ('batches written', counts['batches_written']),
+  ]
+  rows += [(f'  bucket <= {boundary}',
+            f'{bucket["batches"]} batches, {bucket["records"]} records')
+           for boundary, bucket in sorted(counts['buckets'].items(),
+                                          key=lambda item: int(item[0]))]
+  efficiency = counts['padding_efficiency']
+  records_per_second = counts['records_in'] / max(wall_seconds, 1e-9)
+  rows += [
+      ('padding efficiency',
+       'n/a' if efficiency is None else f'{efficiency:.3f} (real / stored '
+       'tokens)'),
+      ('reconciled', 'yes: in = written + rejected' if counts['reconciled']
+       else 'NO: in != written + rejected'),
+      ('wall time', f'{wall_seconds:.1f} s ({records_per_second:.0f} '
+       'records/s)'),
+  ]
+  width = max(len(name) for name, _ in rows)
+  return '\n'.join(f'{name:<{width}}  {value}' for name, value in rows)
+
+
+def rejected_too_much(info: dict, max_fraction: float):
+  counts = info['counts']
+  if not counts['records_in']:
+    return None
+  fraction = counts['records_rejected'] / counts['records_in']
+  if fraction > max_fraction:
+    return (f'{fraction:.1%} of the input was rejected, more than '
+            f'--max_rejected_fraction {max_fraction}; see the rejected-*.jsonl '
+            'files (outputs kept for inspection)')
+  return None
+
+
+def run_command(args, beam_args) -> int:
+  config, beam_args = config_lib.resolve(args, beam_args)
+  check_inputs_exist(config.input)
+  check_tokenizer(config)
+  prepare_output_dir(config.output, config.overwrite)
+  wall_seconds = run_pipeline(config, beam_args)
+  remove_empty_temp_dirs(config.output)
+  info = read_info(config.output)
+  print(format_summary(info, wall_seconds))
+  print(f'output: {config.output}')
+  problem = rejected_too_much(info, config.max_rejected_fraction)
+  if problem:
+    print(f'sftbeam: error: {problem}', file=sys.stderr)
+    return 1
+  return 0
+
+
+def main(argv=None) -> int:
+  try:
+    args, beam_args = _parser().parse_known_args(argv)
+    return run_command(args, beam_args)
+  except ConfigError as error:
+    print(f'sftbeam: error: {error}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

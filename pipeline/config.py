@@ -1,0 +1,148 @@
+"""Resolving a run's config: option defaults < YAML file < CLI flags.
+
+A YAML config holds option keys (see pipeline/options.py) and an optional
+`beam:` mapping of Beam pipeline options (runner, project, ...). Anything
+else is an error, as is an unknown flag on the command line.
+"""
+
+import argparse
+
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.options import (OPTIONS, OPTIONS_BY_NAME, ConfigError,
+                              check_value, defaults, make_config)
+
+BEAM_SECTION = 'beam'
+
+
+def load_yaml(path: str):
+  """(option values, Beam options) of a YAML config file."""
+  try:
+    with open(path, encoding='utf-8') as handle:
+      document = yaml.safe_load(handle) or {}
+  except OSError as error:
+    raise ConfigError(f'cannot read config {path}: {error.strerror}') from None
+  except yaml.YAMLError as error:
+    raise ConfigError(f'{path} is not valid YAML: '
+                      f'{str(error).splitlines()[0]}') from None
+  if not isinstance(document, dict):
+    raise ConfigError(f'{path} must hold a mapping of option: value')
+  beam_options = document.pop(BEAM_SECTION, None) or {}
+  if not isinstance(beam_options, dict):
+    raise ConfigError(f'{path}: "{BEAM_SECTION}" must be a mapping')
+  for name, value in document.items():
+    check_value(name, value, path)
+  return document, beam_options
+
+
+def beam_options_to_args(beam_options: dict) -> list:
+  """`{runner: X, save_main_session: true}` -> ['--runner=X', ...]."""
+  args = []
+  for name, value in beam_options.items():
+    if isinstance(value, bool):
+      value = str(value)
+    if isinstance(value, list):
+      args.extend(f'--{name}={item}' for item in value)
+    else:
+      args.append(f'--{name}={value}')
+  return args
+
+
+def _parse_bool(text: str) -> bool:
+  lowered = text.lower()
+  if lowered in ('true', '1', 'yes'):
+    return True
+  if lowered in ('false', '0', 'no'):
+    return False
+  raise ValueError(text)
+
+
+def _cli_value(option, text):
+  """A flag's text -> the option's typed value (ValueError if malformed)."""
+  kind = option.kind
+  if kind in ('optional_int', 'optional_bool') and text.lower() in ('none',
+                                                                    'null'):
+    return None
+  if kind in ('int', 'optional_int'):
+    return int(text)
+  if kind == 'float':
+    return float(text)
+  if kind in ('bool', 'optional_bool'):
+    return _parse_bool(text)
+  if kind == 'ints':
+    return [int(item) for item in text.split(',') if item.strip()]
+  return text
+
+
+def add_option_flags(parser: argparse.ArgumentParser):
+  """One --flag per option; a bool flag alone means true."""
+  parser.add_argument('--config', help='YAML config file (configs/*.yaml)')
+  for option in OPTIONS:
+    kwargs = {'default': None, 'help': option.help}
+    if option.kind == 'list':
+      kwargs['nargs'] = '+'
+    elif option.kind in ('bool', 'optional_bool'):
+      kwargs.update(nargs='?', const='true')
+    parser.add_argument(f'--{option.name}', **kwargs)
+
+
+def _known_beam_flags() -> set:
+  """Every flag some Beam PipelineOptions class defines."""
+  parser = argparse.ArgumentParser(add_help=False)
+  pending = [PipelineOptions]
+  while pending:
+    options_class = pending.pop()
+    pending.extend(options_class.__subclasses__())
+    try:
+      options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+    except argparse.ArgumentError:
+      pass  # a flag defined twice by two classes
+  return {flag for action in parser._actions for flag in action.option_strings}  # pylint: disable=protected-access
+
+
+def check_beam_args(beam_args: list):
+  """Rejects arguments that no Beam option knows, instead of ignoring them."""
+  known = _known_beam_flags()
+  for arg in beam_args:
+    if not arg.startswith('--'):
+      raise ConfigError(f'unexpected argument {arg!r}')
+    flag = arg.split('=', 1)[0]
+    if flag not in known:
+      raise ConfigError(f'unknown flag {flag}: not an sftbeam option '
+                        '(see sftbeam run --help) nor a Beam pipeline option')
+
+
+def _flag_values(namespace) -> dict:
+  values = {}
+  for name, option in OPTIONS_BY_NAME.items():
+    text = getattr(namespace, name)
+    if text is None:
+      continue
+    if option.kind == 'list':
+      values[name] = list(text)
+      continue
+    try:
+      values[name] = _cli_value(option, text)
+    except ValueError:
+      raise ConfigError(f'--{name}: cannot read {text!r} as '
+                        f'{option.kind.replace("_", " ")}') from None
+    check_value(name, values[name], f'--{name}')
+  return values
+
+
+def resolve(namespace, beam_args: list):
+  """(Config, Beam args) from parsed flags, the YAML file and defaults.
+
+  Beam args from the YAML file come first, so CLI flags override them.
+  """
+  values = defaults()
+  yaml_beam_args = []
+  if namespace.config:
+    yaml_values, yaml_beam = load_yaml(namespace.config)
+    values.update(yaml_values)
+    yaml_beam_args = beam_options_to_args(yaml_beam)
+  values.update(_flag_values(namespace))
+  all_beam_args = yaml_beam_args + list(beam_args)
+  check_beam_args(all_beam_args)
+  return make_config(values), all_beam_args

@@ -1,0 +1,87 @@
+"""Assembling the Beam graph from the transforms.
+
+  ReadInput -> LinesToBatches (parse, tokenize+bucket, batch, pad) ->
+  WriteBatches, WriteRejected, SumStats -> WriteDatasetInfo
+
+`LinesToBatches` is the whole computation from raw lines to serialized
+batches; the batch and the streaming graphs both use it.
+"""
+
+from typing import Any, Tuple
+
+import apache_beam as beam
+
+from transforms.batch import BatchByBucket
+from transforms.pad import PadBatches
+from transforms.parse import FieldNames, ParseLines
+from transforms.read import ReadLineChunks
+from transforms.stats import SumStatsFn, WriteDatasetInfo, rejection_stats
+from transforms.tokenize import TokenizeAndBucket, TokenizeSettings
+from transforms.write import WriteBatches, WriteRejected
+
+
+def tokenize_settings(config) -> TokenizeSettings:
+  return TokenizeSettings(
+      tokenizer=config.tokenizer,
+      boundaries=tuple(config.boundaries),
+      max_seq_len=config.max_seq_len,
+      truncation=config.truncation,
+      add_special_tokens=config.add_special_tokens,
+      append_eos=config.append_eos,
+      special_tokens_in_text=config.special_tokens_in_text)
+
+
+class LinesToBatches(beam.PTransform):
+  """LineChunks -> {'batches', 'rejected', 'stats'} PCollections.
+
+  `batches` are serialized batch Examples, `rejected` Rejected records,
+  `stats` the stats dicts of every step (sum them with SumStatsFn).
+  """
+
+  def __init__(self, config, max_buffering_seconds=None):
+    super().__init__()
+    self._config = config
+    self._max_buffering_seconds = max_buffering_seconds
+
+  def expand(self, chunks):
+    config = self._config
+    fields = FieldNames(config.prompt_field, config.output_field,
+                        config.id_field)
+    parsed = chunks | 'ParseLines' >> beam.ParDo(
+        ParseLines(fields, config.max_line_bytes)).with_outputs(
+            ParseLines.REJECTED, ParseLines.STATS, main='records')
+    tokenized = parsed.records | 'TokenizeAndBucket' >> beam.ParDo(
+        TokenizeAndBucket(tokenize_settings(config))
+    ).with_output_types(Tuple[int, Any]).with_outputs(
+            TokenizeAndBucket.REJECTED, TokenizeAndBucket.STATS,
+            main='keyed')
+    padded = (
+        tokenized.keyed
+        | 'BatchByBucket' >> BatchByBucket(config.batch_size,
+                                           self._max_buffering_seconds)
+        | 'PadBatches' >> beam.ParDo(
+            PadBatches(config.pad_to, config.pad_id, config.tokenizer,
+                       config.special_tokens_in_text)).with_outputs(
+                           PadBatches.STATS, main='batches'))
+    rejected = ((parsed.rejected, tokenized.rejected)
+                | 'AllRejected' >> beam.Flatten())
+    stats = ((parsed.stats, tokenized.stats, padded.stats,
+              rejected | 'RejectionStats' >> beam.Map(rejection_stats))
+             | 'AllStats' >> beam.Flatten())
+    return {'batches': padded.batches, 'rejected': rejected, 'stats': stats}
+
+
+def build_batch_pipeline(root, config):
+  """Adds the whole batch job under `root`; gives the info PCollection."""
+  outputs = (
+      root
+      | 'ReadInput' >> ReadLineChunks(config.input, config.read_chunk_lines,
+                                      config.max_line_bytes)
+      | 'LinesToBatches' >> LinesToBatches(config))
+  shard_results = outputs['batches'] | 'WriteBatches' >> WriteBatches(
+      config.output, config.num_shards, config.compression)
+  rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(
+      config.output)
+  stats = outputs['stats'] | 'SumStats' >> beam.CombineGlobally(SumStatsFn())
+  return root | 'WriteDatasetInfo' >> WriteDatasetInfo(
+      config.output, config.to_dict(), stats, shard_results, rejected_results)

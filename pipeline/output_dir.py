@@ -1,0 +1,72 @@
+"""Claiming the output directory for a run.
+
+A directory with anything in it is refused unless --overwrite; with it, the
+earlier run's dataset_info.json goes first (so readers stop accepting the
+directory at once), then its shards, rejected files and fileio temp dirs.
+Files sftbeam did not write are left alone.
+"""
+
+import fnmatch
+import os
+import shutil
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.options import ConfigError
+from transforms import schema
+
+_OWN_PATTERNS = (schema.INFO_FILE + '*', schema.SHARD_PREFIX + '-*',
+                 schema.REJECTED_PREFIX + '-*', '.temp*')
+
+
+def _is_remote(path: str) -> bool:
+  return '://' in path
+
+
+def _entries(output_dir: str) -> list:
+  """Names directly under `output_dir` (remote: every object below it)."""
+  if not _is_remote(output_dir):
+    return os.listdir(output_dir) if os.path.isdir(output_dir) else []
+  match = FileSystems.match([FileSystems.join(output_dir, '**')])[0]
+  prefix = output_dir.rstrip('/') + '/'
+  return [metadata.path[len(prefix):] for metadata in match.metadata_list]
+
+
+def _delete(output_dir: str, names: list):
+  for name in names:
+    path = FileSystems.join(output_dir, name)
+    if not _is_remote(output_dir) and os.path.isdir(path):
+      shutil.rmtree(path)
+    else:
+      FileSystems.delete([path])
+
+
+def _own_entries(output_dir: str) -> list:
+  """sftbeam's entries, dataset_info.json first."""
+  names = _entries(output_dir)
+  return [name for pattern in _OWN_PATTERNS
+          for name in sorted(fnmatch.filter(names, pattern))]
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool):
+  """Raises ConfigError if `output_dir` holds anything and overwrite is off."""
+  entries = _entries(output_dir)
+  if entries and not overwrite:
+    raise ConfigError(
+        f'output directory {output_dir} is not empty ({len(entries)} '
+        'entries): pass --overwrite to replace an earlier run, or choose '
+        'another --output')
+  if overwrite:
+    _delete(output_dir, _own_entries(output_dir))
+  if not _is_remote(output_dir):
+    os.makedirs(output_dir, exist_ok=True)
+
+
+def remove_empty_temp_dirs(output_dir: str):
+  """fileio leaves its emptied local temp directories behind."""
+  if _is_remote(output_dir):
+    return
+  for name in fnmatch.filter(_entries(output_dir), '.temp*'):
+    path = os.path.join(output_dir, name)
+    if os.path.isdir(path) and not os.listdir(path):
+      os.rmdir(path)

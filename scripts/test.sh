@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh machine, then runs them all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+exec .venv/bin/python -m pytest -q tests "$@"

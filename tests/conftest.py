@@ -1,0 +1,45 @@
+"""Shared test fixtures: the real embedded tokenizer, paths, a CLI runner."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from transforms.tokenizer_source import EMBEDDED, load_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+SAMPLE = os.path.join(ROOT, 'examples', 'sample.jsonl')
+SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
+
+
+def shared_data(name: str) -> str:
+  """Path of a file in ../shared/data, skipping the test when it is absent."""
+  path = os.path.join(SHARED_DATA, name)
+  if not os.path.exists(path):
+    pytest.skip(f'{path} not present')
+  return path
+
+
+@pytest.fixture(scope='session')
+def qwen():
+  """The real embedded Qwen tokenizer, specials in text read as text."""
+  return load_tokenizer(EMBEDDED, 'text')
+
+
+def run_sftbeam(*args, network=True, timeout=600, check=False):
+  """Runs the installed `sftbeam` CLI; gives the CompletedProcess.
+
+  With network=False it runs in a fresh network namespace holding only
+  loopback (`unshare -n`), so any attempt to reach the network fails.
+  """
+  command = [SFTBEAM, *args]
+  if not network:
+    command = ['unshare', '-n', '--', *command]
+  result = subprocess.run(command, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+  if check and result.returncode != 0:
+    raise AssertionError(f'sftbeam failed ({result.returncode}):\n'
+                         f'{result.stdout}\n{result.stderr}')
+  return result

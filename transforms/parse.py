@@ -1,0 +1,176 @@
+"""Parsing raw JSONL lines into `Record`s, rejecting what cannot be used.
+
+Every line ends as a Record, a Rejected with a reason code, or (a blank
+line) a count in the stats. Reason codes:
+  line_too_long   the line exceeds max_line_bytes (not parsed at all)
+  invalid_utf8    the line is not valid UTF-8
+  invalid_json    not parseable as JSON (including nesting too deep)
+  not_an_object   valid JSON but not an object ([], "x", 3, null)
+  missing_field   the prompt or output field is absent
+  field_not_string  prompt/output is not a string, or id not a string/int
+  duplicate_field the prompt, output or id key appears twice
+  invalid_unicode a string holds a lone surrogate (\\ud800 escapes)
+  empty_prompt    the prompt is empty or only whitespace
+  empty_output    the output is empty or only whitespace
+"""
+
+import hashlib
+import json
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms import progress
+from transforms.records import Record, Rejected, cap_raw
+
+_BOM = '\ufeff'
+
+
+class FieldNames(NamedTuple):
+  prompt: str = 'prompt'
+  output: str = 'output'
+  id: str = 'id'
+
+
+class ParseError(ValueError):
+  def __init__(self, reason: str, message: str):
+    super().__init__(message)
+    self.reason = reason
+
+
+def content_id(prompt: str, output: str) -> str:
+  """The id of a record that has none: stable across runs and machines.
+
+  The first 16 hex digits of sha256 over the JSON array [prompt, output];
+  identical records therefore share an id.
+  """
+  canonical = json.dumps([prompt, output], ensure_ascii=False)
+  return hashlib.sha256(
+      canonical.encode('utf-8', 'surrogatepass')).hexdigest()[:16]
+
+
+def _has_lone_surrogate(text: str) -> bool:
+  try:
+    text.encode('utf-8')
+    return False
+  except UnicodeEncodeError:
+    return True
+
+
+def _check_duplicates(text: str, fields: FieldNames):
+  """Rejects a duplicated used key; json.loads would silently keep the last."""
+  def pairs_hook(pairs):
+    keys = [key for key, _ in pairs]
+    for field in fields:
+      if keys.count(field) > 1:
+        raise ParseError('duplicate_field', f'key "{field}" appears twice')
+    return dict(pairs)
+  json.loads(text, object_pairs_hook=pairs_hook)
+
+
+def _string_field(obj: dict, field: str) -> str:
+  if field not in obj:
+    raise ParseError('missing_field', f'no "{field}" field')
+  value = obj[field]
+  if not isinstance(value, str):
+    raise ParseError('field_not_string',
+                     f'"{field}" is {type(value).__name__}, not a string')
+  return value
+
+
+def _record_id(obj: dict, fields: FieldNames, prompt: str, output: str) -> str:
+  value = obj.get(fields.id)
+  if value is None:
+    return content_id(prompt, output)
+  if isinstance(value, bool) or not isinstance(value, (str, int)):
+    raise ParseError('field_not_string',
+                     f'"{fields.id}" is {type(value).__name__}, '
+                     'not a string or integer')
+  return str(value)
+
+
+def parse_text(text: str, fields: FieldNames):
+  """(example_id, prompt, output) of one JSON line, or raises ParseError."""
+  try:
+    obj = json.loads(text)
+  except RecursionError:
+    raise ParseError('invalid_json', 'JSON nested too deeply') from None
+  except ValueError as error:
+    raise ParseError('invalid_json', str(error)) from None
+  if not isinstance(obj, dict):
+    raise ParseError('not_an_object',
+                     f'expected a JSON object, got {type(obj).__name__}')
+  prompt = _string_field(obj, fields.prompt)
+  output = _string_field(obj, fields.output)
+  example_id = _record_id(obj, fields, prompt, output)
+  if any(text.count(f'"{field}"') > 1 for field in fields):
+    _check_duplicates(text, fields)
+  if '\\u' in text and any(map(_has_lone_surrogate, (prompt, output,
+                                                      example_id))):
+    raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
+  if not prompt.strip():
+    raise ParseError('empty_prompt', 'the prompt is empty or whitespace')
+  if not output.strip():
+    raise ParseError('empty_output', 'the output is empty or whitespace')
+  return example_id, prompt, output
+
+
+def parse_line(source: str, line_number: int, line: bytes, total_bytes: int,
+               fields: FieldNames, max_line_bytes: int):
+  """A Record, a Rejected, or None for a blank line."""
+  def rejected(reason, message, raw):
+    return Rejected(source, line_number, reason, message, cap_raw(raw))
+
+  if total_bytes > max_line_bytes:
+    return rejected('line_too_long',
+                    f'{total_bytes} bytes, more than max_line_bytes '
+                    f'{max_line_bytes}',
+                    line[:1000].decode('utf-8', 'replace'))
+  try:
+    text = line.decode('utf-8')
+  except UnicodeDecodeError as error:
+    return rejected('invalid_utf8', str(error),
+                    line[:1000].decode('utf-8', 'replace'))
+  text = text.lstrip(_BOM)
+  if not text.strip():
+    return None
+  try:
+    example_id, prompt, output = parse_text(text, fields)
+  except ParseError as error:
+    return rejected(error.reason, str(error), text)
+  return Record(example_id, prompt, output, source, line_number, cap_raw(text))
+
+
+class ParseLines(beam.DoFn):
+  """LineChunk -> one list of Records (main output) per chunk.
+
+  Also gives Rejected records on the `rejected` output and a stats dict
+  (`lines`, `blank_lines`) per chunk on the `stats` output.
+  """
+  REJECTED = 'rejected'
+  STATS = 'stats'
+
+  def __init__(self, fields: FieldNames, max_line_bytes: int):
+    self._fields = fields
+    self._max_line_bytes = max_line_bytes
+    self._blank_lines = Metrics.counter('sftbeam', 'blank_lines')
+
+  def process(self, chunk):
+    records = []
+    blank_lines = 0
+    for line_number, line, total_bytes in chunk.lines:
+      parsed = parse_line(chunk.source, line_number, line, total_bytes,
+                          self._fields, self._max_line_bytes)
+      if parsed is None:
+        blank_lines += 1
+      elif isinstance(parsed, Rejected):
+        yield beam.pvalue.TaggedOutput(self.REJECTED, parsed)
+      else:
+        records.append(parsed)
+    self._blank_lines.inc(blank_lines)
+    progress.add('lines_read', len(chunk.lines))
+    yield beam.pvalue.TaggedOutput(
+        self.STATS, {'lines': len(chunk.lines), 'blank_lines': blank_lines})
+    if records:
+      yield records

