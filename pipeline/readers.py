@@ -70,6 +70,7 @@ def read_tf_dataset(output_dir: str, shuffle: bool = False, seed: int = None,
       lambda path: tf.data.TFRecordDataset(
           path, compression_type=_compression_type(info)),
       cycle_length=max(1, min(len(paths), 4)),
+      num_parallel_calls=tf.data.AUTOTUNE,
       deterministic=not shuffle)
   if shuffle:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed)

@@ -43,3 +43,10 @@ def run_sftbeam(*args, network=True, timeout=600, check=False):
     raise AssertionError(f'sftbeam failed ({result.returncode}):\n'
                          f'{result.stdout}\n{result.stderr}')
   return result
+
+
+def beam_test_pipeline():
+  """A TestPipeline on the FnApiRunner (plain DirectRunner tries Prism,
+  which downloads a binary)."""
+  from apache_beam.testing.test_pipeline import TestPipeline
+  return TestPipeline(runner='FnApiRunner')
