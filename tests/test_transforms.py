@@ -12,7 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline
 from transforms import schema
-from transforms.batch import BatchByBucket
+from transforms.batch import BatchByBucket, _BatchWithinBundleFn
 from transforms.pad import PadBatches, batch_stats
 from transforms.parse import FieldNames, ParseLines, content_id
 from transforms.read import ReadLineChunks, iter_lines
@@ -171,6 +171,26 @@ def test_batch_by_bucket_keeps_partial_batches():
     assert_that(batches, equal_to([(8, 2), (8, 1), (16, 1)]))
 
 
+@pytest.mark.parametrize('within_bundle', [False, True])
+def test_batch_by_bucket_both_strategies_in_pipeline(within_bundle):
+  elements = [(8, i) for i in range(5)] + [(16, 9)]
+  with beam_test_pipeline() as root:
+    batches = (root | beam.Create(elements)
+               | BatchByBucket(2, within_bundle=within_bundle)
+               | beam.Map(lambda kv: (kv[0], len(list(kv[1])))))
+    assert_that(batches, equal_to([(8, 2), (8, 2), (8, 1), (16, 1)]))
+
+
+def test_batch_within_bundle_directly_flushes_partials_at_bundle_end():
+  dofn = _BatchWithinBundleFn(2)
+  dofn.start_bundle()
+  full = [out for element in [(8, 'a'), (16, 'b'), (8, 'c')]
+          for out in dofn.process(element)]
+  assert full == [(8, ['a', 'c'])]
+  partial = [windowed.value for windowed in dofn.finish_bundle()]
+  assert partial == [(16, ['b'])]
+
+
 def _parse(serialized):
   return {name: value.numpy() for name, value in
           schema.parse_batch(tf.constant(serialized)).items()}
@@ -234,6 +254,17 @@ def test_write_batches_in_pipeline(tmp_path):
   assert written == ['batches-00000-of-00001.tfrecord']
   records = tf.data.TFRecordDataset([str(tmp_path / n) for n in written])
   assert sorted(r.numpy() for r in records) == [b'a', b'b', b'c']
+
+
+def test_write_batches_numbers_every_shard(tmp_path):
+  with beam_test_pipeline() as root:
+    _ = (root | beam.Create([b'%d' % i for i in range(40)])
+         | WriteBatches(str(tmp_path), num_shards=3, compression='gzip'))
+  written = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+  assert written == [f'batches-{i:05d}-of-00003.tfrecord.gz' for i in range(3)]
+  records = tf.data.TFRecordDataset([str(tmp_path / n) for n in written],
+                                    compression_type='GZIP')
+  assert sorted(int(r.numpy()) for r in records) == list(range(40))
 
 
 def test_sum_stats_directly_and_in_pipeline():

@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
-from transforms.records import LineChunk
+from transforms.records import MAX_RAW_CHARS, LineChunk
 
 _READ_BLOCK_BYTES = 1 << 20
 
@@ -18,8 +18,9 @@ def iter_lines(handle, max_line_bytes: int):
   """Yields (line_bytes, total_bytes) for each line of a binary handle.
 
   The newline (LF or CRLF) is removed. A line longer than `max_line_bytes`
-  is yielded as its first `max_line_bytes` bytes only, with its real size;
-  the rest is skipped without being held in memory.
+  is yielded as its first `max_line_bytes` (at most MAX_RAW_CHARS) bytes
+  only, all that its rejection shows, with its real size; the rest is
+  skipped without being held in memory.
   """
   pending = b''
   skipped = 0  # bytes of an over-long line already dropped
@@ -38,9 +39,11 @@ def iter_lines(handle, max_line_bytes: int):
       skipped = 0
       start = end + 1
     pending = pending[start:]
-    if len(pending) > max_line_bytes:
-      skipped += len(pending) - max_line_bytes
-      pending = pending[:max_line_bytes]
+    # One byte over the limit is kept: it may be the CR of a CRLF line of
+    # exactly max_line_bytes, which must not count as too long.
+    if len(pending) > max_line_bytes + 1:
+      skipped += len(pending) - max_line_bytes - 1
+      pending = pending[:max_line_bytes + 1]
   if pending or skipped:
     yield _finish_line(pending, skipped, max_line_bytes)
 
@@ -49,7 +52,10 @@ def _finish_line(line: bytes, skipped: int, max_line_bytes: int):
   if line.endswith(b'\r') and not skipped:
     line = line[:-1]
   total = len(line) + skipped
-  return line[:max_line_bytes], total
+  if total > max_line_bytes:
+    # Rejected unread: carry only what the rejected output shows.
+    line = line[:min(max_line_bytes, MAX_RAW_CHARS)]
+  return line, total
 
 
 class _ReadLineChunksFn(beam.DoFn):
@@ -85,19 +91,25 @@ class ReadLineChunks(beam.PTransform):
   are decompressed by extension.
   """
 
-  def __init__(self, patterns, chunk_lines: int, max_line_bytes: int):
+  def __init__(self, patterns, chunk_lines: int, max_line_bytes: int,
+               spread: bool = True):
+    """`spread` reshuffles chunks across workers (see expand)."""
     super().__init__()
     self._patterns = list(patterns)
     self._chunk_lines = chunk_lines
     self._max_line_bytes = max_line_bytes
+    self._spread = spread
 
   def expand(self, pbegin):
-    return (
+    chunks = (
         pbegin
         | 'Patterns' >> beam.Create(self._patterns)
         | 'MatchFiles' >> fileio.MatchAll()
         | 'OpenFiles' >> fileio.ReadMatches()
         | 'ReadChunks' >> beam.ParDo(
-            _ReadLineChunksFn(self._chunk_lines, self._max_line_bytes))
-        # One file yields many chunks: spread them so tokenizing parallelizes.
-        | 'SpreadChunks' >> beam.Reshuffle())
+            _ReadLineChunksFn(self._chunk_lines, self._max_line_bytes)))
+    if not self._spread:
+      return chunks
+    # One file yields many chunks: spread them so that tokenizing runs on
+    # every worker, not only on the one that read the file.
+    return chunks | 'SpreadChunks' >> beam.Reshuffle()

@@ -6,10 +6,12 @@ writes (streaming): `WriteToTFRecord` does not.
 """
 
 import gzip
+import zlib
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
 from transforms import schema
@@ -48,10 +50,42 @@ def shard_suffix(compression: str) -> str:
   return schema.SHARD_SUFFIX + ('.gz' if compression == 'gzip' else '')
 
 
+def _unfinished_naming(suffix: str):
+  """fileio naming for shards not yet numbered: one name per destination
+  (shard slot) and per file fileio wrote for it."""
+  def name(window, pane, index, count, compression, destination):
+    del window, pane, compression  # batch mode: global window, one pane
+    return (f'{schema.UNFINISHED_SHARD_PREFIX}-{destination:05d}-'
+            f'{index:05d}-of-{count:05d}{suffix}')
+  return name
+
+
+def _number_shards(output_dir: str, suffix: str, file_results):
+  """Renames written files to batches-SSSSS-of-NNNNN; gives the new results.
+
+  Shards get their final names only here, after every one is complete, so
+  a killed run never leaves a partial set under the names readers use.
+  """
+  file_results = sorted(file_results, key=lambda result: result.file_name)
+  total = len(file_results)
+  final = [result._replace(
+      file_name=f'{schema.SHARD_PREFIX}-{index:05d}-of-{total:05d}{suffix}',
+      shard_index=index, total_shards=total)
+           for index, result in enumerate(file_results)]
+  FileSystems.rename(
+      [FileSystems.join(output_dir, r.file_name) for r in file_results],
+      [FileSystems.join(output_dir, r.file_name) for r in final])
+  return final
+
+
 class WriteBatches(beam.PTransform):
   """Serialized batch Examples -> `batches-SSSSS-of-NNNNN.tfrecord[.gz]`.
 
-  Gives the FileResults of the written shards.
+  Each batch goes to one of `num_shards` slots by a hash of its bytes; every
+  slot is written directly by the bundle that makes its batches (no
+  shuffle), then all files are numbered at once. A runner with many bundles
+  may write more than one file per slot. Gives the FileResults of the
+  final shards.
   """
 
   def __init__(self, output_dir: str, num_shards: int, compression: str):
@@ -61,12 +95,20 @@ class WriteBatches(beam.PTransform):
     self._compression = compression
 
   def expand(self, serialized_batches):
-    return serialized_batches | 'WriteShards' >> fileio.WriteToFiles(
-        path=self._output_dir,
-        file_naming=fileio.default_file_naming(
-            schema.SHARD_PREFIX, shard_suffix(self._compression)),
-        sink=lambda _: TFRecordSink(self._compression),
-        shards=self._num_shards)
+    suffix = shard_suffix(self._compression)
+    num_shards = self._num_shards
+    return (
+        serialized_batches
+        | 'WriteShards' >> fileio.WriteToFiles(
+            path=self._output_dir,
+            destination=lambda batch: zlib.crc32(batch) % num_shards,
+            file_naming=_unfinished_naming(suffix),
+            sink=lambda _: TFRecordSink(self._compression),
+            shards=num_shards,
+            max_writers_per_bundle=num_shards)
+        | 'CollectShards' >> beam.combiners.ToList()
+        | 'NumberShards' >> beam.FlatMap(
+            lambda results: _number_shards(self._output_dir, suffix, results)))
 
 
 class WriteRejected(beam.PTransform):
