@@ -16,6 +16,7 @@ import pytest
 from conftest import SAMPLE, run_sftbeam, shared_data
 from pipeline.options import DEFAULT_BOUNDARIES
 from pipeline.readers import iter_numpy_batches, load_dataset_info
+from transforms import tokenize_prompt_and_output
 from transforms.tokenizer_source import embedded_tokenizer_dir
 
 SAMPLE_REJECTIONS = {'invalid_json': 1, 'missing_field': 1,
@@ -130,6 +131,18 @@ def test_gsm8k_test_every_row_matches_reference(tmp_path, qwen, pad_to):
   counts = info['counts']
   assert counts['records_in'] == 1319 == counts['records_written']
   assert counts['records_rejected'] == 0 and counts['reconciled']
+  if pad_to == 'longest':
+    check_library_function_agrees(tmp_path, records, qwen)
+
+
+def check_library_function_agrees(output_dir, records, tokenizer):
+  """The public function on each batch's records gives the written rows."""
+  for batch in iter_numpy_batches(str(output_dir)):
+    prompts, outputs = zip(*(records[i] for i in batch['example_ids']))
+    expected = tokenize_prompt_and_output(list(prompts), list(outputs),
+                                          tokenizer)
+    for name in ('input_ids', 'labels', 'response_mask'):
+      np.testing.assert_array_equal(batch[name], expected[name])
 
 
 def test_dataset_info_describes_the_run(tmp_path):
