@@ -61,10 +61,10 @@ def smallest_boundary(length):
   return next(b for b in DEFAULT_BOUNDARIES if b >= length)
 
 
-def run(input_path, output_dir, pad_to):
+def run(input_path, output_dir, pad_to, *flags):
   result = run_sftbeam('run', '--config', 'configs/local.yaml', '--input',
                        input_path, '--output', str(output_dir), '--pad_to',
-                       pad_to, network=False, check=True)
+                       pad_to, *flags, network=False, check=True)
   return result.stdout
 
 
@@ -94,9 +94,12 @@ def check_output(output_dir, records, tokenizer, pad_to):
   return seen, rows_per_width, real_tokens, stored_tokens
 
 
-@pytest.mark.parametrize('pad_to', ['bucket', 'longest'])
-def test_sample_end_to_end(tmp_path, qwen, pad_to):
-  stdout = run(SAMPLE, tmp_path, pad_to)
+@pytest.mark.parametrize('pad_to, flags', [
+    ('bucket', ()), ('longest', ()),
+    # The distributed graph (Reshuffle + GroupIntoBatches), run locally.
+    ('bucket', ('--global_batching',))])
+def test_sample_end_to_end(tmp_path, qwen, pad_to, flags):
+  stdout = run(SAMPLE, tmp_path, pad_to, *flags)
   info = load_dataset_info(str(tmp_path))
   counts = info['counts']
   assert counts['lines'] == 307
