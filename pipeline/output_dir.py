@@ -10,13 +10,16 @@ import fnmatch
 import os
 import shutil
 
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import ConfigError
 from transforms import schema
 
 _OWN_PATTERNS = (schema.INFO_FILE + '*', schema.SHARD_PREFIX + '-*',
-                 schema.REJECTED_PREFIX + '-*', '.temp*')
+                 schema.UNFINISHED_SHARD_PREFIX + '-*',
+                 schema.REJECTED_PREFIX + '-*',
+                 schema.WINDOW_STATS_PREFIX + '-*', '.temp*')
 
 
 def _is_remote(path: str) -> bool:
@@ -27,7 +30,13 @@ def _entries(output_dir: str) -> list:
   """Names directly under `output_dir` (remote: every object below it)."""
   if not _is_remote(output_dir):
     return os.listdir(output_dir) if os.path.isdir(output_dir) else []
-  match = FileSystems.match([FileSystems.join(output_dir, '**')])[0]
+  try:
+    match = FileSystems.match([FileSystems.join(output_dir, '**')])[0]
+  except BeamIOError as error:
+    raise ConfigError(
+        f'cannot list --output {output_dir} to check that it is empty '
+        f'({str(error).splitlines()[0][:200]}): check your credentials '
+        '(gcloud auth application-default login) and the bucket') from None
   prefix = output_dir.rstrip('/') + '/'
   return [metadata.path[len(prefix):] for metadata in match.metadata_list]
 
@@ -50,6 +59,10 @@ def _own_entries(output_dir: str) -> list:
 
 def prepare_output_dir(output_dir: str, overwrite: bool):
   """Raises ConfigError if `output_dir` holds anything and overwrite is off."""
+  if not _is_remote(output_dir) and os.path.lexists(output_dir) and (
+      not os.path.isdir(output_dir)):
+    raise ConfigError(f'--output {output_dir} is a file, not a directory: '
+                      'choose another --output')
   entries = _entries(output_dir)
   if entries and not overwrite:
     raise ConfigError(

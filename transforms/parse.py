@@ -8,7 +8,8 @@ line) a count in the stats. Reason codes:
   not_an_object   valid JSON but not an object ([], "x", 3, null)
   missing_field   the prompt or output field is absent
   field_not_string  prompt/output is not a string, or id not a string/int
-  duplicate_field the prompt, output or id key appears twice
+  duplicate_field the prompt, output or id key appears more than once in
+                  the top-level object (compared after unescaping)
   invalid_unicode a string holds a lone surrogate (\\ud800 escapes)
   empty_prompt    the prompt is empty or only whitespace
   empty_output    the output is empty or only whitespace
@@ -22,7 +23,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import progress
-from transforms.records import Record, Rejected, cap_raw
+from transforms.records import MAX_RAW_CHARS, Record, Rejected, cap_raw
 
 _BOM = '\ufeff'
 
@@ -58,15 +59,37 @@ def _has_lone_surrogate(text: str) -> bool:
     return True
 
 
-def _check_duplicates(text: str, fields: FieldNames):
-  """Rejects a duplicated used key; json.loads would silently keep the last."""
-  def pairs_hook(pairs):
-    keys = [key for key, _ in pairs]
-    for field in fields:
-      if keys.count(field) > 1:
-        raise ParseError('duplicate_field', f'key "{field}" appears twice')
-    return dict(pairs)
-  json.loads(text, object_pairs_hook=pairs_hook)
+class _JsonObject(dict):
+  """A decoded JSON object that remembers the keys it held more than once
+  (a plain dict silently keeps the last value)."""
+  duplicate_keys = frozenset()
+
+
+def _object_from_pairs(pairs):
+  obj = _JsonObject(pairs)
+  if len(obj) < len(pairs):
+    seen = set()
+    obj.duplicate_keys = frozenset(
+        key for key, _ in pairs if key in seen or seen.add(key))
+  return obj
+
+
+# Keys are compared after unescaping, so "\u0070rompt" duplicates "prompt";
+# only the top-level object's keys matter (nested objects may repeat keys).
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_from_pairs)
+
+
+def _json_type(value) -> str:
+  """The JSON name of a decoded value's type, for messages."""
+  if value is None:
+    return 'null'
+  if isinstance(value, bool):
+    return 'boolean'
+  if isinstance(value, (int, float)):
+    return 'number'
+  if isinstance(value, str):
+    return 'string'
+  return 'array' if isinstance(value, list) else 'object'
 
 
 def _string_field(obj: dict, field: str) -> str:
@@ -75,7 +98,7 @@ def _string_field(obj: dict, field: str) -> str:
   value = obj[field]
   if not isinstance(value, str):
     raise ParseError('field_not_string',
-                     f'"{field}" is {type(value).__name__}, not a string')
+                     f'"{field}" is {_json_type(value)}, not a string')
   return value
 
 
@@ -85,7 +108,7 @@ def _record_id(obj: dict, fields: FieldNames, prompt: str, output: str) -> str:
     return content_id(prompt, output)
   if isinstance(value, bool) or not isinstance(value, (str, int)):
     raise ParseError('field_not_string',
-                     f'"{fields.id}" is {type(value).__name__}, '
+                     f'"{fields.id}" is {_json_type(value)}, '
                      'not a string or integer')
   return str(value)
 
@@ -93,19 +116,21 @@ def _record_id(obj: dict, fields: FieldNames, prompt: str, output: str) -> str:
 def parse_text(text: str, fields: FieldNames):
   """(example_id, prompt, output) of one JSON line, or raises ParseError."""
   try:
-    obj = json.loads(text)
+    obj = _DECODER.decode(text)
   except RecursionError:
     raise ParseError('invalid_json', 'JSON nested too deeply') from None
   except ValueError as error:
     raise ParseError('invalid_json', str(error)) from None
   if not isinstance(obj, dict):
     raise ParseError('not_an_object',
-                     f'expected a JSON object, got {type(obj).__name__}')
+                     f'expected a JSON object, got {_json_type(obj)}')
+  duplicated = [field for field in fields if field in obj.duplicate_keys]
+  if duplicated:
+    raise ParseError('duplicate_field',
+                     f'key "{duplicated[0]}" appears more than once')
   prompt = _string_field(obj, fields.prompt)
   output = _string_field(obj, fields.output)
   example_id = _record_id(obj, fields, prompt, output)
-  if any(text.count(f'"{field}"') > 1 for field in fields):
-    _check_duplicates(text, fields)
   if '\\u' in text and any(map(_has_lone_surrogate, (prompt, output,
                                                       example_id))):
     raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
@@ -126,12 +151,12 @@ def parse_line(source: str, line_number: int, line: bytes, total_bytes: int,
     return rejected('line_too_long',
                     f'{total_bytes} bytes, more than max_line_bytes '
                     f'{max_line_bytes}',
-                    line[:1000].decode('utf-8', 'replace'))
+                    line[:MAX_RAW_CHARS].decode('utf-8', 'replace'))
   try:
     text = line.decode('utf-8')
   except UnicodeDecodeError as error:
     return rejected('invalid_utf8', str(error),
-                    line[:1000].decode('utf-8', 'replace'))
+                    line[:MAX_RAW_CHARS].decode('utf-8', 'replace'))
   text = text.lstrip(_BOM)
   if not text.strip():
     return None

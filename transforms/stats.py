@@ -16,6 +16,7 @@ import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from transforms import progress, schema
 from transforms.tokenizer_source import load_tokenizer, tokenizer_identity
@@ -43,8 +44,10 @@ class SumStatsFn(beam.CombineFn):
 
 
 def rejection_stats(rejected) -> dict:
-  """The stats one rejected record contributes (also counted for progress)."""
+  """The stats one rejected record contributes (also counted for progress
+  and in a Beam counter per reason, `rejected_<reason>`)."""
   progress.add('rejected')
+  Metrics.counter('sftbeam', f'rejected_{rejected.reason}').inc()
   return {f'rejected/{rejected.reason}': 1}
 
 
@@ -89,7 +92,7 @@ def write_json_atomically(path: str, value: dict):
   FileSystems.rename([temp_path], [path])
 
 
-class _WriteDatasetInfoFn(beam.DoFn):
+class WriteDatasetInfoFn(beam.DoFn):
   """Writes dataset_info.json once the shards it lists are final."""
 
   def __init__(self, output_dir: str, config: dict, tokenizer_name: str,
@@ -106,6 +109,12 @@ class _WriteDatasetInfoFn(beam.DoFn):
         load_tokenizer(self._tokenizer_name, self._special_tokens_in_text))
 
   def process(self, unused_trigger, stats, shard_results, rejected_results):
+    yield self.write_info(
+        stats, [result.file_name for result in shard_results],
+        [result.file_name for result in rejected_results])
+
+  def write_info(self, stats: dict, shard_paths, rejected_paths) -> dict:
+    """Writes dataset_info.json listing these files; gives the info."""
     info = {
         'schema_version': schema.SCHEMA_VERSION,
         'sftbeam_version': VERSION,
@@ -114,15 +123,13 @@ class _WriteDatasetInfoFn(beam.DoFn):
         'config': self._config,
         'bucket_boundaries': list(self._config['boundaries']),
         'counts': summarize(stats),
-        'shards': sorted(os.path.basename(result.file_name)
-                         for result in shard_results),
-        'rejected_files': sorted(os.path.basename(result.file_name)
-                                 for result in rejected_results),
+        'shards': sorted(map(os.path.basename, shard_paths)),
+        'rejected_files': sorted(map(os.path.basename, rejected_paths)),
         'completed_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
     }
     path = FileSystems.join(self._output_dir, schema.INFO_FILE)
     write_json_atomically(path, info)
-    yield info
+    return info
 
 
 class WriteDatasetInfo(beam.PTransform):
@@ -147,7 +154,7 @@ class WriteDatasetInfo(beam.PTransform):
         pbegin
         | 'Trigger' >> beam.Create([None])
         | 'WriteInfo' >> beam.ParDo(
-            _WriteDatasetInfoFn(self._output_dir, self._config,
+            WriteDatasetInfoFn(self._output_dir, self._config,
                                 self._config['tokenizer'],
                                 self._config['special_tokens_in_text']),
             stats=beam.pvalue.AsSingleton(self._stats),

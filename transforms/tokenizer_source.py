@@ -61,7 +61,11 @@ def local_tokenizer_dir(name: str) -> str:
     return embedded_tokenizer_dir()
   if _is_remote(name):
     return _copy_remote_dir(name)
-  return name
+  if name.startswith(('/', '.', '~')) and not os.path.isdir(
+      os.path.expanduser(name)):
+    # A hub name never starts so; HuggingFace would report a bad repo id.
+    raise TokenizerNotFound(f'tokenizer directory {name} does not exist')
+  return os.path.expanduser(name)
 
 
 _copy_lock = threading.Lock()
@@ -88,13 +92,28 @@ def _copy_remote_dir(remote_dir: str) -> str:
     return _copied_dirs[remote_dir]
 
 
+_thread_tokenizers = threading.local()
+
+
 def load_tokenizer(name: str, special_tokens_in_text: str = 'text'):
   """Loads a HuggingFace tokenizer by name (see the module docstring).
 
   `special_tokens_in_text="text"` tokenizes strings such as `<|im_end|>`
   found inside prompts and outputs as plain text, so data cannot inject
   control tokens; "special" maps them to the special token ids.
+
+  Loaded once per thread: some runners call DoFn.setup for every bundle
+  (the streaming DirectRunner does) and a load takes about a second; not
+  shared between threads, as a tokenizer's settings change during calls.
   """
+  loaded = _thread_tokenizers.__dict__.setdefault('loaded', {})
+  key = (name, special_tokens_in_text)
+  if key not in loaded:
+    loaded[key] = _load_tokenizer(name, special_tokens_in_text)
+  return loaded[key]
+
+
+def _load_tokenizer(name: str, special_tokens_in_text: str):
   directory = local_tokenizer_dir(name)
   try:
     return transformers.AutoTokenizer.from_pretrained(

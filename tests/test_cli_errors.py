@@ -1,0 +1,150 @@
+"""Every config and CLI error stops the run before it starts: exit 2, exactly
+one line on stderr saying what is wrong, no traceback (issues 2 and 3).
+
+Most cases call `pipeline.cli.main` in-process (no pipeline runs); two go
+through the installed `sftbeam` script, offline.
+"""
+
+import os
+
+import pytest
+
+from conftest import run_sftbeam
+from pipeline import cli
+
+# (case id, YAML config text or None, argv after `run`, part of the message).
+# {input}, {output}, {config} and {tmp} are filled in per test.
+CASES = [
+    ('unknown-yaml-key', 'batchsize: 3\n', [], 'unknown option "batchsize"'),
+    ('wrong-type-yaml', 'batch_size: "32"\n', [],
+     'batch_size must be an integer'),
+    ('wrong-type-yaml-list', 'boundaries: 32\n', [],
+     'boundaries must be a list of integers'),
+    ('unsorted-boundaries-yaml', 'boundaries: [64, 32]\n', [],
+     'strictly increasing'),
+    ('non-positive-batch-size-yaml', 'batch_size: 0\n', [],
+     'batch_size must be a positive integer'),
+    ('bad-truncation-yaml', 'truncation: middle\n', [],
+     'truncation must be one of none, output_right, prompt_left'),
+    ('bad-yaml-syntax', 'batch_size: [\n', [], 'is not valid YAML'),
+    ('yaml-not-a-mapping', '- batch_size\n', [], 'must hold a mapping'),
+    ('yaml-beam-not-a-mapping', 'beam: fast\n', [],
+     '"beam" must be a mapping'),
+    ('missing-config-file', None, ['--config', '{tmp}/nope.yaml'],
+     'cannot read config'),
+    ('unknown-flag', None, ['--batchsize', '3'], 'unknown flag --batchsize'),
+    ('stray-argument', None, ['stray'], "unexpected argument 'stray'"),
+    ('wrong-type-cli-int', None, ['--batch_size', 'many'],
+     "--batch_size: cannot read 'many'"),
+    ('wrong-type-cli-bool', None, ['--overwrite', 'maybe'],
+     "--overwrite: cannot read 'maybe'"),
+    ('wrong-type-cli-float', None, ['--max_rejected_fraction', 'lots'],
+     "--max_rejected_fraction: cannot read 'lots'"),
+    ('wrong-type-cli-ints', None, ['--boundaries', '32,big'],
+     "--boundaries: cannot read '32,big'"),
+    ('unsorted-boundaries-cli', None, ['--boundaries', '64,32'],
+     'strictly increasing'),
+    ('repeated-boundary-cli', None, ['--boundaries', '32,32'],
+     'strictly increasing'),
+    ('zero-batch-size', None, ['--batch_size', '0'],
+     'batch_size must be a positive integer'),
+    ('negative-batch-size', None, ['--batch_size', '-3'],
+     'batch_size must be a positive integer'),
+    ('bad-truncation-cli', None, ['--truncation', 'middle'],
+     'truncation must be one of'),
+    ('bad-special-tokens-in-text', None, ['--special_tokens_in_text', 'yes'],
+     'special_tokens_in_text must be one of text, special'),
+    ('bad-pad-to', None, ['--pad_to', 'max'], 'pad_to must be one of'),
+    ('max-seq-len-above-boundaries', None, ['--max_seq_len', '99999'],
+     'above the largest bucket boundary'),
+    ('max-rejected-fraction-above-1', None, ['--max_rejected_fraction', '1.5'],
+     'max_rejected_fraction must be between 0 and 1'),
+    ('bad-beam-option-value', None, ['--max_num_workers=many'],
+     'invalid int value'),
+    ('missing-input', None, ['--input', '{tmp}/missing.jsonl'],
+     'matches no file'),
+    ('tokenizer-dir-missing', None, ['--tokenizer', '{tmp}/no-tokenizer'],
+     'tokenizer directory {tmp}/no-tokenizer does not exist'),
+    ('tokenizer-dir-without-files', None, ['--tokenizer', '{tmp}'],
+     'cannot load tokenizer'),
+    ('output-not-empty', None, ['--output', '{tmp}/full'],
+     'is not empty (1 entries): pass --overwrite'),
+    ('output-is-a-file', None, ['--output', '{input}'],
+     'is a file, not a directory'),
+]
+
+
+@pytest.fixture
+def paths(tmp_path):
+  """{input}, {output}, {config} and {tmp} of one test."""
+  input_path = tmp_path / 'in.jsonl'
+  input_path.write_text('{"prompt": "a", "output": "b"}\n', encoding='utf-8')
+  (tmp_path / 'full').mkdir()
+  (tmp_path / 'full' / 'earlier.txt').write_text('x', encoding='utf-8')
+  return {'input': str(input_path), 'output': str(tmp_path / 'out'),
+          'config': str(tmp_path / 'config.yaml'), 'tmp': str(tmp_path)}
+
+
+def command_line(yaml_text, argv, paths):
+  """`run --input .. --output ..` + argv; a later flag overrides."""
+  args = ['run', '--input', '{input}', '--output', '{output}']
+  if yaml_text is not None:
+    with open(paths['config'], 'w', encoding='utf-8') as handle:
+      handle.write(yaml_text)
+    args += ['--config', '{config}']
+  return [arg.format(**paths) for arg in args + argv]
+
+
+def assert_one_line_error(code, stdout, stderr, message):
+  assert code == 2
+  assert 'Traceback' not in stderr
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1, stderr
+  assert lines[0].startswith('sftbeam: error: ')
+  assert message in lines[0]
+  assert not stdout
+
+
+@pytest.mark.parametrize('yaml_text, argv, message',
+                         [case[1:] for case in CASES],
+                         ids=[case[0] for case in CASES])
+def test_config_error_exits_2_with_one_line(yaml_text, argv, message, paths,
+                                            capsys):
+  code = cli.main(command_line(yaml_text, argv, paths))
+  captured = capsys.readouterr()
+  assert_one_line_error(code, captured.out, captured.err,
+                        message.format(**paths))
+  assert not os.path.exists(paths['output'])  # nothing ran
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['run', '--output', 'out'], 'no input: pass --input'),
+    (['run', '--input', 'in.jsonl'], 'no output directory: pass --output'),
+    (['build'], "invalid choice: 'build'"),
+    ([], 'the following arguments are required: command'),
+])
+def test_incomplete_command_exits_2_with_one_line(argv, message, capsys):
+  code = cli.main(argv)
+  captured = capsys.readouterr()
+  assert_one_line_error(code, captured.out, captured.err, message)
+
+
+def test_hub_tokenizer_not_found_offline(paths, capsys, monkeypatch):
+  """A hub name that is not cached, with the hub unreachable (offline mode
+  here, so the test never waits for network retries)."""
+  monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
+  code = cli.main(command_line(
+      None, ['--tokenizer', 'no-such-org/no-such-tokenizer'], paths))
+  captured = capsys.readouterr()
+  assert_one_line_error(code, captured.out, captured.err,
+                        "cannot load tokenizer 'no-such-org/no-such-tokenizer'")
+
+
+def test_installed_script_exits_2_with_one_line(paths):
+  """The real console script, with a config file, up to the last check."""
+  paths['tmp'] = paths['output'] = os.path.dirname(paths['input'])
+  yaml_text = 'batch_size: 8\n'
+  message = f'output directory {paths["output"]} is not empty'
+  result = run_sftbeam(*command_line(yaml_text, [], paths), network=False)
+  assert_one_line_error(result.returncode, result.stdout, result.stderr,
+                        message)
