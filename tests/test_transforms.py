@@ -83,6 +83,10 @@ def test_parse_gives_content_ids_and_custom_fields():
   assert (record.prompt, record.output) == ('Hi', 'Yo')
   assert record.example_id == content_id('Hi', 'Yo')
   assert len(record.example_id) == 16
+  line = b'{"q": "Hi", "a": "Yo", "key": ""}'
+  main, _ = _outputs(ParseLines(FieldNames('q', 'a', 'key'), 1000),
+                     LineChunk('f', [(8, line, len(line))]))
+  assert main[0][0].example_id == content_id('Hi', 'Yo')
 
 
 def test_parse_lines_in_pipeline():

@@ -104,7 +104,7 @@ def _string_field(obj: dict, field: str) -> str:
 
 def _record_id(obj: dict, fields: FieldNames, prompt: str, output: str) -> str:
   value = obj.get(fields.id)
-  if value is None:
+  if value is None or value == '':  # an empty id identifies nothing
     return content_id(prompt, output)
   if isinstance(value, bool) or not isinstance(value, (str, int)):
     raise ParseError('field_not_string',
