@@ -30,6 +30,8 @@ setuptools.setup(
     ],
     extras_require={
         'test': ['pytest==9.2.0', 'hypothesis==6.170.15'],
+        # benchmarks/run_benchmark.py's HuggingFace `datasets` contender only.
+        'benchmark': ['datasets==5.2.0'],
     },
     entry_points={'console_scripts': ['sftbeam = pipeline.cli:main']},
 )
