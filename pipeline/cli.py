@@ -2,6 +2,8 @@
 
   sftbeam run --input PATTERN --output DIR [--config configs/X.yaml]
               [sftbeam options] [Beam pipeline options]
+  sftbeam run --streaming --input_subscription projects/P/subscriptions/S
+              --output DIR [--window_seconds N] [...]   (until stopped)
 
 Exit codes: 0 done; 1 the run failed or rejected more than
 --max_rejected_fraction of its input; 2 a config error (one line, before
@@ -14,11 +16,12 @@ import sys
 import threading
 import time
 
-import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline import config as config_lib
+from pipeline import remote
+from pipeline import streaming
 from pipeline.graph import build_batch_pipeline
 from pipeline.options import ConfigError
 from pipeline.output_dir import prepare_output_dir, remove_empty_temp_dirs
@@ -100,9 +103,10 @@ def run_pipeline(config, beam_args) -> float:
   stop = threading.Event()
   reporter = threading.Thread(target=_report_progress, args=(stop, started),
                               daemon=True)
-  reporter.start()
+  if remote.runs_in_this_process(options):  # else the counts stay zero
+    reporter.start()
   try:
-    with beam.Pipeline(options=options) as root:
+    with remote.new_pipeline(options) as root:
       build_batch_pipeline(root, config)
   finally:
     stop.set()
@@ -161,8 +165,16 @@ def rejected_too_much(info: dict, max_fraction: float):
 
 def run_command(args, beam_args) -> int:
   config, beam_args = config_lib.resolve(args, beam_args)
+  if config.streaming:
+    check_tokenizer(config)
+    return streaming.run(config, beam_args)
+  options = pipeline_options(beam_args)
+  remote.check_dataflow_job(config, options)
   check_inputs_exist(config.input)
   check_tokenizer(config)
+  if remote.is_dry_run(options):
+    print(remote.dry_run(config, options))
+    return 0
   prepare_output_dir(config.output, config.overwrite)
   wall_seconds = run_pipeline(config, beam_args)
   remove_empty_temp_dirs(config.output)

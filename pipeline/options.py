@@ -5,6 +5,7 @@ CLI flags and the checks all read it.
 """
 
 import dataclasses
+import re
 import types
 from typing import Any, Callable, Optional, Tuple
 
@@ -28,6 +29,10 @@ def _is_int(value):
 
 def _positive_int(value):
   return _is_int(value) and value > 0
+
+
+def _is_pubsub_path(value: str, kind: str) -> bool:
+  return re.fullmatch(f'projects/[^/]+/{kind}/[^/]+', value) is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +96,36 @@ OPTIONS = (
     Option('max_rejected_fraction', 'float', 1.0,
            'fail the run (exit 1) when more of the input is rejected',
            check=lambda v: 0.0 <= v <= 1.0, requirement='between 0 and 1'),
+    Option('global_batching', 'optional_bool', None,
+           'true: reshuffle chunks and group each bucket across workers '
+           '(parallel on Dataflow; a local runner holds all data between '
+           'such stages in memory); false: batch within each bundle, no '
+           'shuffle, flat memory; null: false on local runners, else true'),
     Option('overwrite', 'bool', False,
            'replace the outputs of an earlier run in --output'),
+    Option('streaming', 'bool', False,
+           'read records from Pub/Sub until cancelled, writing windowed '
+           'shards (see README: streaming mode)'),
+    Option('input_subscription', 'str', '',
+           'streaming: the Pub/Sub subscription to read, '
+           'projects/P/subscriptions/S',
+           check=lambda v: not v or _is_pubsub_path(v, 'subscriptions'),
+           requirement='projects/P/subscriptions/S'),
+    Option('input_topic', 'str', '',
+           'streaming: the Pub/Sub topic to read, projects/P/topics/T (a '
+           'temporary subscription made at start: earlier messages are not '
+           'seen)', check=lambda v: not v or _is_pubsub_path(v, 'topics'),
+           requirement='projects/P/topics/T'),
+    Option('window_seconds', 'int', 60,
+           'streaming: shards are written per window of this many seconds',
+           check=_positive_int, requirement='a positive integer'),
+    Option('max_buffering_seconds', 'float', 10.0,
+           'streaming: a partial batch is flushed after this long',
+           check=lambda v: v > 0, requirement='a positive number'),
+    Option('dead_letter_topic', 'str', '',
+           'streaming: also publish rejected records to this Pub/Sub topic',
+           check=lambda v: not v or _is_pubsub_path(v, 'topics'),
+           requirement='projects/P/topics/T'),
 )
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
@@ -151,11 +184,26 @@ def check_value(name: str, value, source: str):
                       f'got {value!r}')
 
 
+def _check_streaming_source(values: dict):
+  """A streaming run reads exactly one Pub/Sub source and no files."""
+  sources = [name for name in ('input_subscription', 'input_topic')
+             if values[name]]
+  if len(sources) != 1:
+    raise ConfigError('streaming reads one Pub/Sub source: pass '
+                      '--input_subscription projects/P/subscriptions/S or '
+                      '--input_topic projects/P/topics/T')
+  if values['input']:
+    raise ConfigError('--input is for batch runs; streaming reads '
+                      f'--{sources[0]}')
+
+
 def make_config(values: dict) -> Config:
   """Checks the values of every option together and fills in derived ones."""
   if not values['output']:
     raise ConfigError('no output directory: pass --output DIR')
-  if not values['input']:
+  if values['streaming']:
+    _check_streaming_source(values)
+  elif not values['input']:
     raise ConfigError('no input: pass --input PATTERN')
   values = dict(values, boundaries=list(values['boundaries']))
   if values['max_seq_len'] is None:
