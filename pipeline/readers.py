@@ -11,8 +11,6 @@ schema version this code understands, and lists shards that all exist.
 
 import json
 
-import numpy as np
-import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import schema
@@ -54,13 +52,15 @@ def _compression_type(info: dict) -> str:
 
 
 def read_tf_dataset(output_dir: str, shuffle: bool = False, seed: int = None,
-                    shuffle_buffer: int = 256) -> tf.data.Dataset:
+                    shuffle_buffer: int = 256):
   """A tf.data.Dataset of batch dicts (see transforms.schema.parse_batch).
 
   `input_ids`/`labels` int32 [B, L], `response_mask` bool [B, L],
   `prompt_lengths`/`output_lengths` int32 [B], `example_ids` string [B].
   With `shuffle`, shard order and batch order are both shuffled.
   """
+  # Imported here: the CLI checks dataset_info.json without TensorFlow.
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   info = load_dataset_info(output_dir)
   paths = shard_paths(output_dir, info)
   files = tf.data.Dataset.from_tensor_slices(paths)
