@@ -37,9 +37,18 @@ def load_yaml(path: str):
 
 
 def beam_options_to_args(beam_options: dict) -> list:
-  """`{runner: X, save_main_session: true}` -> ['--runner=X', ...]."""
+  """`{runner: X, save_main_session: true}` -> ['--runner=X', ...].
+
+  A true switch (a flag without a value) becomes the bare flag; a false one
+  is left out (write `no_use_public_ips: true` for `--no_use_public_ips`).
+  """
+  switches = {flag for action in _beam_parser()._actions  # pylint: disable=protected-access
+              if action.nargs == 0 for flag in action.option_strings}
   args = []
   for name, value in beam_options.items():
+    if isinstance(value, bool) and f'--{name}' in switches:
+      args.extend([f'--{name}'] if value else [])
+      continue
     if isinstance(value, bool):
       value = str(value)
     if isinstance(value, list):
@@ -87,9 +96,10 @@ def add_option_flags(parser: argparse.ArgumentParser):
     parser.add_argument(f'--{option.name}', **kwargs)
 
 
-def _known_beam_flags() -> set:
-  """Every flag some Beam PipelineOptions class defines."""
-  parser = argparse.ArgumentParser(add_help=False)
+def _beam_parser() -> argparse.ArgumentParser:
+  """A parser of every flag some Beam PipelineOptions class defines."""
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False,
+                                   exit_on_error=False)
   pending = [PipelineOptions]
   while pending:
     options_class = pending.pop()
@@ -98,19 +108,25 @@ def _known_beam_flags() -> set:
       options_class._add_argparse_args(parser)  # pylint: disable=protected-access
     except argparse.ArgumentError:
       pass  # a flag defined twice by two classes
-  return {flag for action in parser._actions for flag in action.option_strings}  # pylint: disable=protected-access
+  return parser
 
 
 def check_beam_args(beam_args: list):
-  """Rejects arguments that no Beam option knows, instead of ignoring them."""
-  known = _known_beam_flags()
-  for arg in beam_args:
+  """Rejects arguments that no Beam option knows, instead of ignoring them.
+
+  Parses them as Beam does, so `--project p` and `--project=p` both work and
+  a malformed value (`--max_num_workers=many`) is a config error here.
+  """
+  try:
+    _, unknown = _beam_parser().parse_known_args(beam_args)
+  except argparse.ArgumentError as error:
+    raise ConfigError(str(error)) from None
+  for arg in unknown:
     if not arg.startswith('--'):
       raise ConfigError(f'unexpected argument {arg!r}')
-    flag = arg.split('=', 1)[0]
-    if flag not in known:
-      raise ConfigError(f'unknown flag {flag}: not an sftbeam option '
-                        '(see sftbeam run --help) nor a Beam pipeline option')
+    raise ConfigError(f'unknown flag {arg.split("=", 1)[0]}: not an sftbeam '
+                      'option (see sftbeam run --help) nor a Beam pipeline '
+                      'option')
 
 
 def _flag_values(namespace) -> dict:

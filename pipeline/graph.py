@@ -10,6 +10,7 @@ batches; the batch and the streaming graphs both use it.
 from typing import Any, Tuple
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 
 from transforms.batch import BatchByBucket
 from transforms.pad import PadBatches
@@ -38,10 +39,12 @@ class LinesToBatches(beam.PTransform):
   `stats` the stats dicts of every step (sum them with SumStatsFn).
   """
 
-  def __init__(self, config, max_buffering_seconds=None):
+  def __init__(self, config, max_buffering_seconds=None,
+               batch_within_bundle=False):
     super().__init__()
     self._config = config
     self._max_buffering_seconds = max_buffering_seconds
+    self._batch_within_bundle = batch_within_bundle
 
   def expand(self, chunks):
     config = self._config
@@ -58,7 +61,8 @@ class LinesToBatches(beam.PTransform):
     padded = (
         tokenized.keyed
         | 'BatchByBucket' >> BatchByBucket(config.batch_size,
-                                           self._max_buffering_seconds)
+                                           self._max_buffering_seconds,
+                                           self._batch_within_bundle)
         | 'PadBatches' >> beam.ParDo(
             PadBatches(config.pad_to, config.pad_id, config.tokenizer,
                        config.special_tokens_in_text)).with_outputs(
@@ -71,13 +75,24 @@ class LinesToBatches(beam.PTransform):
     return {'batches': padded.batches, 'rejected': rejected, 'stats': stats}
 
 
+def batches_globally(config, options) -> bool:
+  """The `global_batching` option, its null resolved by the runner."""
+  if config.global_batching is not None:
+    return config.global_batching
+  runner = options.view_as(StandardOptions).runner or ''
+  return runner.split('.')[-1] not in StandardOptions.LOCAL_RUNNERS
+
+
 def build_batch_pipeline(root, config):
   """Adds the whole batch job under `root`; gives the info PCollection."""
+  global_batching = batches_globally(config, root.options)
   outputs = (
       root
       | 'ReadInput' >> ReadLineChunks(config.input, config.read_chunk_lines,
-                                      config.max_line_bytes)
-      | 'LinesToBatches' >> LinesToBatches(config))
+                                      config.max_line_bytes,
+                                      spread=global_batching)
+      | 'LinesToBatches' >> LinesToBatches(
+          config, batch_within_bundle=not global_batching))
   shard_results = outputs['batches'] | 'WriteBatches' >> WriteBatches(
       config.output, config.num_shards, config.compression)
   rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(

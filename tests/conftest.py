@@ -28,6 +28,24 @@ def qwen():
   return load_tokenizer(EMBEDDED, 'text')
 
 
+# A new network namespace starts with loopback down: bring it up (runners
+# with worker processes talk gRPC over it), then exec the command.
+_LOOPBACK_UP = """
+import fcntl, os, socket, struct, sys
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+ifreq = struct.Struct('16sH22x')  # interface name, flags
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+  _, flags = ifreq.unpack(fcntl.ioctl(probe, SIOCGIFFLAGS, ifreq.pack(b'lo', 0)))
+  fcntl.ioctl(probe, SIOCSIFFLAGS, ifreq.pack(b'lo', flags | IFF_UP))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
+def offline(command: list) -> list:
+  """`command` run in a fresh network namespace holding only loopback."""
+  return ['unshare', '-n', '--', sys.executable, '-c', _LOOPBACK_UP, *command]
+
+
 def run_sftbeam(*args, network=True, timeout=600, check=False):
   """Runs the installed `sftbeam` CLI; gives the CompletedProcess.
 
@@ -36,7 +54,7 @@ def run_sftbeam(*args, network=True, timeout=600, check=False):
   """
   command = [SFTBEAM, *args]
   if not network:
-    command = ['unshare', '-n', '--', *command]
+    command = offline(command)
   result = subprocess.run(command, capture_output=True, text=True,
                           timeout=timeout, check=False)
   if check and result.returncode != 0:
