@@ -26,6 +26,7 @@ from pipeline.graph import build_batch_pipeline
 from pipeline.options import ConfigError
 from pipeline.output_dir import prepare_output_dir, remove_empty_temp_dirs
 from transforms import progress, schema
+from transforms.paths import is_remote
 from transforms.tokenizer_source import TokenizerNotFound, load_tokenizer
 
 # The DirectRunner first tries Prism, which downloads a binary; naming its
@@ -52,14 +53,10 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _is_remote(path: str) -> bool:
-  return '://' in path
-
-
 def check_inputs_exist(patterns):
   """Local patterns must match files; remote ones are matched at run time."""
   for pattern in patterns:
-    if _is_remote(pattern):
+    if is_remote(pattern):
       continue
     if not FileSystems.match([pattern])[0].metadata_list:
       raise ConfigError(f'--input {pattern} matches no file')
@@ -67,7 +64,7 @@ def check_inputs_exist(patterns):
 
 def check_tokenizer(config):
   """Loads a local or embedded tokenizer now, to fail before the run."""
-  if _is_remote(config.tokenizer):
+  if is_remote(config.tokenizer):
     return  # read on the workers; nothing touches GCS at construction
   try:
     load_tokenizer(config.tokenizer, config.special_tokens_in_text)

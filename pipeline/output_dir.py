@@ -15,6 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.options import ConfigError
 from transforms import schema
+from transforms.paths import is_remote
 
 _OWN_PATTERNS = (schema.INFO_FILE + '*', schema.SHARD_PREFIX + '-*',
                  schema.UNFINISHED_SHARD_PREFIX + '-*',
@@ -22,13 +23,9 @@ _OWN_PATTERNS = (schema.INFO_FILE + '*', schema.SHARD_PREFIX + '-*',
                  schema.WINDOW_STATS_PREFIX + '-*', '.temp*')
 
 
-def _is_remote(path: str) -> bool:
-  return '://' in path
-
-
 def _entries(output_dir: str) -> list:
   """Names directly under `output_dir` (remote: every object below it)."""
-  if not _is_remote(output_dir):
+  if not is_remote(output_dir):
     return os.listdir(output_dir) if os.path.isdir(output_dir) else []
   try:
     match = FileSystems.match([FileSystems.join(output_dir, '**')])[0]
@@ -44,7 +41,7 @@ def _entries(output_dir: str) -> list:
 def _delete(output_dir: str, names: list):
   for name in names:
     path = FileSystems.join(output_dir, name)
-    if not _is_remote(output_dir) and os.path.isdir(path):
+    if not is_remote(output_dir) and os.path.isdir(path):
       shutil.rmtree(path)
     else:
       FileSystems.delete([path])
@@ -59,7 +56,7 @@ def _own_entries(output_dir: str) -> list:
 
 def prepare_output_dir(output_dir: str, overwrite: bool):
   """Raises ConfigError if `output_dir` holds anything and overwrite is off."""
-  if not _is_remote(output_dir) and os.path.lexists(output_dir) and (
+  if not is_remote(output_dir) and os.path.lexists(output_dir) and (
       not os.path.isdir(output_dir)):
     raise ConfigError(f'--output {output_dir} is a file, not a directory: '
                       'choose another --output')
@@ -71,13 +68,13 @@ def prepare_output_dir(output_dir: str, overwrite: bool):
         'another --output')
   if overwrite:
     _delete(output_dir, _own_entries(output_dir))
-  if not _is_remote(output_dir):
+  if not is_remote(output_dir):
     os.makedirs(output_dir, exist_ok=True)
 
 
 def remove_empty_temp_dirs(output_dir: str):
   """fileio leaves its emptied local temp directories behind."""
-  if _is_remote(output_dir):
+  if is_remote(output_dir):
     return
   for name in fnmatch.filter(_entries(output_dir), '.temp*'):
     path = os.path.join(output_dir, name)

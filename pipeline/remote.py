@@ -23,7 +23,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline.graph import build_batch_pipeline
 from pipeline.options import ConfigError
-from transforms.tokenizer_source import EMBEDDED, _is_remote  # pylint: disable=protected-access
+from transforms.paths import is_remote
+from transforms.tokenizer_source import EMBEDDED
 
 
 # What configs/dataflow.yaml marks the values the user must fill with.
@@ -96,7 +97,7 @@ def check_dataflow_job(config, options):
                       'the project root')
   for name, path in [('input', pattern) for pattern in config.input] + [
       ('output', config.output)]:
-    if not _is_remote(path):
+    if not is_remote(path):
       raise ConfigError(f'--{name} {path} is a local path, which Dataflow '
                         'workers cannot reach: use gs://BUCKET/...')
   if config.tokenizer != EMBEDDED and os.path.isdir(config.tokenizer):

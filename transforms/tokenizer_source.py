@@ -18,6 +18,8 @@ import threading
 import transformers
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.paths import is_remote
+
 EMBEDDED = 'embedded'
 _TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json',
                     'merges.txt', 'special_tokens_map.json',
@@ -47,10 +49,6 @@ def embedded_tokenizer_dir() -> str:
                           'tokenizer_files/tokenizer.json')
 
 
-def _is_remote(name: str) -> bool:
-  return '://' in name
-
-
 def local_tokenizer_dir(name: str) -> str:
   """A local directory holding the tokenizer `name`, or `name` itself.
 
@@ -59,7 +57,7 @@ def local_tokenizer_dir(name: str) -> str:
   """
   if name == EMBEDDED:
     return embedded_tokenizer_dir()
-  if _is_remote(name):
+  if is_remote(name):
     return _copy_remote_dir(name)
   if name.startswith(('/', '.', '~')) and not os.path.isdir(
       os.path.expanduser(name)):
