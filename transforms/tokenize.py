@@ -11,6 +11,7 @@ Reason codes added here:
 """
 
 import bisect
+import concurrent.futures
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
@@ -22,6 +23,9 @@ from transforms.records import TokenizedRecord, reject
 from transforms.tokenizer_source import load_tokenizer
 
 TRUNCATION_MODES = ('none', 'output_right', 'prompt_left')
+# Records per tokenizer call; a chunk is tokenized slice by slice so that
+# tokenizing overlaps with the work downstream (see TokenizeAndBucket).
+_SLICE_RECORDS = 512
 
 
 class TokenizeSettings(NamedTuple):
@@ -84,6 +88,7 @@ class TokenizeAndBucket(beam.DoFn):
     self._settings = settings
     self._tokenizer = None
     self._eos_id = None
+    self._tokenizing_thread = None
     self._truncated = Metrics.counter('sftbeam', 'truncated')
 
   def setup(self):
@@ -92,6 +97,12 @@ class TokenizeAndBucket(beam.DoFn):
                                      self._settings.special_tokens_in_text)
     if self._settings.append_eos:
       self._eos_id = self._tokenizer.eos_token_id
+    self._tokenizing_thread = concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix='sftbeam-tokenize')
+
+  def teardown(self):
+    if self._tokenizing_thread is not None:
+      self._tokenizing_thread.shutdown()
 
   def _encode(self, records):
     prompts = [record.prompt for record in records]
@@ -109,19 +120,36 @@ class TokenizeAndBucket(beam.DoFn):
       except Exception as error:  # pylint: disable=broad-except
         yield record, None, None, f'{type(error).__name__}: {error}'
 
-  def _encoded(self, records):
+  def _encoded(self, records) -> list:
+    """(record, prompt_ids, output_ids, error) for each record."""
     try:
       prompt_ids, output_ids = self._encode(records)
     except Exception:  # pylint: disable=broad-except
-      yield from self._encode_each(records)
-      return
-    for record, prompt, output in zip(records, prompt_ids, output_ids):
-      yield record, prompt, output, None
+      return list(self._encode_each(records))
+    return [(record, prompt, output, None)
+            for record, prompt, output in zip(records, prompt_ids, output_ids)]
+
+  def _encoded_in_background(self, records):
+    """Like `_encoded`, one slice ahead on the tokenizing thread.
+
+    The tokenizer runs in Rust without the GIL: while it encodes slice k+1,
+    the records of slice k flow downstream (batching, padding, writing run
+    fused with this step) on the calling thread.
+    """
+    slices = [records[start:start + _SLICE_RECORDS]
+              for start in range(0, len(records), _SLICE_RECORDS)]
+    pending = self._tokenizing_thread.submit(self._encoded, slices[0])
+    for next_slice in slices[1:] + [None]:
+      encoded = pending.result()
+      if next_slice is not None:
+        pending = self._tokenizing_thread.submit(self._encoded, next_slice)
+      yield from encoded
 
   def process(self, records):
     settings = self._settings
     truncated = 0
-    for record, prompt_ids, output_ids, error in self._encoded(records):
+    for record, prompt_ids, output_ids, error in self._encoded_in_background(
+        records):
       if error is not None:
         yield beam.pvalue.TaggedOutput(
             self.REJECTED, reject(record, 'tokenizer_error', error))
