@@ -11,7 +11,6 @@ anything runs).
 """
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -25,7 +24,8 @@ from pipeline import streaming
 from pipeline.graph import build_batch_pipeline
 from pipeline.options import ConfigError
 from pipeline.output_dir import prepare_output_dir, remove_empty_temp_dirs
-from transforms import progress, schema
+from pipeline.readers import load_dataset_info
+from transforms import progress
 from transforms.paths import is_remote
 from transforms.tokenizer_source import TokenizerNotFound, load_tokenizer
 
@@ -92,9 +92,8 @@ def _report_progress(stop: threading.Event, started: float):
           flush=True)
 
 
-def run_pipeline(config, beam_args) -> float:
+def run_pipeline(config, options) -> float:
   """Runs the batch job to completion; gives its wall time in seconds."""
-  options = pipeline_options(beam_args)
   started = time.time()
   progress.reset()
   stop = threading.Event()
@@ -108,11 +107,6 @@ def run_pipeline(config, beam_args) -> float:
   finally:
     stop.set()
   return time.time() - started
-
-
-def read_info(output_dir: str) -> dict:
-  with FileSystems.open(FileSystems.join(output_dir, schema.INFO_FILE)) as f:
-    return json.loads(f.read())
 
 
 def format_summary(info: dict, wall_seconds: float) -> str:
@@ -173,9 +167,9 @@ def run_command(args, beam_args) -> int:
     print(remote.dry_run(config, options))
     return 0
   prepare_output_dir(config.output, config.overwrite)
-  wall_seconds = run_pipeline(config, beam_args)
+  wall_seconds = run_pipeline(config, options)
   remove_empty_temp_dirs(config.output)
-  info = read_info(config.output)
+  info = load_dataset_info(config.output)
   print(format_summary(info, wall_seconds))
   print(f'output: {config.output}')
   problem = rejected_too_much(info, config.max_rejected_fraction)
