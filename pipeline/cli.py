@@ -12,7 +12,6 @@ anything runs).
 
 import argparse
 import sys
-import threading
 import time
 
 from apache_beam.io.filesystems import FileSystems
@@ -32,7 +31,6 @@ from transforms.tokenizer_source import TokenizerNotFound, load_tokenizer
 # The DirectRunner first tries Prism, which downloads a binary; naming its
 # batch engine directly keeps the default run offline.
 DEFAULT_RUNNER = 'FnApiRunner'
-PROGRESS_SECONDS = 10
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -80,32 +78,21 @@ def pipeline_options(beam_args) -> PipelineOptions:
   return options
 
 
-def _report_progress(stop: threading.Event, started: float):
-  while not stop.wait(PROGRESS_SECONDS):
-    counts = progress.snapshot()
-    elapsed = time.time() - started
-    lines = counts.get('lines_read', 0)
-    print(f'[{elapsed:6.0f}s] read {lines} lines, wrote '
+def _describe_progress(counts: dict, elapsed: float) -> str:
+  lines = counts.get('lines_read', 0)
+  return (f'[{elapsed:6.0f}s] read {lines} lines, wrote '
           f'{counts.get("batches_written", 0)} batches '
           f'({counts.get("records_written", 0)} records), rejected '
-          f'{counts.get("rejected", 0)}; {lines / elapsed:.0f} lines/s',
-          flush=True)
+          f'{counts.get("rejected", 0)}; {lines / elapsed:.0f} lines/s')
 
 
 def run_pipeline(config, options) -> float:
   """Runs the batch job to completion; gives its wall time in seconds."""
   started = time.time()
-  progress.reset()
-  stop = threading.Event()
-  reporter = threading.Thread(target=_report_progress, args=(stop, started),
-                              daemon=True)
-  if remote.runs_in_this_process(options):  # else the counts stay zero
-    reporter.start()
-  try:
+  with progress.printed_every(
+      _describe_progress, enabled=remote.runs_in_this_process(options)):
     with remote.new_pipeline(options) as root:
       build_batch_pipeline(root, config)
-  finally:
-    stop.set()
   return time.time() - started
 
 

@@ -34,7 +34,6 @@ read a batch one.
 import collections
 import json
 import os
-import threading
 import time
 import uuid
 
@@ -66,7 +65,6 @@ STREAMING_RUNNER = 'BundleBasedDirectRunner'
 # A safety net only: stamped with the wall-clock time, elements are never
 # behind the watermark (see the module docstring).
 ALLOWED_LATENESS_SECONDS = 3600
-PROGRESS_SECONDS = 10
 _TIME_FORMAT = '%Y%m%dT%H%M%SZ'
 
 
@@ -321,15 +319,13 @@ def prepare_output(config) -> dict:
   return {}
 
 
-def _report_progress(stop: threading.Event, started: float):
-  while not stop.wait(PROGRESS_SECONDS):
-    counts = progress.snapshot()
-    print(f'[{time.time() - started:6.0f}s] received '
+def _describe_progress(counts: dict, elapsed: float) -> str:
+  return (f'[{elapsed:6.0f}s] received '
           f'{counts.get("lines_read", 0)} messages, wrote '
           f'{counts.get("batches_written", 0)} batches '
           f'({counts.get("records_written", 0)} records), rejected '
           f'{counts.get("rejected", 0)}; {counts.get("windows_written", 0)} '
-          'window firings', flush=True)
+          'window firings')
 
 
 def run(config, beam_args) -> int:
@@ -343,18 +339,13 @@ def run(config, beam_args) -> int:
   source = config.input_subscription or config.input_topic
   print(f'streaming {source} into {config.output}, windows of '
         f'{config.window_seconds} s; stop with Ctrl-C', flush=True)
-  progress.reset()
-  stop = threading.Event()
-  threading.Thread(target=_report_progress, args=(stop, time.time()),
-                   daemon=True).start()
   try:
-    with remote.new_pipeline(options) as root:
-      build_streaming_pipeline(root, config, earlier_stats)
+    with progress.printed_every(_describe_progress):
+      with remote.new_pipeline(options) as root:
+        build_streaming_pipeline(root, config, earlier_stats)
   except KeyboardInterrupt:
     # Locally the job stops with this process; a Dataflow job keeps running.
     print('stopped. A local run loses the records it received but had not '
           'written yet; a Dataflow job keeps running: drain it with gcloud '
           'dataflow jobs drain (README: streaming mode)', flush=True)
-  finally:
-    stop.set()
   return 0

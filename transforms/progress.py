@@ -7,7 +7,12 @@ processes, Dataflow), where the runner shows its own progress.
 """
 
 import collections
+import contextlib
 import threading
+import time
+
+# A long local run shows its progress at least this often.
+PRINT_SECONDS = 10
 
 _lock = threading.Lock()
 _counts = collections.Counter()
@@ -26,3 +31,27 @@ def snapshot() -> dict:
 def reset():
   with _lock:
     _counts.clear()
+
+
+@contextlib.contextmanager
+def printed_every(describe, enabled: bool = True,
+                  seconds: float = PRINT_SECONDS):
+  """Prints `describe(counts, elapsed_seconds)` every `seconds` in the block.
+
+  Starts from zero counts. With `enabled` false (the DoFns run in other
+  processes, where these counts stay zero) it prints nothing.
+  """
+  reset()
+  started = time.time()
+  stop = threading.Event()
+
+  def report():
+    while not stop.wait(seconds):
+      print(describe(snapshot(), time.time() - started), flush=True)
+
+  if enabled:
+    threading.Thread(target=report, daemon=True).start()
+  try:
+    yield
+  finally:
+    stop.set()
