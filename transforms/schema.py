@@ -84,8 +84,10 @@ def _varints(values: np.ndarray) -> bytes:
   values = np.asarray(values, dtype=np.uint64).ravel()
   if not values.size:
     return b''
-  widths = np.ones(len(values), dtype=np.int64)
   largest = int(values.max())
+  if largest < 0x80:  # one byte each, as is (the response mask)
+    return values.astype(np.uint8).tobytes()
+  widths = np.ones(len(values), dtype=np.int64)
   for shift in range(7, largest.bit_length(), 7):
     widths += values >= np.uint64(1 << shift)
   starts = np.cumsum(widths) - widths

@@ -79,9 +79,8 @@ def pad_shift_mask(prompt_ids: Sequence[Sequence[int]],
 
   sequences = np.full((len(total_lengths), width + 1), pad_id, dtype=np.int64)
   # One scatter for the whole batch: row r's tokens go to columns 0..total-1.
-  tokens = np.concatenate(
-      [np.concatenate((np.asarray(p, np.int64), np.asarray(o, np.int64)))
-       for p, o in zip(prompt_ids, output_ids)])
+  tokens = np.concatenate([np.asarray(ids, np.int64) for pair in
+                           zip(prompt_ids, output_ids) for ids in pair])
   rows = np.repeat(np.arange(len(total_lengths)), total_lengths)
   starts = np.repeat(np.cumsum(total_lengths) - total_lengths, total_lengths)
   sequences[rows, np.arange(len(tokens)) - starts] = tokens
