@@ -11,6 +11,7 @@ from typing import Any, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.runners.runner import create_runner
 
 from transforms.batch import BatchByBucket
 from transforms.pad import PadBatches
@@ -79,8 +80,11 @@ def batches_globally(config, options) -> bool:
   """The `global_batching` option, its null resolved by the runner."""
   if config.global_batching is not None:
     return config.global_batching
-  runner = options.view_as(StandardOptions).runner or ''
-  return runner.split('.')[-1] not in StandardOptions.LOCAL_RUNNERS
+  # Resolved as Beam resolves it: names are case-insensitive, may be full
+  # paths, and an unset runner means the DirectRunner.
+  runner = create_runner(options.view_as(StandardOptions).runner or
+                         'DirectRunner')
+  return type(runner).__name__ not in StandardOptions.LOCAL_RUNNERS
 
 
 def build_batch_pipeline(root, config):
