@@ -26,7 +26,9 @@ from pipeline.readers import (IncompleteOutput, iter_numpy_batches,
 from transforms import schema, sft
 
 COPIES = 2
-POLL_SECONDS = 0.05
+# The last shard renames and dataset_info.json follow each other within
+# milliseconds: poll often enough to land between them.
+POLL_SECONDS = 0.002
 
 
 @pytest.fixture(scope='module')
