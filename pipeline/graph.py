@@ -55,7 +55,7 @@ class LinesToBatches(beam.PTransform):
         ParseLines(fields, config.max_line_bytes)).with_outputs(
             ParseLines.REJECTED, ParseLines.STATS, main='records')
     tokenized = parsed.records | 'TokenizeAndBucket' >> beam.ParDo(
-        TokenizeAndBucket(tokenize_settings(config))
+        TokenizeAndBucket(tokenize_settings(config), run_ahead=True)
     ).with_output_types(Tuple[int, Any]).with_outputs(
             TokenizeAndBucket.REJECTED, TokenizeAndBucket.STATS,
             main='keyed')

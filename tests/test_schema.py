@@ -47,6 +47,13 @@ def test_varints_match_the_protobuf_encoding():
   assert schema._varints(values) == expected[2:]  # pylint: disable=protected-access
 
 
+def test_varints_of_every_table_value_match_the_protobuf_encoding():
+  """Values below 2**18 are encoded by table lookup; check all of them."""
+  values = np.arange(2**18)
+  expected = tf.train.Int64List(value=values.tolist()).SerializeToString()
+  assert schema._varints(values) == expected[4:]  # key, 3-byte length
+
+
 def test_negative_values_are_refused():
   with pytest.raises(ValueError, match='non-negative'):
     schema._int64_feature(np.array([-1]))  # pylint: disable=protected-access

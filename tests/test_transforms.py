@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import (FixedWindows, IntervalWindow,
+                                           TimestampedValue)
+from apache_beam.utils.windowed_value import WindowedValue
 
 from conftest import beam_test_pipeline
 from transforms import schema
@@ -126,8 +129,8 @@ def test_tokenize_and_bucket_directly(tokenize_fn, qwen):
   [(bucket, tokenized)] = main
   prompt_ids = qwen('Hello, world!')['input_ids']
   output_ids = qwen('Hi', add_special_tokens=False)['input_ids']
-  assert tokenized.prompt_ids.tolist() == prompt_ids
-  assert tokenized.output_ids.tolist() == output_ids
+  assert list(tokenized.prompt_ids) == prompt_ids
+  assert list(tokenized.output_ids) == output_ids
   assert bucket == bucket_of(len(prompt_ids) + len(output_ids) - 1, (4, 8, 16))
   assert [(r.reason, r.line_number) for r in tagged['rejected']] == [
       ('too_long', 1)]
@@ -143,6 +146,65 @@ def test_tokenize_and_bucket_in_pipeline(qwen):
         qwen('d', add_special_tokens=False)['input_ids']) - 1
     assert_that(keyed.keyed | beam.Map(lambda kv: (kv[0], kv[1].example_id)),
                 equal_to([(bucket_of(length, (4, 8, 16)), 'x')]))
+
+
+def _numbered_records(count, prefix):
+  """Records that all fit SETTINGS' max_seq_len."""
+  return [_record(f'prompt {number}', 'word ' * (1 + number % 9),
+                  f'{prefix}-{number}') for number in range(count)]
+
+
+def test_run_ahead_gives_the_same_outputs_in_their_own_windows(qwen):
+  """With run_ahead, slices of earlier lists come out later (during later
+  process() calls or in finish_bundle) but in their own window and
+  timestamp, in order, and nothing is lost or repeated."""
+  del qwen
+  lists = [_numbered_records(700, f'list{index}') for index in range(12)]
+  plain = TokenizeAndBucket(SETTINGS)
+  plain.setup()
+  expected = [_outputs(plain, records)[0] for records in lists]
+  ahead = TokenizeAndBucket(SETTINGS, run_ahead=True)
+  ahead.setup()
+  ahead.start_bundle()
+  by_window = {index: [] for index in range(len(lists))}
+  def collect(value, current_window):
+    if isinstance(value, beam.pvalue.TaggedOutput):
+      return
+    if isinstance(value, WindowedValue):
+      (window,) = value.windows
+      assert value.timestamp == window.start
+      by_window[int(window.start)].append(value.value)
+    else:
+      by_window[current_window].append(value)
+  for index, records in enumerate(lists):
+    window = IntervalWindow(index, index + 1)
+    outputs = list(ahead.process(records, window=window, timestamp=index))
+    for value in outputs:
+      collect(value, index)
+  assert sum(map(len, by_window.values())) < sum(map(len, expected))
+  for value in ahead.finish_bundle():
+    collect(value, None)
+  assert [by_window[index] for index in range(len(lists))] == expected
+
+
+def test_run_ahead_keeps_windows_in_a_pipeline():
+  window_seconds = 10
+  lists = [_numbered_records(600, f'list{index}') for index in range(12)]
+
+  def id_and_window(keyed_record, window=beam.DoFn.WindowParam):
+    return keyed_record[1].example_id, int(window.start)
+
+  with beam_test_pipeline() as root:
+    keyed = (root
+             | beam.Create([TimestampedValue(records, index * window_seconds)
+                            for index, records in enumerate(lists)])
+             | beam.WindowInto(FixedWindows(window_seconds))
+             | beam.ParDo(TokenizeAndBucket(SETTINGS, run_ahead=True))
+             .with_outputs('rejected', 'stats', main='keyed'))
+    assert_that(keyed.keyed | beam.Map(id_and_window),
+                equal_to([(record.example_id, index * window_seconds)
+                          for index, records in enumerate(lists)
+                          for record in records]))
 
 
 def test_bucket_of_picks_smallest_boundary_at_least_length():

@@ -9,7 +9,6 @@ with a reason code. Stats travel as flat `{name: count}` dicts that a
 import json
 from typing import List, NamedTuple, Optional, Tuple
 
-import numpy as np
 
 # Rejected output keeps at most this much of the offending line.
 MAX_RAW_CHARS = 1000
@@ -37,8 +36,8 @@ class Record(NamedTuple):
 
 class TokenizedRecord(NamedTuple):
   example_id: str
-  prompt_ids: np.ndarray  # int32
-  output_ids: np.ndarray  # int32
+  prompt_ids: List[int]
+  output_ids: List[int]
   truncated: bool
 
 

@@ -6,6 +6,7 @@ This module is the single home of the SFT arithmetic (see
 through `encode_texts`, so the library and the pipeline cannot disagree.
 """
 
+import itertools
 from typing import Optional, Sequence
 
 import numpy as np
@@ -78,12 +79,13 @@ def pad_shift_mask(prompt_ids: Sequence[Sequence[int]],
     raise ValueError(f'width {width} is shorter than the longest row {longest}')
 
   sequences = np.full((len(total_lengths), width + 1), pad_id, dtype=np.int64)
-  # One scatter for the whole batch: row r's tokens go to columns 0..total-1.
-  tokens = np.concatenate([np.asarray(ids, np.int64) for pair in
-                           zip(prompt_ids, output_ids) for ids in pair])
-  rows = np.repeat(np.arange(len(total_lengths)), total_lengths)
-  starts = np.repeat(np.cumsum(total_lengths) - total_lengths, total_lengths)
-  sequences[rows, np.arange(len(tokens)) - starts] = tokens
+  # One assignment for the whole batch: the mask selects, in row-major
+  # order, columns 0..total-1 of each row, the order of the joined tokens.
+  tokens = np.fromiter(
+      itertools.chain.from_iterable(
+          itertools.chain.from_iterable(zip(prompt_ids, output_ids))),
+      np.int64, int(total_lengths.sum()))
+  sequences[np.arange(width + 1) < total_lengths[:, None]] = tokens
 
   columns = np.arange(width)
   response_mask = ((columns >= (prompt_lengths - 1)[:, None]) &
