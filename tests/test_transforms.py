@@ -14,7 +14,9 @@ from apache_beam.transforms.window import (FixedWindows, IntervalWindow,
 from apache_beam.utils.windowed_value import WindowedValue
 
 from conftest import beam_test_pipeline
+from fake_tokenizer import WordIdTokenizer
 from transforms import schema
+from transforms import tokenize as tokenize_module
 from transforms.batch import BatchByBucket, _BatchWithinBundleFn
 from transforms.pad import PadBatches, batch_stats
 from transforms.parse import FieldNames, ParseLines, content_id
@@ -205,6 +207,23 @@ def test_run_ahead_keeps_windows_in_a_pipeline():
                 equal_to([(record.example_id, index * window_seconds)
                           for index, records in enumerate(lists)
                           for record in records]))
+
+
+def test_threads_share_only_a_rust_tokenizer(monkeypatch):
+  """A Python tokenizer may change its settings during a call, so it gets
+  one tokenizing thread; the Rust backend is shared by one per core."""
+  rust = TokenizeAndBucket(SETTINGS)
+  rust.setup()
+  monkeypatch.setattr(tokenize_module, 'load_tokenizer',
+                      lambda *args: WordIdTokenizer())
+  python_only = TokenizeAndBucket(SETTINGS)
+  python_only.setup()
+  cores = len(os.sched_getaffinity(0))
+  # pylint: disable=protected-access
+  assert rust._tokenizing_threads._max_workers == cores
+  assert python_only._tokenizing_threads._max_workers == 1
+  main, _ = _outputs(python_only, [_record('w1 w2', 'w3 w4 w5', 'w')])
+  assert [list(record.output_ids) for _, record in main] == [[3, 4, 5]]
 
 
 def test_bucket_of_picks_smallest_boundary_at_least_length():

@@ -134,9 +134,9 @@ def parse_text(text: str, fields: FieldNames):
   if '\\u' in text and any(map(_has_lone_surrogate, (prompt, output,
                                                       example_id))):
     raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
-  if not prompt.strip():
+  if not prompt or prompt.isspace():
     raise ParseError('empty_prompt', 'the prompt is empty or whitespace')
-  if not output.strip():
+  if not output or output.isspace():
     raise ParseError('empty_output', 'the output is empty or whitespace')
   return example_id, prompt, output
 
@@ -158,7 +158,7 @@ def parse_line(source: str, line_number: int, line: bytes, total_bytes: int,
     return rejected('invalid_utf8', str(error),
                     line[:MAX_RAW_CHARS].decode('utf-8', 'replace'))
   text = text.lstrip(_BOM)
-  if not text.strip():
+  if not text or text.isspace():
     return None
   try:
     example_id, prompt, output = parse_text(text, fields)

@@ -12,6 +12,15 @@ from typing import Optional, Sequence
 import numpy as np
 
 
+def rust_backend(tokenizer):
+  """The Rust tokenizer behind a HuggingFace fast tokenizer, else None.
+
+  Its encode calls never change the tokenizer's settings, so threads may
+  share it; a Python tokenizer's calls may.
+  """
+  return getattr(tokenizer, 'backend_tokenizer', None)
+
+
 def encode_texts(tokenizer, texts: Sequence[str], add_special_tokens: bool):
   """Token ids of each text, in one batched tokenizer call.
 
@@ -19,7 +28,7 @@ def encode_texts(tokenizer, texts: Sequence[str], add_special_tokens: bool):
   (`encode_batch_fast` skips offset bookkeeping we never use); anything else
   that behaves like a HuggingFace tokenizer is called the usual way.
   """
-  backend = getattr(tokenizer, 'backend_tokenizer', None)
+  backend = rust_backend(tokenizer)
   if backend is not None:
     encodings = backend.encode_batch_fast(
         list(texts), add_special_tokens=add_special_tokens)

@@ -100,7 +100,7 @@ class TokenizeAndBucket(beam.DoFn):
 
   Records are tokenized in slices of 512, one batched tokenizer call for
   the prompts and one for the outputs, on tokenizing threads (one per
-  core): the Rust tokenizer runs without the GIL while the records of
+  core; one in all for a tokenizer without a Rust backend): the Rust tokenizer runs without the GIL while the records of
   earlier slices flow downstream (batching, padding and writing run fused
   with this step). Gives Rejected records on `rejected` and a stats dict
   (`truncated`) per slice on `stats`.
@@ -137,8 +137,9 @@ class TokenizeAndBucket(beam.DoFn):
     # of our own keep every core busy, while the tokenizer's own threads
     # idle between its calls (about 8% slower here). A user's setting wins.
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+    threads = _cores() if sft.rust_backend(self._tokenizer) else 1
     self._tokenizing_threads = concurrent.futures.ThreadPoolExecutor(
-        max_workers=_cores(), thread_name_prefix='sftbeam-tokenize')
+        max_workers=threads, thread_name_prefix='sftbeam-tokenize')
     self._in_flight = collections.deque()
 
   def start_bundle(self):
