@@ -22,6 +22,8 @@ Contenders, each run in its own subprocess on the same input:
             "wall time" summary line (records in -> shards and
             dataset_info.json written); the process wall time, which adds
             interpreter start, imports and the config checks, is shown too.
+            Its workers tokenize on a thread per core and set
+            TOKENIZERS_PARALLELISM=false for themselves unless it is set.
   loop      a plain Python loop implementing the spec per batch of 32: read
             and parse 32 lines, one batched tokenizer `__call__` for the
             prompts and one for the outputs, pad to the batch maximum, shift
