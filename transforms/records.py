@@ -9,7 +9,6 @@ with a reason code. Stats travel as flat `{name: count}` dicts that a
 import json
 from typing import List, NamedTuple, Optional, Tuple
 
-
 # Rejected output keeps at most this much of the offending line.
 MAX_RAW_CHARS = 1000
 

@@ -117,11 +117,11 @@ class TokenizeAndBucket(beam.DoFn):
   """List of Records -> (bucket, TokenizedRecord) per record that fits.
 
   Records are tokenized in slices of 512, one batched tokenizer call for
-  the prompts and one for the outputs, on tokenizing threads (one per
-  core; one in all for a tokenizer without a Rust backend): the Rust tokenizer runs without the GIL while the records of
-  earlier slices flow downstream (batching, padding and writing run fused
-  with this step). Gives Rejected records on `rejected` and a stats dict
-  (`truncated`) per slice on `stats`.
+  the prompts and one for the outputs, on tokenizing threads (one per core;
+  one in all for a tokenizer without a Rust backend): the Rust tokenizer
+  runs without the GIL while the records of earlier slices flow downstream
+  (batching, padding and writing run fused with this step). Gives Rejected
+  records on `rejected` and a stats dict (`truncated`) per slice on `stats`.
 
   By default each list's outputs come out while it is processed. With
   `run_ahead`, up to 8 slices stay in flight when process() returns, so the
