@@ -30,7 +30,8 @@ def tokenize_settings(config) -> TokenizeSettings:
       truncation=config.truncation,
       add_special_tokens=config.add_special_tokens,
       append_eos=config.append_eos,
-      special_tokens_in_text=config.special_tokens_in_text)
+      special_tokens_in_text=config.special_tokens_in_text,
+      threads=config.tokenizer_threads)
 
 
 class LinesToBatches(beam.PTransform):

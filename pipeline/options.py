@@ -87,6 +87,12 @@ OPTIONS = (
            check=_positive_int, requirement='a positive integer'),
     Option('compression', 'str', 'none', 'shard compression',
            choices=('none', 'gzip')),
+    Option('tokenizer_threads', 'int', 0,
+           'threads calling the tokenizer in each worker process (0: one '
+           'per core the process may use; 1 where the runner starts a '
+           'process per core, as Dataflow does)',
+           check=lambda v: _is_int(v) and v >= 0,
+           requirement='a non-negative integer'),
     Option('read_chunk_lines', 'int', 4096,
            'lines per chunk (tokenized 512 records a call, overlapping '
            'the work downstream)',

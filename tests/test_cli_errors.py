@@ -50,6 +50,8 @@ CASES = [
      'batch_size must be a positive integer'),
     ('negative-batch-size', None, ['--batch_size', '-3'],
      'batch_size must be a positive integer'),
+    ('negative-tokenizer-threads', None, ['--tokenizer_threads', '-1'],
+     'tokenizer_threads must be a non-negative integer'),
     ('bad-truncation-cli', None, ['--truncation', 'middle'],
      'truncation must be one of'),
     ('bad-special-tokens-in-text', None, ['--special_tokens_in_text', 'yes'],

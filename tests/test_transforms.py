@@ -211,16 +211,20 @@ def test_run_ahead_keeps_windows_in_a_pipeline():
 
 def test_threads_share_only_a_rust_tokenizer(monkeypatch):
   """A Python tokenizer may change its settings during a call, so it gets
-  one tokenizing thread; the Rust backend is shared by one per core."""
+  one tokenizing thread; the Rust backend is shared by `threads` of them,
+  by default one per core."""
   rust = TokenizeAndBucket(SETTINGS)
   rust.setup()
+  three = TokenizeAndBucket(SETTINGS._replace(threads=3))
+  three.setup()
   monkeypatch.setattr(tokenize_module, 'load_tokenizer',
                       lambda *args: WordIdTokenizer())
-  python_only = TokenizeAndBucket(SETTINGS)
+  python_only = TokenizeAndBucket(SETTINGS._replace(threads=3))
   python_only.setup()
   cores = len(os.sched_getaffinity(0))
   # pylint: disable=protected-access
   assert rust._tokenizing_threads._max_workers == cores
+  assert three._tokenizing_threads._max_workers == 3
   assert python_only._tokenizing_threads._max_workers == 1
   main, _ = _outputs(python_only, [_record('w1 w2', 'w3 w4 w5', 'w')])
   assert [list(record.output_ids) for _, record in main] == [[3, 4, 5]]

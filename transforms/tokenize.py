@@ -42,6 +42,7 @@ class TokenizeSettings(NamedTuple):
   add_special_tokens: Optional[bool] = None
   append_eos: bool = False
   special_tokens_in_text: str = 'text'
+  threads: int = 0  # tokenizing threads; 0: one per core
 
 
 class DoesNotFit(ValueError):
@@ -117,8 +118,9 @@ class TokenizeAndBucket(beam.DoFn):
   """List of Records -> (bucket, TokenizedRecord) per record that fits.
 
   Records are tokenized in slices of 512, one batched tokenizer call for
-  the prompts and one for the outputs, on tokenizing threads (one per core;
-  one in all for a tokenizer without a Rust backend): the Rust tokenizer
+  the prompts and one for the outputs, on `settings.threads` tokenizing
+  threads (0: one per core; one in all for a tokenizer without a Rust
+  backend, which threads may not share): the Rust tokenizer
   runs without the GIL while the records of earlier slices flow downstream
   (batching, padding and writing run fused with this step). Gives Rejected
   records on `rejected` and a stats dict (`truncated`) per slice on `stats`.
@@ -152,7 +154,9 @@ class TokenizeAndBucket(beam.DoFn):
     # of our own keep every core busy, while the tokenizer's own threads
     # idle between its calls (about 8% slower here). A user's setting wins.
     os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-    threads = _cores() if sft.rust_backend(self._tokenizer) else 1
+    threads = 1
+    if sft.rust_backend(self._tokenizer):
+      threads = self._settings.threads or _cores()
     self._tokenizing_threads = concurrent.futures.ThreadPoolExecutor(
         max_workers=threads, thread_name_prefix='sftbeam-tokenize')
     self._in_flight = collections.deque()
