@@ -156,11 +156,10 @@ def _numbered_records(count, prefix):
                   f'{prefix}-{number}') for number in range(count)]
 
 
-def test_run_ahead_gives_the_same_outputs_in_their_own_windows(qwen):
+def test_run_ahead_gives_the_same_outputs_in_their_own_windows():
   """With run_ahead, slices of earlier lists come out later (during later
   process() calls or in finish_bundle) but in their own window and
   timestamp, in order, and nothing is lost or repeated."""
-  del qwen
   lists = [_numbered_records(700, f'list{index}') for index in range(12)]
   plain = TokenizeAndBucket(SETTINGS)
   plain.setup()
