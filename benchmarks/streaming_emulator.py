@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -133,12 +134,27 @@ def _latencies(watcher, published: dict) -> list:
           if example_id in seen]
 
 
-def latency(emulator, work_dir: str):
-  topic, subscription = emulator.create('latency')
-  output_dir = os.path.join(work_dir, 'latency-out')
-  watcher = ShardWatcher(output_dir)
+class _Experiment(NamedTuple):
+  topic: str
+  subscription: str
+  output_dir: str
+  watcher: 'ShardWatcher'
+  run: 'StreamingRun'
+
+
+def _experiment(emulator, work_dir: str, name: str) -> _Experiment:
+  """A fresh topic and subscription, and a (not yet started) streaming run
+  writing to WORK_DIR/NAME-out, watched for new shards."""
+  topic, subscription = emulator.create(name)
+  output_dir = os.path.join(work_dir, f'{name}-out')
   run = StreamingRun(emulator, subscription, output_dir,
-                     os.path.join(work_dir, 'latency.log'))
+                     os.path.join(work_dir, f'{name}.log'))
+  return _Experiment(topic, subscription, output_dir,
+                     ShardWatcher(output_dir), run)
+
+
+def latency(emulator, work_dir: str):
+  topic, _, _, watcher, run = _experiment(emulator, work_dir, 'latency')
   run.start()
   try:
     trickle, burst = _publish_trickle_and_burst(emulator, topic, watcher)
@@ -166,11 +182,8 @@ def _publish_trickle_and_burst(emulator, topic, watcher):
 
 
 def restart(emulator, work_dir: str):
-  topic, subscription = emulator.create('restart')
-  output_dir = os.path.join(work_dir, 'restart-out')
-  watcher = ShardWatcher(output_dir)
-  run = StreamingRun(emulator, subscription, output_dir,
-                     os.path.join(work_dir, 'restart.log'))
+  topic, subscription, output_dir, watcher, run = _experiment(
+      emulator, work_dir, 'restart')
   bodies = _bodies('restart', 240)
   run.start()
   emulator.publish(topic, _bodies('warmup', 1, start=300))
