@@ -1,15 +1,16 @@
 """sftbeam: SFT data preparation on Apache Beam.
 
 Workers (Dataflow, portable runners) install this file with
-`--setup_file ./setup.py`: it ships the `pipeline` and `transforms` packages
-and declares everything they import.
+`--setup_file ./setup.py`. It ships one top-level package, `sftbeam`: the
+folders pipeline/ and transforms/ install as `sftbeam.pipeline` and
+`sftbeam.transforms`, and sftbeam/ holds the public names.
 """
 
 import re
 
 import setuptools
 
-with open('transforms/version.py', encoding='utf-8') as handle:
+with open('sftbeam/version.py', encoding='utf-8') as handle:
   VERSION = re.search(r"VERSION = '([^']+)'", handle.read()).group(1)
 
 setuptools.setup(
@@ -17,7 +18,9 @@ setuptools.setup(
     version=VERSION,
     description='Prepare supervised fine-tuning batches at scale with Beam',
     python_requires='>=3.10',
-    packages=['pipeline', 'transforms'],
+    packages=['sftbeam', 'sftbeam.pipeline', 'sftbeam.transforms'],
+    package_dir={'sftbeam.pipeline': 'pipeline',
+                 'sftbeam.transforms': 'transforms'},
     install_requires=[
         'apache-beam[gcp]==2.77.0',
         'tensorflow-cpu==2.21.0',
@@ -33,5 +36,5 @@ setuptools.setup(
         # benchmarks/run_benchmark.py's HuggingFace `datasets` contender only.
         'benchmark': ['datasets==5.2.0'],
     },
-    entry_points={'console_scripts': ['sftbeam = pipeline.cli:main']},
+    entry_points={'console_scripts': ['sftbeam = sftbeam.pipeline.cli:main']},
 )

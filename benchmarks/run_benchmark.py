@@ -97,8 +97,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.options import DEFAULT_BOUNDARIES
-from transforms.tokenizer_source import EMBEDDED, load_tokenizer
+from sftbeam.pipeline.options import DEFAULT_BOUNDARIES
+from sftbeam.transforms.tokenizer_source import EMBEDDED, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')

@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
 from pubsub_emulator import PubSubEmulator  # pylint: disable=wrong-import-position
-from transforms import schema  # pylint: disable=wrong-import-position
+from sftbeam.transforms import schema  # pylint: disable=wrong-import-position
 
 SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
 GSM8K = os.path.join(os.path.dirname(ROOT), 'shared', 'data',

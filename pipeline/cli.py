@@ -11,22 +11,23 @@ anything runs).
 """
 
 import argparse
+import os
 import sys
 import time
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import config as config_lib
-from pipeline import remote
-from pipeline import streaming
-from pipeline.graph import build_batch_pipeline
-from pipeline.options import ConfigError
-from pipeline.output_dir import prepare_output_dir, remove_empty_temp_dirs
-from pipeline.readers import load_dataset_info
-from transforms import progress
-from transforms.paths import is_remote
-from transforms.tokenizer_source import TokenizerNotFound, load_tokenizer
+from sftbeam.pipeline import config as config_lib
+from sftbeam.pipeline import remote
+from sftbeam.pipeline import streaming
+from sftbeam.pipeline.graph import build_batch_pipeline
+from sftbeam.pipeline.options import ConfigError
+from sftbeam.pipeline.output_dir import prepare_output_dir, remove_empty_temp_dirs
+from sftbeam.pipeline.readers import load_dataset_info
+from sftbeam.transforms import progress
+from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.tokenizer_source import TokenizerNotFound, load_tokenizer
 
 # The DirectRunner first tries Prism, which downloads a binary; naming its
 # batch engine directly keeps the default run offline.
@@ -166,7 +167,18 @@ def run_command(args, beam_args) -> int:
   return 0
 
 
+def _quiet_libraries():
+  """Silences import-time chatter that is noise on sftbeam's command line.
+
+  transformers advises installing PyTorch (sftbeam needs only its
+  tokenizers); TensorFlow prints CPU features and absl notices.
+  """
+  os.environ.setdefault('TRANSFORMERS_NO_ADVISORY_WARNINGS', '1')
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
 def main(argv=None) -> int:
+  _quiet_libraries()
   try:
     args, beam_args = _parser().parse_known_args(argv)
     return run_command(args, beam_args)

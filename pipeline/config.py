@@ -10,7 +10,7 @@ import argparse
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.options import (OPTIONS, OPTIONS_BY_NAME, ConfigError,
+from sftbeam.pipeline.options import (OPTIONS, OPTIONS_BY_NAME, ConfigError,
                               check_value, defaults, make_config)
 
 BEAM_SECTION = 'beam'

@@ -13,13 +13,13 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import create_runner
 
-from transforms.batch import BatchByBucket
-from transforms.pad import PadBatches
-from transforms.parse import FieldNames, ParseLines
-from transforms.read import ReadLineChunks
-from transforms.stats import SumStatsFn, WriteDatasetInfo, rejection_stats
-from transforms.tokenize import TokenizeAndBucket, TokenizeSettings
-from transforms.write import WriteBatches, WriteRejected
+from sftbeam.transforms.batch import BatchByBucket
+from sftbeam.transforms.pad import PadBatches
+from sftbeam.transforms.parse import FieldNames, ParseLines
+from sftbeam.transforms.read import ReadLineChunks
+from sftbeam.transforms.stats import SumStatsFn, WriteDatasetInfo, rejection_stats
+from sftbeam.transforms.tokenize import TokenizeAndBucket, TokenizeSettings
+from sftbeam.transforms.write import WriteBatches, WriteRejected
 
 
 def tokenize_settings(config) -> TokenizeSettings:

@@ -9,9 +9,9 @@ import re
 import types
 from typing import Any, Callable, Optional, Tuple
 
-from transforms.pad import PAD_TO_MODES
-from transforms.tokenize import TRUNCATION_MODES
-from transforms.tokenizer_source import EMBEDDED
+from sftbeam.transforms.pad import PAD_TO_MODES
+from sftbeam.transforms.tokenize import TRUNCATION_MODES
+from sftbeam.transforms.tokenizer_source import EMBEDDED
 
 # Every 16 tokens up to 512, then every 64 up to 4096: on the shared GSM8K +
 # Alpaca data with batch 32 this stores 0.95 real tokens per stored token

@@ -13,9 +13,9 @@ import shutil
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.options import ConfigError
-from transforms import schema
-from transforms.paths import is_remote
+from sftbeam.pipeline.options import ConfigError
+from sftbeam.transforms import schema
+from sftbeam.transforms.paths import is_remote
 
 _OWN_PATTERNS = (schema.INFO_FILE + '*', schema.SHARD_PREFIX + '-*',
                  schema.UNFINISHED_SHARD_PREFIX + '-*',

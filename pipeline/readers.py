@@ -13,7 +13,7 @@ import json
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import schema
+from sftbeam.transforms import schema
 
 
 class IncompleteOutput(ValueError):

@@ -21,10 +21,10 @@ from apache_beam.runners import create_runner
 from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipeline.graph import build_batch_pipeline
-from pipeline.options import ConfigError
-from transforms.paths import is_remote
-from transforms.tokenizer_source import EMBEDDED
+from sftbeam.pipeline.graph import build_batch_pipeline
+from sftbeam.pipeline.options import ConfigError
+from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.tokenizer_source import EMBEDDED
 
 
 # What configs/dataflow.yaml marks the values the user must fill with.

@@ -48,16 +48,16 @@ from apache_beam.transforms import trigger, window
 from apache_beam.transforms.userstate import CombiningValueStateSpec
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from pipeline import remote
-from pipeline.graph import LinesToBatches
-from pipeline.options import ConfigError
-from pipeline.output_dir import prepare_output_dir
-from pipeline.readers import load_dataset_info
-from transforms import progress, schema
-from transforms.records import LineChunk
-from transforms.stats import (SumStatsFn, WriteDatasetInfoFn, summarize,
+from sftbeam.pipeline import remote
+from sftbeam.pipeline.graph import LinesToBatches
+from sftbeam.pipeline.options import ConfigError
+from sftbeam.pipeline.output_dir import prepare_output_dir
+from sftbeam.pipeline.readers import load_dataset_info
+from sftbeam.transforms import progress, schema
+from sftbeam.transforms.records import LineChunk
+from sftbeam.transforms.stats import (SumStatsFn, WriteDatasetInfoFn, summarize,
                               write_json_atomically)
-from transforms.write import TFRecordSink, shard_suffix
+from sftbeam.transforms.write import TFRecordSink, shard_suffix
 
 # The DirectRunner's streaming engine, named directly: plain DirectRunner
 # would first try Prism, which downloads a binary.

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from transforms.tokenizer_source import EMBEDDED, load_tokenizer
+from sftbeam.transforms.tokenizer_source import EMBEDDED, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')

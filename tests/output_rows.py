@@ -8,8 +8,8 @@ row, so outputs are compared per example id.
 import json
 import os
 
-from pipeline.readers import iter_numpy_batches, load_dataset_info
-from transforms import schema
+from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
+from sftbeam.transforms import schema
 
 
 def rows_by_id(output_dir: str) -> dict:

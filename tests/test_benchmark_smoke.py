@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import ROOT, shared_data
-from pipeline.options import OPTIONS_BY_NAME
+from sftbeam.pipeline.options import OPTIONS_BY_NAME
 
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'run_benchmark.py')
 RECORDS = 300  # all from gsm8k_train: none is rejected

@@ -1,7 +1,7 @@
 """Every config and CLI error stops the run before it starts: exit 2, exactly
 one line on stderr saying what is wrong, no traceback (issues 2 and 3).
 
-Most cases call `pipeline.cli.main` in-process (no pipeline runs); two go
+Most cases call `sftbeam.pipeline.cli.main` in-process (no pipeline runs); two go
 through the installed `sftbeam` script, offline.
 """
 
@@ -10,7 +10,7 @@ import os
 import pytest
 
 from conftest import run_sftbeam
-from pipeline import cli
+from sftbeam.pipeline import cli
 
 # (case id, YAML config text or None, argv after `run`, part of the message).
 # {input}, {output}, {config} and {tmp} are filled in per test.

@@ -29,11 +29,11 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions,
 
 from conftest import ROOT, SAMPLE, run_sftbeam
 from output_rows import record_counts, rejected_lines, rows_by_id
-from pipeline import cli
-from pipeline.config import beam_options_to_args, check_beam_args
-from pipeline.options import ConfigError
-from transforms import tokenizer_source
-from transforms.tokenizer_source import (EMBEDDED, TokenizerNotFound,
+from sftbeam.pipeline import cli
+from sftbeam.pipeline.config import beam_options_to_args, check_beam_args
+from sftbeam.pipeline.options import ConfigError
+from sftbeam.transforms import tokenizer_source
+from sftbeam.transforms.tokenizer_source import (EMBEDDED, TokenizerNotFound,
                                          embedded_tokenizer_dir,
                                          load_tokenizer)
 
@@ -92,12 +92,13 @@ def test_sdk_container_matches_installed_beam(job):
       f'{apache_beam.__version__}')
 
 
-def test_setup_file_is_staged_as_an_sdist_of_both_packages(job):
+def test_setup_file_is_staged_as_an_sdist_of_every_package(job):
   sdist = job[1]['environments'][0]['staged_files']['workflow.tar.gz']
   with tarfile.open(sdist) as archive:
     members = {name.split('/', 1)[1] for name in archive.getnames()
                if '/' in name}
-  sources = {os.path.relpath(path, ROOT) for package in ('pipeline',
+  sources = {os.path.relpath(path, ROOT) for package in ('sftbeam',
+                                                         'pipeline',
                                                          'transforms')
              for path in glob.glob(os.path.join(ROOT, package, '*.py'))}
   assert 'setup.py' in members

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, run_sftbeam, shared_data
-from pipeline.options import DEFAULT_BOUNDARIES
-from pipeline.readers import iter_numpy_batches, load_dataset_info
-from transforms import tokenize_prompt_and_output
-from transforms.tokenizer_source import embedded_tokenizer_dir
+from sftbeam.pipeline.options import DEFAULT_BOUNDARIES
+from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
+from sftbeam import tokenize_prompt_and_output
+from sftbeam.transforms.tokenizer_source import embedded_tokenizer_dir
 
 SAMPLE_REJECTIONS = {'invalid_json': 1, 'missing_field': 1,
                      'field_not_string': 1, 'empty_prompt': 1,

@@ -8,9 +8,9 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from conftest import ROOT
-from pipeline.config import load_yaml
-from pipeline.graph import batches_globally, tokenize_settings
-from pipeline.options import defaults, make_config
+from sftbeam.pipeline.config import load_yaml
+from sftbeam.pipeline.graph import batches_globally, tokenize_settings
+from sftbeam.pipeline.options import defaults, make_config
 
 
 @pytest.mark.parametrize('runner, expected', [

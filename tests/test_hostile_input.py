@@ -19,13 +19,13 @@ from conftest import beam_test_pipeline, run_sftbeam
 from hostile_cases import (BLANK, HUGE_LINE_BYTES, LONG_TEXT, WRITTEN, cases,
                            good, write_file)
 from output_rows import record_counts, rejected_lines, rows_by_id
-from pipeline.options import DEFAULT_BOUNDARIES, OPTIONS_BY_NAME
-from pipeline.readers import load_dataset_info
-from transforms import read, sft
-from transforms.records import MAX_RAW_CHARS, Record, Rejected
-from transforms.stats import rejection_stats
-from transforms.tokenize import TokenizeAndBucket, TokenizeSettings
-from transforms.tokenizer_source import EMBEDDED, load_tokenizer
+from sftbeam.pipeline.options import DEFAULT_BOUNDARIES, OPTIONS_BY_NAME
+from sftbeam.pipeline.readers import load_dataset_info
+from sftbeam.transforms import read, sft
+from sftbeam.transforms.records import MAX_RAW_CHARS, Record, Rejected
+from sftbeam.transforms.stats import rejection_stats
+from sftbeam.transforms.tokenize import TokenizeAndBucket, TokenizeSettings
+from sftbeam.transforms.tokenizer_source import EMBEDDED, load_tokenizer
 
 IM_END = 151645  # <|im_end|> in the Qwen vocabulary
 MAX_REJECTED_LINE_BYTES = 8 * MAX_RAW_CHARS  # "a few KB" per rejected line

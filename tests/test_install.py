@@ -26,7 +26,9 @@ import pytest
 from conftest import ROOT, SAMPLE, offline, run_sftbeam
 from output_rows import record_counts, rejected_lines, rows_by_id
 
-PACKAGES = ('pipeline', 'transforms')
+# Repository folder -> installed package (setup.py's package_dir).
+PACKAGES = {'sftbeam': 'sftbeam', 'pipeline': 'sftbeam/pipeline',
+            'transforms': 'sftbeam/transforms'}
 # Imported only when a caller asks for it (return_tensors='pt').
 OPTIONAL_IMPORTS = {'torch'}
 
@@ -64,9 +66,10 @@ def venv(tmp_path_factory):
 
 
 def test_imports_come_from_the_installation(venv):
-  probe = ('import json, sys, pipeline, transforms; '
-           'print(json.dumps({"files": [pipeline.__file__, '
-           'transforms.__file__], "path": sys.path}))')
+  probe = ('import json, sys, sftbeam, sftbeam.pipeline.cli, '
+           'sftbeam.transforms.sft; print(json.dumps({"files": ['
+           'sftbeam.__file__, sftbeam.pipeline.cli.__file__, '
+           'sftbeam.transforms.sft.__file__], "path": sys.path}))')
   found = json.loads(_run([venv['python'], '-c', probe],
                           cwd=venv['work']).stdout)
   for path in found['files']:
@@ -77,11 +80,26 @@ def test_imports_come_from_the_installation(venv):
 
 
 def test_every_module_is_installed(venv):
-  for package in PACKAGES:
+  for folder, package in PACKAGES.items():
     checkout = {os.path.basename(path)
-                for path in glob.glob(os.path.join(ROOT, package, '*.py'))}
+                for path in glob.glob(os.path.join(ROOT, folder, '*.py'))}
     installed = set(os.listdir(os.path.join(venv['site_packages'], package)))
     assert checkout <= installed, checkout - installed
+
+
+def test_one_top_level_package(venv):
+  """Nothing generic such as `pipeline` lands in site-packages."""
+  (record,) = glob.glob(os.path.join(venv['site_packages'],
+                                     'sftbeam-*.dist-info', 'RECORD'))
+  with open(record, encoding='utf-8') as handle:
+    tops = {line.split('/', 1)[0] for line in handle if '/' in line}
+  # '..' is the console script, installed into the venv's bin/.
+  assert {top for top in tops if not top.endswith('.dist-info')} == {
+      'sftbeam', '..'}
+  for name in ('pipeline', 'transforms'):
+    probe = f'import importlib.util; print(importlib.util.find_spec({name!r}))'
+    assert _run([venv['python'], '-c', probe],
+                cwd=venv['work']).stdout.strip() == 'None'
 
 
 def _imported_top_level_names(package_dir):
@@ -110,11 +128,11 @@ def test_install_requires_covers_every_import(venv):
                 if line.startswith('Requires-Dist:') and 'extra ==' not in line}
   distributions = importlib.metadata.packages_distributions()
   imported = set()
-  for package in PACKAGES:
+  for package in PACKAGES.values():
     imported |= _imported_top_level_names(
         os.path.join(venv['site_packages'], package))
-  third_party = imported - set(sys.stdlib_module_names) - set(
-      PACKAGES) - OPTIONAL_IMPORTS
+  third_party = imported - set(sys.stdlib_module_names) - {
+      'sftbeam'} - OPTIONAL_IMPORTS
   assert {'apache_beam', 'numpy', 'tensorflow', 'transformers',
           'yaml'} <= third_party
   for module in sorted(third_party):

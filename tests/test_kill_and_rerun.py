@@ -20,10 +20,10 @@ import tensorflow as tf
 
 from conftest import ROOT, SFTBEAM, shared_data
 from output_rows import rows_by_id
-from pipeline import cli
-from pipeline.readers import (IncompleteOutput, iter_numpy_batches,
+from sftbeam.pipeline import cli
+from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
                               load_dataset_info, read_tf_dataset)
-from transforms import schema, sft
+from sftbeam.transforms import schema, sft
 
 COPIES = 2
 # The last shard renames and dataset_info.json follow each other within

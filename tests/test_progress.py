@@ -2,7 +2,7 @@
 
 import time
 
-from transforms import progress
+from sftbeam.transforms import progress
 
 
 def _describe(counts, elapsed):

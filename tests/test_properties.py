@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.read import iter_lines
-from transforms.records import MAX_RAW_CHARS
-from transforms.sft import pad_shift_mask
-from transforms.tokenize import TRUNCATION_MODES, DoesNotFit, fit_to_length
+from sftbeam.transforms.read import iter_lines
+from sftbeam.transforms.records import MAX_RAW_CHARS
+from sftbeam.transforms.sft import pad_shift_mask
+from sftbeam.transforms.tokenize import TRUNCATION_MODES, DoesNotFit, fit_to_length
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 
@@ -130,7 +130,7 @@ def test_iter_lines_properties(lines, final_newline, max_line_bytes,
                   for content, crlf in lines)
   if lines and not final_newline:
     data = data[:-2 if lines[-1][1] else -1]
-  with mock.patch('transforms.read._READ_BLOCK_BYTES', block_bytes):
+  with mock.patch('sftbeam.transforms.read._READ_BLOCK_BYTES', block_bytes):
     got = list(iter_lines(io.BytesIO(data), max_line_bytes))
   if lines and not final_newline and not lines[-1][0]:
     lines = lines[:-1]  # "a\n" + "" is one line, not two

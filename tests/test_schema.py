@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from transforms import schema
-from transforms.sft import pad_shift_mask
+from sftbeam.transforms import schema
+from sftbeam.transforms.sft import pad_shift_mask
 
 
 def _tf_example(arrays, example_ids):

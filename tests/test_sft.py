@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fake_tokenizer import WordIdTokenizer
-from transforms import tokenize_prompt_and_output
-from transforms.sft import pad_shift_mask
+from sftbeam import tokenize_prompt_and_output
+from sftbeam.transforms.sft import pad_shift_mask
 
 F, T = False, True
 

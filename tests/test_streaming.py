@@ -18,11 +18,11 @@ import time
 import pytest
 
 from conftest import SAMPLE, SFTBEAM, run_sftbeam, shared_data
-from pipeline import streaming
-from pipeline.options import ConfigError, defaults, make_config
-from pipeline.readers import iter_numpy_batches, load_dataset_info
+from sftbeam.pipeline import streaming
+from sftbeam.pipeline.options import ConfigError, defaults, make_config
+from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 from pubsub_emulator import PubSubEmulator, missing
-from transforms import schema
+from sftbeam.transforms import schema
 
 OPTIONS = ['--batch_size', '8', '--num_shards', '2']
 STREAMING_OPTIONS = ['--window_seconds', '2', '--max_buffering_seconds', '1']

@@ -15,18 +15,18 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from conftest import beam_test_pipeline
 from fake_tokenizer import WordIdTokenizer
-from transforms import schema
-from transforms import tokenize as tokenize_module
-from transforms.batch import BatchByBucket, _BatchWithinBundleFn
-from transforms.pad import PadBatches, batch_stats
-from transforms.parse import FieldNames, ParseLines, content_id
-from transforms.read import ReadLineChunks, iter_lines
-from transforms.records import LineChunk, Record, Rejected, TokenizedRecord
-from transforms.stats import SumStatsFn, summarize
-from transforms.tokenize import (TokenizeAndBucket, TokenizeSettings,
+from sftbeam.transforms import schema
+from sftbeam.transforms import tokenize as tokenize_module
+from sftbeam.transforms.batch import BatchByBucket, _BatchWithinBundleFn
+from sftbeam.transforms.pad import PadBatches, batch_stats
+from sftbeam.transforms.parse import FieldNames, ParseLines, content_id
+from sftbeam.transforms.read import ReadLineChunks, iter_lines
+from sftbeam.transforms.records import LineChunk, Record, Rejected, TokenizedRecord
+from sftbeam.transforms.stats import SumStatsFn, summarize
+from sftbeam.transforms.tokenize import (TokenizeAndBucket, TokenizeSettings,
                                  bucket_of, fit_to_length)
-from transforms.tokenizer_source import EMBEDDED
-from transforms.write import TFRecordSink, WriteBatches
+from sftbeam.transforms.tokenizer_source import EMBEDDED
+from sftbeam.transforms.write import TFRecordSink, WriteBatches
 
 FIELDS = FieldNames()
 GOOD = b'{"prompt": "What is 2+2?", "output": "4", "id": "q1"}'
@@ -52,7 +52,7 @@ def test_iter_lines_strips_newlines_and_caps_long_lines():
 
 
 def test_iter_lines_long_line_across_blocks(monkeypatch):
-  monkeypatch.setattr('transforms.read._READ_BLOCK_BYTES', 4)
+  monkeypatch.setattr('sftbeam.transforms.read._READ_BLOCK_BYTES', 4)
   lines = list(iter_lines(io.BytesIO(b'0123456789abc\nok\n'), 5))
   assert lines == [(b'01234', 13), (b'ok', 2)]
 

@@ -1,9 +1,5 @@
 """sftbeam's DoFns and PTransforms, one concern a module.
 
-The spec's function is public here:
-  from transforms import tokenize_prompt_and_output
+For people who compose their own Beam pipelines; `sftbeam.pipeline.graph`
+shows how the command line assembles them.
 """
-
-from transforms.sft import tokenize_prompt_and_output
-
-__all__ = ['tokenize_prompt_and_output']

@@ -3,8 +3,8 @@
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import progress, schema, sft
-from transforms.tokenizer_source import load_tokenizer
+from sftbeam.transforms import progress, schema, sft
+from sftbeam.transforms.tokenizer_source import load_tokenizer
 
 PAD_TO_MODES = ('bucket', 'longest')
 

@@ -22,8 +22,8 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms import progress
-from transforms.records import MAX_RAW_CHARS, Record, Rejected, cap_raw
+from sftbeam.transforms import progress
+from sftbeam.transforms.records import MAX_RAW_CHARS, Record, Rejected, cap_raw
 
 _BOM = '\ufeff'
 

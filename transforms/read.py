@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 
-from transforms.records import MAX_RAW_CHARS, LineChunk
+from sftbeam.transforms.records import MAX_RAW_CHARS, LineChunk
 
 _READ_BLOCK_BYTES = 1 << 20
 

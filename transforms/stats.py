@@ -18,9 +18,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms import progress, schema
-from transforms.tokenizer_source import load_tokenizer, tokenizer_identity
-from transforms.version import VERSION
+from sftbeam.transforms import progress, schema
+from sftbeam.transforms.tokenizer_source import load_tokenizer, tokenizer_identity
+from sftbeam.version import VERSION
 
 
 class SumStatsFn(beam.CombineFn):

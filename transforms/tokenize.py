@@ -21,9 +21,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import sft
-from transforms.records import TokenizedRecord, reject
-from transforms.tokenizer_source import load_tokenizer
+from sftbeam.transforms import sft
+from sftbeam.transforms.records import TokenizedRecord, reject
+from sftbeam.transforms.tokenizer_source import load_tokenizer
 
 TRUNCATION_MODES = ('none', 'output_right', 'prompt_left')
 # Records per tokenizer call; a chunk is tokenized slice by slice so that

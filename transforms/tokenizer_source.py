@@ -15,10 +15,9 @@ import os
 import tempfile
 import threading
 
-import transformers
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.paths import is_remote
+from sftbeam.transforms.paths import is_remote
 
 EMBEDDED = 'embedded'
 _TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json',
@@ -112,6 +111,9 @@ def load_tokenizer(name: str, special_tokens_in_text: str = 'text'):
 
 
 def _load_tokenizer(name: str, special_tokens_in_text: str):
+  # Imported here: `import sftbeam` stays light, and the CLI can quiet
+  # transformers' import-time advice first.
+  import transformers  # pylint: disable=import-outside-toplevel
   directory = local_tokenizer_dir(name)
   try:
     return transformers.AutoTokenizer.from_pretrained(

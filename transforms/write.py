@@ -14,7 +14,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
 
-from transforms import schema
+from sftbeam.transforms import schema
 
 
 class TFRecordSink(fileio.FileSink):

@@ -1,3 +1,3 @@
 """The sftbeam package version (read by setup.py and dataset_info.json)."""
 
-VERSION = '0.1.0'
+VERSION = '0.2.0'
