@@ -11,6 +11,7 @@ anything runs).
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -23,15 +24,20 @@ from sftbeam.pipeline import remote
 from sftbeam.pipeline import streaming
 from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.pipeline.output_dir import prepare_output_dir, remove_empty_temp_dirs
+from sftbeam.pipeline.output_dir import prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import progress
 from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.read import CorruptInputError, corrupt_input_message
 from sftbeam.transforms.tokenizer_source import TokenizerNotFound, load_tokenizer
 
 # The DirectRunner first tries Prism, which downloads a binary; naming its
 # batch engine directly keeps the default run offline.
 DEFAULT_RUNNER = 'FnApiRunner'
+
+
+class RunFailed(Exception):
+  """The run failed for a reason sftbeam names in one line (exit 1)."""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -53,12 +59,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def check_inputs_exist(patterns):
-  """Local patterns must match files; remote ones are matched at run time."""
+  """Local patterns must match files, not directories; remote ones are
+  matched at run time."""
   for pattern in patterns:
     if is_remote(pattern):
       continue
-    if not FileSystems.match([pattern])[0].metadata_list:
+    matched = FileSystems.match([pattern])[0].metadata_list
+    if not matched:
       raise ConfigError(f'--input {pattern} matches no file')
+    directories = [m.path for m in matched if os.path.isdir(m.path)]
+    if directories:
+      raise ConfigError(f'--input {pattern}: {directories[0]} is a directory;'
+                        f' pass its files, e.g. --input "{directories[0]}/'
+                        '*.jsonl"')
 
 
 def check_tokenizer(config):
@@ -87,13 +100,22 @@ def _describe_progress(counts: dict, elapsed: float) -> str:
           f'{counts.get("rejected", 0)}; {lines / elapsed:.0f} lines/s')
 
 
-def run_pipeline(config, options) -> float:
-  """Runs the batch job to completion; gives its wall time in seconds."""
+def run_pipeline(config, options, work_dir) -> float:
+  """Runs the batch job to completion; gives its wall time in seconds.
+
+  Raises RunFailed when an input file is cut short or corrupt.
+  """
   started = time.time()
-  with progress.printed_every(
-      _describe_progress, enabled=remote.runs_in_this_process(options)):
-    with remote.new_pipeline(options) as root:
-      build_batch_pipeline(root, config)
+  try:
+    with progress.printed_every(
+        _describe_progress, enabled=remote.runs_in_this_process(options)):
+      with remote.new_pipeline(options) as root:
+        build_batch_pipeline(root, config, work_dir)
+  except Exception as error:  # pylint: disable=broad-except
+    message = corrupt_input_message(error)
+    if message is None:
+      raise
+    raise RunFailed(message) from None
   return time.time() - started
 
 
@@ -154,10 +176,11 @@ def run_command(args, beam_args) -> int:
   if remote.is_dry_run(options):
     print(remote.dry_run(config, options))
     return 0
-  prepare_output_dir(config.output, config.overwrite)
-  wall_seconds = run_pipeline(config, options)
-  remove_empty_temp_dirs(config.output)
-  info = load_dataset_info(config.output)
+  with prepare_output_dir(config.output, config.overwrite,
+                          config.input) as claim:
+    wall_seconds = run_pipeline(config, options, claim.work_dir)
+    claim.complete()
+    info = load_dataset_info(config.output)
   print(format_summary(info, wall_seconds))
   print(f'output: {config.output}')
   problem = rejected_too_much(info, config.max_rejected_fraction)
@@ -175,6 +198,14 @@ def _quiet_libraries():
   """
   os.environ.setdefault('TRANSFORMERS_NO_ADVISORY_WARNINGS', '1')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  logging.getLogger('apache_beam.runners.common').addFilter(
+      _skip_corrupt_input_logs)
+
+
+def _skip_corrupt_input_logs(record) -> bool:
+  """Beam logs a failing step's exception, traceback and all, before it
+  raises it; sftbeam prints its own input errors as one line instead."""
+  return not isinstance(record.msg, CorruptInputError)
 
 
 def main(argv=None) -> int:
@@ -185,6 +216,9 @@ def main(argv=None) -> int:
   except ConfigError as error:
     print(f'sftbeam: error: {error}', file=sys.stderr)
     return 2
+  except RunFailed as error:
+    print(f'sftbeam: error: {error}', file=sys.stderr)
+    return 1
 
 
 if __name__ == '__main__':

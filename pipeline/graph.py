@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import create_runner
 
 from sftbeam.transforms.batch import BatchByBucket
+from sftbeam.transforms.manifest import new_work_dir
 from sftbeam.transforms.pad import PadBatches
 from sftbeam.transforms.parse import FieldNames, ParseLines
 from sftbeam.transforms.read import ReadLineChunks
@@ -88,8 +89,12 @@ def batches_globally(config, options) -> bool:
   return type(runner).__name__ not in StandardOptions.LOCAL_RUNNERS
 
 
-def build_batch_pipeline(root, config):
-  """Adds the whole batch job under `root`; gives the info PCollection."""
+def build_batch_pipeline(root, config, work_dir=None):
+  """Adds the whole batch job under `root`; gives the info PCollection.
+
+  `work_dir`: the run's work directory in the output directory (an
+  OutputClaim's); None: a new one (dry runs, which write nothing).
+  """
   global_batching = batches_globally(config, root.options)
   outputs = (
       root
@@ -98,10 +103,11 @@ def build_batch_pipeline(root, config):
                                       spread=global_batching)
       | 'LinesToBatches' >> LinesToBatches(
           config, batch_within_bundle=not global_batching))
+  work_dir = work_dir or new_work_dir(config.output)
   shard_results = outputs['batches'] | 'WriteBatches' >> WriteBatches(
-      config.output, config.num_shards, config.compression)
+      config.output, config.num_shards, config.compression, work_dir)
   rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(
-      config.output)
+      config.output, work_dir=work_dir)
   stats = outputs['stats'] | 'SumStats' >> beam.CombineGlobally(SumStatsFn())
   return root | 'WriteDatasetInfo' >> WriteDatasetInfo(
       config.output, config.to_dict(), stats, shard_results, rejected_results)

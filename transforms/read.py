@@ -3,15 +3,140 @@
 Lines are read as bytes (decoding is the parser's job, so one invalid byte
 costs one record, not the run) and grouped into chunks, so that every later
 step handles thousands of records per element instead of one.
+
+A compressed file (Beam's compression types, by extension) is decompressed
+here, not by Beam's reader, which takes a stream that stops early for a
+complete one: a file cut short or corrupt fails the run (`CorruptInputError`)
+instead of losing its end without a word.
 """
+
+import bz2
+import contextlib
+import lzma
+import re
+import zlib
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 
 from sftbeam.transforms.records import MAX_RAW_CHARS, LineChunk
 
 _READ_BLOCK_BYTES = 1 << 20
+# Compressed bytes given to a decompressor at a time: what one step can
+# expand in memory is this times the compression ratio.
+_COMPRESSED_PIECE_BYTES = 1 << 16
+
+
+class CorruptInputError(IOError):
+  """An input file cannot be read whole: its compressed data ends early or
+  is corrupt. The run fails; the CLI prints the message as one line."""
+
+
+_STEP_ANNOTATION = re.compile(r" \[while running '[^']*'\]")
+_CORRUPT_INPUT_LINE = re.compile(CorruptInputError.__name__ + r': (.+)')
+
+
+def corrupt_input_message(error: BaseException):
+  """The message of the CorruptInputError that failed a run, or None.
+
+  Raised in this process, Beam re-raises it with the step's name added;
+  raised in a worker process or on Dataflow, only its text travels, inside
+  the runner's own exception.
+  """
+  if isinstance(error, CorruptInputError):
+    text = str(error)
+  else:
+    found = _CORRUPT_INPUT_LINE.search(str(error))
+    if not found:
+      return None
+    text = found.group(1)
+  return _STEP_ANNOTATION.sub('', text).strip()
+
+
+def _new_decompressor(compression: str):
+  """A decompressor object of one stream: `decompress`, `eof`, `unused_data`."""
+  if compression == CompressionTypes.GZIP:
+    return zlib.decompressobj(zlib.MAX_WBITS | 16)
+  if compression == CompressionTypes.DEFLATE:
+    return zlib.decompressobj()
+  if compression == CompressionTypes.BZIP2:
+    return bz2.BZ2Decompressor()
+  if compression == CompressionTypes.LZMA:
+    return lzma.LZMADecompressor()
+  if compression == CompressionTypes.ZSTD:
+    import zstandard  # pylint: disable=import-outside-toplevel
+    # Beam's own window limit, so that what Beam reads, this reads.
+    return zstandard.ZstdDecompressor(
+        max_window_size=1 << 31).decompressobj()
+  raise ValueError(f'unknown compression {compression!r}')
+
+
+def _decompressed_blocks(raw, compression: str):
+  """Yields the decompressed bytes of a binary handle, block by block.
+
+  Streams that follow each other (files joined with `cat`) are read one
+  after the other, as Beam reads them. Raises EOFError when the data ends
+  inside a stream; the decompressors raise their own errors on corrupt data.
+  """
+  decompressor = _new_decompressor(compression)
+  while True:
+    data = raw.read(_COMPRESSED_PIECE_BYTES)
+    if not data:
+      break
+    while data:
+      if decompressor.eof:
+        decompressor = _new_decompressor(compression)
+      yield decompressor.decompress(data)
+      data = decompressor.unused_data if decompressor.eof else b''
+  if not decompressor.eof:
+    raise EOFError('the compressed data ends before the end of its stream')
+
+
+class DecompressingReader:
+  """A compressed binary handle read as its decompressed bytes (`read`).
+
+  Raises CorruptInputError, naming `path`, where the data is corrupt or ends
+  inside a compressed stream (an empty file included).
+  """
+
+  def __init__(self, raw, compression: str, path: str):
+    self._raw = raw
+    self._blocks = _decompressed_blocks(raw, compression)
+    self._compression = compression
+    self._path = path
+    self._buffer = b''
+
+  def read(self, size: int) -> bytes:
+    """Up to `size` decompressed bytes; b'' at the end."""
+    while not self._buffer:
+      try:
+        self._buffer = next(self._blocks, None)
+      except (EOFError, OSError, zlib.error, lzma.LZMAError,
+              ValueError) as error:
+        raise CorruptInputError(
+            f'input {self._path} is cut short or corrupt ({self._compression}'
+            f': {error}); restore the file and run again') from None
+      if self._buffer is None:
+        self._buffer = b''
+        return b''
+    block, self._buffer = self._buffer[:size], self._buffer[size:]
+    return block
+
+  def close(self):
+    self._raw.close()
+
+
+def open_input(readable_file):
+  """A binary handle of a matched input file's (decompressed) bytes."""
+  path = readable_file.metadata.path
+  raw = readable_file.open(mime_type='application/octet-stream',
+                           compression_type=CompressionTypes.UNCOMPRESSED)
+  compression = CompressionTypes.detect_compression_type(path)
+  if compression == CompressionTypes.UNCOMPRESSED:
+    return raw
+  return DecompressingReader(raw, compression, path)
 
 
 def iter_lines(handle, max_line_bytes: int):
@@ -69,7 +194,7 @@ class _ReadLineChunksFn(beam.DoFn):
   def process(self, readable_file):
     source = readable_file.metadata.path
     lines = []
-    with readable_file.open() as handle:
+    with contextlib.closing(open_input(readable_file)) as handle:
       for line_number, (line, total) in enumerate(
           iter_lines(handle, self._max_line_bytes), start=1):
         lines.append((line_number, line, total))
@@ -87,8 +212,9 @@ class ReadLineChunks(beam.PTransform):
 
   Takes a pipeline root; gives a PCollection of `LineChunk`. Patterns are
   matched when the pipeline runs (never at graph construction), through
-  Beam's FileSystems, so local paths and gs:// work alike; .gz/.bz2 files
-  are decompressed by extension.
+  Beam's FileSystems, so local paths and gs:// work alike; compressed files
+  (.gz, .bz2, .deflate, .xz, .lzma, .zst, .zstd) are decompressed by
+  extension, and one cut short or corrupt fails the run.
   """
 
   def __init__(self, patterns, chunk_lines: int, max_line_bytes: int,

@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from sftbeam.transforms import progress, schema
+from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.tokenizer_source import load_tokenizer, tokenizer_identity
 from sftbeam.version import VERSION
 
@@ -82,14 +83,23 @@ def summarize(stats: dict) -> dict:
   }
 
 
+# What write_json_atomically adds to a local path for its temp file.
+ATOMIC_TEMP_SUFFIX = '.incomplete'
+
+
 def write_json_atomically(path: str, value: dict):
-  """Writes JSON to a temp name, then renames it: readers never see half."""
-  temp_path = path + '.incomplete'
-  with FileSystems.create(temp_path) as handle:
-    handle.write(json.dumps(value, indent=2, sort_keys=True).encode('utf-8'))
-  if FileSystems.exists(path):
-    FileSystems.delete([path])
-  FileSystems.rename([temp_path], [path])
+  """Writes JSON so that readers see the old file or the new one, whole,
+  and never no file: locally to a temp name, then `os.replace`; on an
+  object store (gs://) as one object write, which is atomic there."""
+  data = json.dumps(value, indent=2, sort_keys=True).encode('utf-8')
+  if is_remote(path):
+    with FileSystems.create(path) as handle:
+      handle.write(data)
+    return
+  temp_path = path + ATOMIC_TEMP_SUFFIX
+  with open(temp_path, 'wb') as handle:
+    handle.write(data)
+  os.replace(temp_path, path)
 
 
 class WriteDatasetInfoFn(beam.DoFn):

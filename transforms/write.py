@@ -3,6 +3,11 @@
 Both go through `fileio.WriteToFiles`, which writes to a temp directory and
 moves complete files into place, and which also serves windowed, unbounded
 writes (streaming): `WriteToTFRecord` does not.
+
+Everything is written inside the run's own work directory (temp files and
+complete files alike); the final names are recorded there
+(`transforms.manifest`) before the files are moved to them, so that the run
+knows every file it made, even when it is killed.
 """
 
 import gzip
@@ -13,8 +18,9 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.options.value_provider import StaticValueProvider
 
-from sftbeam.transforms import schema
+from sftbeam.transforms import manifest, schema
 
 
 class TFRecordSink(fileio.FileSink):
@@ -60,8 +66,20 @@ def _unfinished_naming(suffix: str):
   return name
 
 
-def _number_shards(output_dir: str, suffix: str, file_results):
-  """Renames written files to batches-SSSSS-of-NNNNN; gives the new results.
+def _move_into_place(work_dir: str, output_dir: str, step: str, file_results,
+                     final_results):
+  """Records the final names in the work directory, then moves the files
+  there to them; gives `final_results`."""
+  manifest.record_names(work_dir, step,
+                        [result.file_name for result in final_results])
+  FileSystems.rename(
+      [FileSystems.join(work_dir, r.file_name) for r in file_results],
+      [FileSystems.join(output_dir, r.file_name) for r in final_results])
+  return final_results
+
+
+def _number_shards(work_dir: str, output_dir: str, suffix: str, file_results):
+  """Moves written files to batches-SSSSS-of-NNNNN; gives the new results.
 
   Shards get their final names only here, after every one is complete, so
   a killed run never leaves a partial set under the names readers use.
@@ -72,10 +90,18 @@ def _number_shards(output_dir: str, suffix: str, file_results):
       file_name=f'{schema.SHARD_PREFIX}-{index:05d}-of-{total:05d}{suffix}',
       shard_index=index, total_shards=total)
            for index, result in enumerate(file_results)]
-  FileSystems.rename(
-      [FileSystems.join(output_dir, r.file_name) for r in file_results],
-      [FileSystems.join(output_dir, r.file_name) for r in final])
-  return final
+  return _move_into_place(work_dir, output_dir, 'batches', file_results, final)
+
+
+def _publish_rejected(work_dir: str, output_dir: str, file_results):
+  """Moves the rejected files to the output directory, names unchanged."""
+  return _move_into_place(work_dir, output_dir, 'rejected', file_results,
+                          file_results)
+
+
+def _temp_dir(work_dir: str, step: str) -> StaticValueProvider:
+  """fileio's temp directory for `step`, inside the run's work directory."""
+  return StaticValueProvider(str, FileSystems.join(work_dir, 'temp-' + step))
 
 
 class WriteBatches(beam.PTransform):
@@ -86,50 +112,66 @@ class WriteBatches(beam.PTransform):
   shuffle), then all files are numbered at once. A runner with many bundles
   may write more than one file per slot. Gives the FileResults of the
   final shards.
+
+  `work_dir` is the run's work directory (see transforms.manifest); None:
+  a new one, recorded nowhere.
   """
 
-  def __init__(self, output_dir: str, num_shards: int, compression: str):
+  def __init__(self, output_dir: str, num_shards: int, compression: str,
+               work_dir: str = None):
     super().__init__()
     self._output_dir = output_dir
     self._num_shards = num_shards
     self._compression = compression
+    self._work_dir = work_dir or manifest.new_work_dir(output_dir)
 
   def expand(self, serialized_batches):
     suffix = shard_suffix(self._compression)
     num_shards = self._num_shards
+    work_dir = self._work_dir
     return (
         serialized_batches
         | 'WriteShards' >> fileio.WriteToFiles(
-            path=self._output_dir,
+            path=work_dir,
             destination=lambda batch: zlib.crc32(batch) % num_shards,
             file_naming=_unfinished_naming(suffix),
+            temp_directory=_temp_dir(work_dir, 'batches'),
             sink=lambda _: TFRecordSink(self._compression),
             shards=num_shards,
             max_writers_per_bundle=num_shards)
         | 'CollectShards' >> beam.combiners.ToList()
         | 'NumberShards' >> beam.FlatMap(
-            lambda results: _number_shards(self._output_dir, suffix, results)))
+            lambda results: _number_shards(work_dir, self._output_dir, suffix,
+                                           results)))
 
 
 class WriteRejected(beam.PTransform):
   """Rejected records -> `rejected-SSSSS-of-NNNNN.jsonl`, one JSON a line.
 
   Gives the FileResults of the written files (none when nothing was
-  rejected).
+  rejected). `work_dir` as for WriteBatches.
   """
 
-  def __init__(self, output_dir: str, num_shards: int = 1):
+  def __init__(self, output_dir: str, num_shards: int = 1,
+               work_dir: str = None):
     super().__init__()
     self._output_dir = output_dir
     self._num_shards = num_shards
+    self._work_dir = work_dir or manifest.new_work_dir(output_dir)
 
   def expand(self, rejected):
+    work_dir = self._work_dir
     return (
         rejected
         | 'ToJson' >> beam.Map(lambda record: record.to_json())
         | 'WriteRejectedFiles' >> fileio.WriteToFiles(
-            path=self._output_dir,
+            path=work_dir,
             file_naming=fileio.default_file_naming(schema.REJECTED_PREFIX,
                                                    schema.REJECTED_SUFFIX),
+            temp_directory=_temp_dir(work_dir, 'rejected'),
             sink=lambda _: fileio.TextSink(),
-            shards=self._num_shards))
+            shards=self._num_shards)
+        | 'CollectRejected' >> beam.combiners.ToList()
+        | 'PublishRejected' >> beam.FlatMap(
+            lambda results: _publish_rejected(work_dir, self._output_dir,
+                                              results)))
