@@ -34,6 +34,9 @@ from sftbeam.transforms.tokenizer_source import TokenizerNotFound, load_tokenize
 # The DirectRunner first tries Prism, which downloads a binary; naming its
 # batch engine directly keeps the default run offline.
 DEFAULT_RUNNER = 'FnApiRunner'
+# An error is one line of at most this many characters (a cut is marked):
+# messages quote values, and some come from libraries.
+MAX_ERROR_CHARS = 600
 
 
 class RunFailed(Exception):
@@ -75,14 +78,19 @@ def check_inputs_exist(patterns):
 
 
 def check_tokenizer(config):
-  """Loads a local or embedded tokenizer now, to fail before the run."""
+  """Loads a local or embedded tokenizer now, to fail before the run; a
+  pad_id must be one of its token ids."""
   if is_remote(config.tokenizer):
     return  # read on the workers; nothing touches GCS at construction
   try:
-    load_tokenizer(config.tokenizer, config.special_tokens_in_text)
+    tokenizer = load_tokenizer(config.tokenizer, config.special_tokens_in_text)
   except TokenizerNotFound as error:
     raise ConfigError(f'{error} (pass --tokenizer with a HuggingFace hub '
                       'name or a tokenizer directory)') from None
+  if config.pad_id is not None and config.pad_id >= len(tokenizer):
+    raise ConfigError(f'pad_id {config.pad_id} is not a token id of tokenizer '
+                      f'{config.tokenizer!r} (its ids are 0 to '
+                      f'{len(tokenizer) - 1})')
 
 
 def pipeline_options(beam_args) -> PipelineOptions:
@@ -214,11 +222,20 @@ def main(argv=None) -> int:
     args, beam_args = _parser().parse_known_args(argv)
     return run_command(args, beam_args)
   except ConfigError as error:
-    print(f'sftbeam: error: {error}', file=sys.stderr)
+    print(f'sftbeam: error: {one_line(error)}', file=sys.stderr)
     return 2
   except RunFailed as error:
-    print(f'sftbeam: error: {error}', file=sys.stderr)
+    print(f'sftbeam: error: {one_line(error)}', file=sys.stderr)
     return 1
+
+
+def one_line(error) -> str:
+  """The error's message on one line of at most MAX_ERROR_CHARS."""
+  line = ' '.join(str(error).split())
+  if len(line) <= MAX_ERROR_CHARS:
+    return line
+  return (f'{line[:MAX_ERROR_CHARS]}...[{len(line) - MAX_ERROR_CHARS} more '
+          'chars]')
 
 
 if __name__ == '__main__':

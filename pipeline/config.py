@@ -11,9 +11,41 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from sftbeam.pipeline.options import (OPTIONS, OPTIONS_BY_NAME, ConfigError,
-                              check_value, defaults, make_config)
+                                      check_value, defaults, make_config,
+                                      shown)
 
 BEAM_SECTION = 'beam'
+# More values than any config needs: YAML aliases can make a small file
+# expand to billions ("billion laughs"), which no check should walk.
+MAX_CONFIG_VALUES = 100_000
+
+
+class _TooLarge(Exception):
+  pass
+
+
+def _count_values(value, counted: dict) -> int:
+  """Values in `value` with its aliases expanded, up to MAX_CONFIG_VALUES
+  (_TooLarge beyond). `counted` memoizes lists and mappings by identity (an
+  alias is the same object), so the cost grows with the file, not with the
+  expansion; None marks one being counted, so a cycle is too large."""
+  if not isinstance(value, (list, dict)):
+    return 1
+  known = counted.get(id(value), 0)
+  if known is None:
+    raise _TooLarge  # an alias to a value it is inside of: endless
+  if known:
+    return known
+  counted[id(value)] = None
+  children = (list(value) + list(value.values()) if isinstance(value, dict)
+              else value)
+  total = 1
+  for child in children:
+    total += _count_values(child, counted)
+    if total > MAX_CONFIG_VALUES:
+      raise _TooLarge
+  counted[id(value)] = total
+  return total
 
 
 def load_yaml(path: str):
@@ -21,11 +53,16 @@ def load_yaml(path: str):
   try:
     with open(path, encoding='utf-8') as handle:
       document = yaml.safe_load(handle) or {}
+    _count_values(document, {})
   except OSError as error:
     raise ConfigError(f'cannot read config {path}: {error.strerror}') from None
   except yaml.YAMLError as error:
     raise ConfigError(f'{path} is not valid YAML: '
                       f'{str(error).splitlines()[0]}') from None
+  except (_TooLarge, RecursionError):
+    raise ConfigError(f'{path} holds more than {MAX_CONFIG_VALUES} values once '
+                      'its YAML aliases are expanded, or nests too deeply: '
+                      'write a plain config of option: value') from None
   if not isinstance(document, dict):
     raise ConfigError(f'{path} must hold a mapping of option: value')
   beam_options = document.pop(BEAM_SECTION, None) or {}
@@ -141,7 +178,7 @@ def _flag_values(namespace) -> dict:
     try:
       values[name] = _cli_value(option, text)
     except ValueError:
-      raise ConfigError(f'--{name}: cannot read {text!r} as '
+      raise ConfigError(f'--{name}: cannot read {shown(text)} as '
                         f'{option.kind.replace("_", " ")}') from None
     check_value(name, values[name], f'--{name}')
   return values

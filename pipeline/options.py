@@ -6,6 +6,7 @@ CLI flags and the checks all read it.
 
 import dataclasses
 import re
+import reprlib
 import types
 from typing import Any, Callable, Optional, Tuple
 
@@ -17,10 +18,31 @@ from sftbeam.transforms.tokenizer_source import EMBEDDED
 # Alpaca data with batch 32 this stores 0.95 real tokens per stored token
 # (powers of two: 0.70). See benchmarks/.
 DEFAULT_BOUNDARIES = tuple(range(16, 513, 16)) + tuple(range(576, 4097, 64))
+# The readers give token ids as int32 (transforms.schema.parse_batch).
+MAX_TOKEN_ID = 2**31 - 1
+
+
+# A value shown in an error message is cut to about this many characters.
+MAX_SHOWN_CHARS = 80
 
 
 class ConfigError(ValueError):
   """A bad option value; the CLI prints it as one line and exits 2."""
+
+
+_LIMITED_REPR = reprlib.Repr()
+_LIMITED_REPR.maxlevel = 3
+_LIMITED_REPR.maxstring = _LIMITED_REPR.maxother = _LIMITED_REPR.maxlong = (
+    MAX_SHOWN_CHARS)
+
+
+def shown(value) -> str:
+  """repr(value) for an error message: at most MAX_SHOWN_CHARS (and a mark
+  saying how much was cut), at a cost bounded whatever the value's size."""
+  text = _LIMITED_REPR.repr(value)
+  if len(text) <= MAX_SHOWN_CHARS:
+    return text
+  return f'{text[:MAX_SHOWN_CHARS]}...[cut]'
 
 
 def _is_int(value):
@@ -80,9 +102,10 @@ OPTIONS = (
     Option('pad_to', 'str', 'bucket', 'pad batches to the bucket boundary '
            '(static shapes) or to the longest row', choices=PAD_TO_MODES),
     Option('pad_id', 'optional_int', None,
-           'padding id (null: tokenizer pad id, else eos id)',
-           check=lambda v: v is None or v >= 0,
-           requirement='a non-negative integer'),
+           'padding id (null: tokenizer pad id, else eos id); must be a '
+           'token id of the tokenizer',
+           check=lambda v: v is None or 0 <= v <= MAX_TOKEN_ID,
+           requirement=f'a token id, from 0 to {MAX_TOKEN_ID}'),
     Option('num_shards', 'int', 4, 'TFRecord shards to write',
            check=_positive_int, requirement='a positive integer'),
     Option('compression', 'str', 'none', 'shard compression',
@@ -182,13 +205,13 @@ def check_value(name: str, value, source: str):
                       f'{", ".join(OPTIONS_BY_NAME)}')
   if not _type_ok(option, value):
     raise ConfigError(f'{source}: {name} must be {_KIND_WORDS[option.kind]}, '
-                      f'got {value!r}')
+                      f'got {shown(value)}')
   if option.choices and value not in option.choices:
     raise ConfigError(f'{source}: {name} must be one of '
-                      f'{", ".join(option.choices)}; got {value!r}')
+                      f'{", ".join(option.choices)}; got {shown(value)}')
   if option.check and not option.check(value):
     raise ConfigError(f'{source}: {name} must be {option.requirement}; '
-                      f'got {value!r}')
+                      f'got {shown(value)}')
 
 
 def _check_streaming_source(values: dict):

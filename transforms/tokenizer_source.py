@@ -116,9 +116,17 @@ def _load_tokenizer(name: str, special_tokens_in_text: str):
   import transformers  # pylint: disable=import-outside-toplevel
   directory = local_tokenizer_dir(name)
   try:
+    # Never the tokenizer's own Python code (auto_map): loading a directory
+    # must not run what it contains, nor ask on stdin whether to.
     return transformers.AutoTokenizer.from_pretrained(
-        directory, split_special_tokens=(special_tokens_in_text == 'text'))
+        directory, split_special_tokens=(special_tokens_in_text == 'text'),
+        trust_remote_code=False)
   except (OSError, ValueError) as error:
+    if 'trust_remote_code' in str(error):
+      raise TokenizerNotFound(
+          f'tokenizer {name!r} needs its own Python code (auto_map in its '
+          'tokenizer_config.json), which sftbeam never runs: use a tokenizer '
+          'that transformers loads without custom code') from error
     raise TokenizerNotFound(
         f'cannot load tokenizer {name!r}: {str(error).splitlines()[0]}') from error
 
