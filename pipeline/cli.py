@@ -206,14 +206,16 @@ def _quiet_libraries():
   """
   os.environ.setdefault('TRANSFORMERS_NO_ADVISORY_WARNINGS', '1')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  logging.getLogger('apache_beam.runners.common').addFilter(
-      _skip_corrupt_input_logs)
+  for name in ('apache_beam.runners.common',  # a step in this process
+               'apache_beam.runners.portability.local_job_service'):  # workers
+    logging.getLogger(name).addFilter(_skip_corrupt_input_logs)
 
 
 def _skip_corrupt_input_logs(record) -> bool:
   """Beam logs a failing step's exception, traceback and all, before it
   raises it; sftbeam prints its own input errors as one line instead."""
-  return not isinstance(record.msg, CorruptInputError)
+  return (not isinstance(record.msg, CorruptInputError) and
+          CorruptInputError.__name__ not in record.getMessage())
 
 
 def main(argv=None) -> int:

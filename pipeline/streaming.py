@@ -51,7 +51,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 from sftbeam.pipeline import remote
 from sftbeam.pipeline.graph import LinesToBatches
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.pipeline.output_dir import prepare_output_dir
+from sftbeam.pipeline.output_dir import STREAMING_NAMES, prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import progress, schema
 from sftbeam.transforms.records import LineChunk
@@ -315,7 +315,8 @@ def prepare_output(config) -> dict:
   """
   if not config.overwrite and _continues_earlier_run(config):
     return _earlier_stats(config.output)
-  prepare_output_dir(config.output, config.overwrite)
+  prepare_output_dir(config.output, config.overwrite,
+                     run_names=STREAMING_NAMES)
   return {}
 
 

@@ -144,7 +144,7 @@ def test_hub_tokenizer_not_found_offline(paths, capsys, monkeypatch):
 
 def test_installed_script_exits_2_with_one_line(paths):
   """The real console script, with a config file, up to the last check."""
-  paths['tmp'] = paths['output'] = os.path.dirname(paths['input'])
+  paths['output'] = os.path.join(paths['tmp'], 'full')
   yaml_text = 'batch_size: 8\n'
   message = f'output directory {paths["output"]} is not empty'
   result = run_sftbeam(*command_line(yaml_text, [], paths), network=False)

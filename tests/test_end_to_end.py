@@ -17,6 +17,7 @@ from conftest import SAMPLE, run_sftbeam, shared_data
 from sftbeam.pipeline.options import DEFAULT_BOUNDARIES
 from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 from sftbeam import tokenize_prompt_and_output
+from sftbeam.transforms.manifest import MANIFEST_FILE
 from sftbeam.transforms.tokenizer_source import embedded_tokenizer_dir
 
 SAMPLE_REJECTIONS = {'invalid_json': 1, 'missing_field': 1,
@@ -163,5 +164,9 @@ def test_dataset_info_describes_the_run(tmp_path):
   assert set(info['features']) == {'input_ids', 'labels', 'response_mask',
                                    'shape', 'prompt_lengths',
                                    'output_lengths', 'example_ids'}
-  assert sorted(os.listdir(tmp_path)) == sorted(
-      info['shards'] + info['rejected_files'] + ['dataset_info.json'])
+  written = info['shards'] + info['rejected_files'] + ['dataset_info.json']
+  # The run's record names exactly the files it wrote (--overwrite deletes
+  # those and nothing else).
+  assert sorted(os.listdir(tmp_path)) == sorted(written + [MANIFEST_FILE])
+  with open(os.path.join(tmp_path, MANIFEST_FILE), encoding='utf-8') as handle:
+    assert json.load(handle)['files'] == sorted(written)

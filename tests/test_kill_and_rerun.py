@@ -23,7 +23,7 @@ from output_rows import rows_by_id
 from sftbeam.pipeline import cli
 from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
                               load_dataset_info, read_tf_dataset)
-from sftbeam.transforms import schema, sft
+from sftbeam.transforms import manifest, schema, sft
 
 COPIES = 2
 # The last shard renames and dataset_info.json follow each other within
@@ -101,7 +101,7 @@ def assert_readers_refuse(output_dir):
 
 def assert_final_shards_whole(output_dir):
   """A file under a final shard name is always complete: fileio writes it
-  under .temp* and renames it when closed."""
+  in the run's work directory and moves it when closed."""
   for name in fnmatch.filter(os.listdir(output_dir),
                              schema.SHARD_PREFIX + '-*'):
     records = tf.data.TFRecordDataset(os.path.join(output_dir, name))
@@ -116,7 +116,8 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
 
   # 1. Killed while shards are being written to temp files.
   process = start_run(input_path, output_dir, log_path)
-  present = kill_when(process, output_dir, '.temp*/*', log_path)
+  present = kill_when(process, output_dir, manifest.WORK_DIR_PREFIX + '*/*',
+                      log_path)
   # Shards get their final names only after all are written.
   assert not fnmatch.filter(present, schema.SHARD_PREFIX + '-*')
   assert schema.INFO_FILE not in present
@@ -152,7 +153,8 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
   assert counts['records_rejected'] == 0 and counts['reconciled'] is True
   assert sorted(fnmatch.filter(os.listdir(output_dir),
                                schema.SHARD_PREFIX + '-*')) == info['shards']
-  assert not fnmatch.filter(os.listdir(output_dir), '.temp*')
+  assert not fnmatch.filter(os.listdir(output_dir),
+                            manifest.WORK_DIR_PREFIX + '*')
   rows = rows_by_id(str(output_dir))
   assert set(rows) == set(expected)
   for example_id in random.Random(0).sample(sorted(expected), 20):

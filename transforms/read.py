@@ -17,6 +17,7 @@ import re
 import zlib
 
 import apache_beam as beam
+import zstandard
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
@@ -66,7 +67,6 @@ def _new_decompressor(compression: str):
   if compression == CompressionTypes.LZMA:
     return lzma.LZMADecompressor()
   if compression == CompressionTypes.ZSTD:
-    import zstandard  # pylint: disable=import-outside-toplevel
     # Beam's own window limit, so that what Beam reads, this reads.
     return zstandard.ZstdDecompressor(
         max_window_size=1 << 31).decompressobj()
@@ -113,8 +113,8 @@ class DecompressingReader:
     while not self._buffer:
       try:
         self._buffer = next(self._blocks, None)
-      except (EOFError, OSError, zlib.error, lzma.LZMAError,
-              ValueError) as error:
+      except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError,
+              zstandard.ZstdError) as error:
         raise CorruptInputError(
             f'input {self._path} is cut short or corrupt ({self._compression}'
             f': {error}); restore the file and run again') from None

@@ -1,0 +1,539 @@
+"""Nothing lost, nothing clobbered (issue 13).
+
+Input that cannot be read whole fails the run; --overwrite deletes only what
+sftbeam recorded writing; one run at a time per output directory; a
+tokenizer's own Python code never runs; dataset_info.json is never missing
+while it is replaced. End to end through the installed CLI, offline, except
+the gs:// lock (a fake google-cloud-storage client) and the unit checks of
+the decompressing reader and the atomic replace.
+"""
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import zlib
+
+import pytest
+import zstandard
+from apache_beam.io.filesystem import CompressionTypes
+from google.api_core import exceptions as gcs_exceptions
+
+from conftest import ROOT, SAMPLE, run_sftbeam, shared_data
+from sftbeam.pipeline import cli, run_lock
+from sftbeam.pipeline.readers import load_dataset_info
+from sftbeam.transforms import manifest, schema
+from sftbeam.transforms.read import (CorruptInputError, DecompressingReader,
+                                     corrupt_input_message, iter_lines)
+from sftbeam.transforms.stats import write_json_atomically
+from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
+                                                 embedded_tokenizer_dir,
+                                                 load_tokenizer)
+
+RECORDS_PER_FILE = 200
+COMPRESSORS = {
+    'gz': gzip.compress,
+    'bz2': bz2.compress,
+    'deflate': zlib.compress,
+    'xz': lzma.compress,
+    'lzma': lambda data: lzma.compress(data, format=lzma.FORMAT_ALONE),
+    'zst': zstandard.ZstdCompressor().compress,
+    'zstd': zstandard.ZstdCompressor(write_checksum=True).compress,
+}
+
+
+def run(input_path, output_dir, *flags):
+  return run_sftbeam('run', '--config', 'configs/local.yaml', '--input',
+                     str(input_path), '--output', str(output_dir), *flags,
+                     network=False)
+
+
+def run_main(capsys, input_path, output_dir, *flags):
+  """The CLI's main in this process (no interpreter start-up, tokenizer
+  already loaded), as a CompletedProcess."""
+  code = cli.main(['run', '--input', str(input_path), '--output',
+                   str(output_dir), *flags])
+  captured = capsys.readouterr()
+  return subprocess.CompletedProcess([], code, captured.out, captured.err)
+
+
+def one_error_line(result, code: int) -> str:
+  """The single `sftbeam: error:` line of a run that exited with `code`."""
+  assert result.returncode == code, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith('sftbeam: error: ')
+  assert len(lines[0]) < 700
+  return lines[0]
+
+
+def snapshot(directory) -> dict:
+  """{relative path: bytes} of every file below `directory`."""
+  files = {}
+  for parent, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(parent, name)
+      with open(path, 'rb') as handle:
+        files[os.path.relpath(path, directory)] = handle.read()
+  return files
+
+
+@pytest.fixture(scope='module')
+def gsm8k_head() -> bytes:
+  """The first RECORDS_PER_FILE lines of gsm8k_test."""
+  with open(shared_data('gsm8k_test.jsonl'), 'rb') as handle:
+    return b''.join(handle.readline() for _ in range(RECORDS_PER_FILE))
+
+
+# ------------------------------------------------ compressed input, whole or not
+
+def test_complete_compressed_inputs_are_read_whole(gsm8k_head, tmp_path):
+  """Every compression Beam detects by extension, and two gzip members
+  joined with cat, give every record."""
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  for extension, compress in COMPRESSORS.items():
+    (inputs / f'part.jsonl.{extension}').write_bytes(compress(gsm8k_head))
+  (inputs / 'joined.jsonl.gz').write_bytes(gzip.compress(gsm8k_head) +
+                                           gzip.compress(gsm8k_head))
+  result = run(inputs / '*', tmp_path / 'out')
+  assert result.returncode == 0, result.stderr[-3000:]
+  counts = load_dataset_info(str(tmp_path / 'out'))['counts']
+  expected = RECORDS_PER_FILE * (len(COMPRESSORS) + 2)
+  assert counts['records_in'] == counts['records_written'] == expected
+
+
+def write_cut(directory, extension: str, fraction: float, data: bytes):
+  """Writes `data` compressed, cut to `fraction` of its bytes; gives its path."""
+  compressed = COMPRESSORS[extension](data)
+  path = directory / f'cut-{fraction}.jsonl.{extension}'
+  path.write_bytes(compressed[:int(len(compressed) * fraction)])
+  return path
+
+
+def assert_refused_untouched(line: str, path, output_dir):
+  """The error names the file; the output directory is as it was before
+  (no dataset_info.json, nothing else)."""
+  assert str(path) in line and 'cut short or corrupt' in line
+  assert os.listdir(output_dir) == []
+
+
+@pytest.mark.parametrize('extension', ['gz', 'bz2'])
+def test_cut_compressed_input_fails_the_run(extension, gsm8k_head, tmp_path):
+  """The installed CLI on a file cut in half: exit 1 and one line, where it
+  said "reconciled yes" (gzip) and "records in 0" (bzip2), exit 0."""
+  path = write_cut(tmp_path, extension, 0.5, gsm8k_head)
+  output_dir = tmp_path / 'out'
+  assert_refused_untouched(one_error_line(run(path, output_dir), 1), path,
+                           output_dir)
+
+
+CUTS = ([('gz', fraction) for fraction in (0.0, 0.05, 0.999)] +
+        [('bz2', fraction) for fraction in (0.05, 0.999)] +
+        [(extension, 0.5) for extension in ('deflate', 'xz', 'lzma', 'zst',
+                                            'zstd')])
+
+
+@pytest.mark.parametrize('extension, fraction', CUTS,
+                         ids=[f'{e}-{f}' for e, f in CUTS])
+def test_cut_points_of_every_compression_fail_the_run(
+    extension, fraction, gsm8k_head, tmp_path, capsys):
+  """The same, through the CLI's main in this process (a run without the
+  interpreter's start-up), at more cut points and for every compression
+  Beam detects by extension."""
+  path = write_cut(tmp_path, extension, fraction, gsm8k_head)
+  output_dir = tmp_path / 'out'
+  line = one_error_line(run_main(capsys, path, output_dir), 1)
+  assert_refused_untouched(line, path, output_dir)
+
+
+@pytest.mark.parametrize('extension', ['gz', 'bz2', 'xz', 'zstd'])
+def test_corrupt_compressed_input_fails_the_run(extension, gsm8k_head,
+                                                tmp_path, capsys):
+  """A flipped byte mid-file (each format's checksum or structure sees it;
+  plain .zst frames carry no checksum, so .zstd is written with one)."""
+  data = bytearray(COMPRESSORS[extension](gsm8k_head))
+  data[len(data) // 2] ^= 0x55
+  path = tmp_path / f'corrupt.jsonl.{extension}'
+  path.write_bytes(bytes(data))
+  line = one_error_line(run_main(capsys, path, tmp_path / 'out'), 1)
+  assert str(path) in line
+  assert not os.path.exists(tmp_path / 'out' / schema.INFO_FILE)
+
+
+def test_every_cut_point_is_refused(gsm8k_head):
+  """The reader itself, at many cut points of every compression."""
+  kinds = {'gz': CompressionTypes.GZIP, 'bz2': CompressionTypes.BZIP2,
+           'deflate': CompressionTypes.DEFLATE, 'xz': CompressionTypes.LZMA,
+           'lzma': CompressionTypes.LZMA, 'zst': CompressionTypes.ZSTD,
+           'zstd': CompressionTypes.ZSTD}
+  for extension, compress in COMPRESSORS.items():
+    data = compress(gsm8k_head)
+    whole = list(iter_lines(DecompressingReader(io.BytesIO(data),
+                                                kinds[extension], 'f'), 1000))
+    assert len(whole) == RECORDS_PER_FILE
+    for cut in sorted({0, 1, 10, len(data) - 1} |
+                      set(range(0, len(data), max(1, len(data) // 16)))):
+      reader = DecompressingReader(io.BytesIO(data[:cut]), kinds[extension],
+                                   'f')
+      with pytest.raises(CorruptInputError, match='f is cut short'):
+        list(iter_lines(reader, 1000))
+
+
+def test_error_text_from_a_worker_becomes_one_line():
+  """Raised in another process, only the traceback's text reaches the CLI."""
+  remote_text = ('Traceback (most recent call last):\n  File "x.py"\n'
+                 'sftbeam.transforms.read.CorruptInputError: input a.gz is '
+                 "cut short [while running 'ReadInput/ReadChunks']\n")
+  assert corrupt_input_message(RuntimeError(remote_text)) == (
+      'input a.gz is cut short')
+  assert corrupt_input_message(RuntimeError('something else')) is None
+
+
+# ------------------------------------------------------------- --overwrite
+
+USER_FILES = {
+    'batches-march.jsonl': b'{"mine": 1}\n',
+    'rejected-by-reviewers.jsonl': b'{"mine": 2}\n',
+    'dataset_info.json.bak': b'{"backup": true}\n',
+    '.templates/prompt.txt': b'my template\n',
+    'notes.txt': b'keep me\n',
+}
+
+
+def add_user_files(directory):
+  for name, data in USER_FILES.items():
+    os.makedirs(os.path.dirname(os.path.join(directory, name)), exist_ok=True)
+    with open(os.path.join(directory, name), 'wb') as handle:
+      handle.write(data)
+
+
+def read_record(output_dir) -> dict:
+  with open(os.path.join(output_dir, manifest.MANIFEST_FILE),
+            encoding='utf-8') as handle:
+    return json.load(handle)
+
+
+@pytest.fixture(scope='module')
+def earlier_run(tmp_path_factory):
+  """An output directory written by a complete run on the sample."""
+  output_dir = tmp_path_factory.mktemp('earlier') / 'out'
+  result = run(SAMPLE, output_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return output_dir
+
+
+def copy_of(earlier_run, tmp_path):
+  """A copy of the earlier run's directory (its record names files
+  relative to it, so a copy is recorded as well)."""
+  output_dir = tmp_path / 'out'
+  shutil.copytree(earlier_run, output_dir)
+  return output_dir
+
+
+def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
+  output_dir = copy_of(earlier_run, tmp_path)
+  first = read_record(output_dir)
+  add_user_files(output_dir)
+  result = run(SAMPLE, output_dir, '--overwrite', '--num_shards', '2')
+  assert result.returncode == 0, result.stderr[-3000:]
+  after = snapshot(output_dir)
+  for name, data in USER_FILES.items():
+    assert after[name] == data  # byte for byte
+  info = load_dataset_info(str(output_dir))
+  second = read_record(output_dir)
+  assert second['run_id'] != first['run_id']
+  written = sorted(info['shards'] + info['rejected_files'] +
+                   [schema.INFO_FILE])
+  assert second['files'] == written
+  # The first run's 4 shards are gone, the second's 2 are all there is.
+  assert sorted(set(after) - set(USER_FILES)) == sorted(
+      written + [manifest.MANIFEST_FILE])
+
+
+@pytest.mark.parametrize('input_name', ['data.jsonl', '*.jsonl',
+                                        'rejected-00000-of-00001.jsonl'])
+def test_output_holding_an_input_is_refused(input_name, earlier_run, tmp_path,
+                                           capsys):
+  """Even a file an earlier run wrote there, used as input: refused before
+  anything is touched."""
+  output_dir = copy_of(earlier_run, tmp_path)
+  shutil.copy(SAMPLE, output_dir / 'data.jsonl')
+  before = snapshot(output_dir)
+  line = one_error_line(run_main(capsys, output_dir / input_name, output_dir,
+                                 '--overwrite'), 2)
+  assert 'holds the input file' in line
+  assert snapshot(output_dir) == before
+
+
+def test_unrecorded_file_under_a_name_sftbeam_writes_is_refused(tmp_path,
+                                                                capsys):
+  """A dataset_info.json no record names (an older sftbeam's, or a user's):
+  --overwrite refuses rather than replace it."""
+  output_dir = tmp_path / 'out'
+  output_dir.mkdir()
+  (output_dir / schema.INFO_FILE).write_bytes(b'{"theirs": true}')
+  (output_dir / 'batches-00000-of-00001.tfrecord').write_bytes(b'theirs')
+  before = snapshot(output_dir)
+  line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
+                        2)
+  assert 'batches-00000-of-00001.tfrecord and 1 more' in line
+  assert 'which no sftbeam run recorded writing there' in line
+  assert snapshot(output_dir) == before
+
+
+@pytest.mark.parametrize('record', [
+    {'files': ['../victim.txt'], 'work_dir': None, 'name_lists': []},
+    {'files': [], 'work_dir': '../victim', 'name_lists': []},
+    {'files': 'notes.txt'},
+])
+def test_record_naming_other_paths_is_refused(record, tmp_path, capsys):
+  """Whatever a record says, only plain entries of the directory go."""
+  (tmp_path / 'victim.txt').write_bytes(b'safe')
+  (tmp_path / 'victim').mkdir()
+  output_dir = tmp_path / 'out'
+  output_dir.mkdir()
+  (output_dir / 'notes.txt').write_bytes(b'safe')
+  (output_dir / manifest.MANIFEST_FILE).write_text(json.dumps(record))
+  before = snapshot(tmp_path)
+  line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
+                        2)
+  assert 'is not a record sftbeam can read' in line
+  assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------- one run at a time
+
+HOLD_LOCK = """
+import sys, time
+from sftbeam.pipeline import run_lock
+lock = run_lock.acquire(sys.argv[1], run_lock.owner_record('holder-run'))
+print('locked', flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_locked_output_is_refused_until_its_owner_dies(tmp_path, capsys):
+  output_dir = tmp_path / 'out'
+  output_dir.mkdir()
+  holder = subprocess.Popen([sys.executable, '-c', HOLD_LOCK, str(output_dir)],
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    line = one_error_line(run_main(capsys, SAMPLE, output_dir), 2)
+    assert (f'is in use by run holder-run (pid {holder.pid} on '
+            f'{socket.gethostname()}') in line
+    assert os.listdir(output_dir) == [run_lock.LOCK_FILE]
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  # Killed, it cannot keep the directory: the kernel dropped its lock.
+  result = run_main(capsys, SAMPLE, output_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert run_lock.LOCK_FILE not in os.listdir(output_dir)
+
+
+def test_two_runs_at_once_one_writes(tmp_path):
+  """Started together on one directory: one run writes it whole, the other
+  is refused (locked, or no longer empty), whatever the timing."""
+  output_dir = tmp_path / 'out'
+  command = [os.path.join(os.path.dirname(sys.executable), 'sftbeam'), 'run',
+             '--config', 'configs/local.yaml', '--input', SAMPLE, '--output',
+             str(output_dir)]
+  runs = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+          for _ in range(2)]
+  results = [(process.wait(timeout=600), process.stderr.read())
+             for process in runs]
+  for process in runs:
+    process.stdout.close()
+    process.stderr.close()
+  assert sorted(code for code, _ in results) == [0, 2], results
+  refusal = next(stderr for code, stderr in results if code == 2)
+  assert 'is in use by run' in refusal or 'is not empty' in refusal
+  info = load_dataset_info(str(output_dir))
+  assert info['counts']['reconciled']
+  assert not [name for name in os.listdir(output_dir)
+              if name.startswith(manifest.WORK_DIR_PREFIX)]
+
+
+class _FakeBlob:
+  """A google.cloud.storage Blob with generations and preconditions."""
+
+  def __init__(self, bucket, name):
+    self._bucket = bucket
+    self.name = name
+    self.generation = None
+
+  def upload_from_string(self, data, if_generation_match=None):
+    stored = self._bucket.objects.get(self.name)
+    if if_generation_match == 0 and stored is not None:
+      raise gcs_exceptions.PreconditionFailed('exists')
+    self._bucket.next_generation += 1
+    self.generation = self._bucket.next_generation
+    self._bucket.objects[self.name] = (data.encode('utf-8'), self.generation)
+
+  def download_as_bytes(self):
+    return self._bucket.objects[self.name][0]
+
+  def delete(self, if_generation_match=None):
+    stored = self._bucket.objects.get(self.name)
+    if stored is None:
+      raise gcs_exceptions.NotFound('gone')
+    if if_generation_match is not None and stored[1] != if_generation_match:
+      raise gcs_exceptions.PreconditionFailed('changed')
+    del self._bucket.objects[self.name]
+
+
+class _FakeBucket:
+
+  def __init__(self, name):
+    self.name = name
+    self.objects = {}  # name -> (bytes, generation)
+    self.next_generation = 0
+
+  def blob(self, name):
+    return _FakeBlob(self, name)
+
+  def get_blob(self, name):
+    if name not in self.objects:
+      return None
+    blob = _FakeBlob(self, name)
+    blob.generation = self.objects[name][1]
+    return blob
+
+
+class _FakeClient:
+
+  def __init__(self):
+    self.buckets = {}
+
+  def bucket(self, name):
+    return self.buckets.setdefault(name, _FakeBucket(name))
+
+
+def _dead_pid() -> int:
+  process = subprocess.Popen([sys.executable, '-c', 'pass'])
+  process.wait()
+  return process.pid
+
+
+def test_gcs_lock_is_exclusive_and_released():
+  client = _FakeClient()
+  first = run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('one'),
+                           client)
+  stored = client.bucket('b').objects['sft/run1/' + run_lock.LOCK_FILE]
+  assert json.loads(stored[0])['run_id'] == 'one'
+  with pytest.raises(run_lock.OutputLocked, match='in use by run one'):
+    run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('two'), client)
+  # Another directory of the same bucket is not locked.
+  run_lock.acquire('gs://b/sft/run2', run_lock.owner_record('two'), client)
+  first.release()
+  run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('two'), client)
+
+
+def test_gcs_lock_of_a_dead_owner_here_is_taken_over():
+  client = _FakeClient()
+  dead = dict(run_lock.owner_record('dead-run'), pid=_dead_pid())
+  run_lock.acquire('gs://b/out', dead, client)
+  lock = run_lock.acquire('gs://b/out', run_lock.owner_record('new'), client)
+  stored = client.bucket('b').objects['out/' + run_lock.LOCK_FILE]
+  assert json.loads(stored[0])['run_id'] == 'new'
+  lock.release()
+  assert not client.bucket('b').objects
+
+
+def test_gcs_lock_of_another_host_is_not_taken_over():
+  client = _FakeClient()
+  elsewhere = dict(run_lock.owner_record('far-run'), pid=_dead_pid(),
+                   host='another-host')
+  run_lock.acquire('gs://b/out', elsewhere, client)
+  with pytest.raises(run_lock.OutputLocked,
+                     match=r'far-run .*another-host.*delete gs://b/out/'):
+    run_lock.acquire('gs://b/out', run_lock.owner_record('new'), client)
+
+
+def test_gcs_lock_release_leaves_a_lock_taken_over_meanwhile():
+  client = _FakeClient()
+  mine = run_lock.acquire('gs://b/out', run_lock.owner_record('mine'), client)
+  objects = client.bucket('b').objects
+  name = 'out/' + run_lock.LOCK_FILE
+  objects[name] = (b'{"run_id": "theirs"}', 99)
+  mine.release()
+  assert objects[name][1] == 99
+
+
+# ------------------------------------------------------------- tokenizers
+
+def evil_tokenizer_dir(tmp_path):
+  """A tokenizer directory whose class is its own Python code, which
+  would leave a marker file if it ever ran."""
+  directory = tmp_path / 'evil-tokenizer'
+  shutil.copytree(embedded_tokenizer_dir(), directory)
+  config_path = directory / 'tokenizer_config.json'
+  config = json.loads(config_path.read_text(encoding='utf-8'))
+  config['tokenizer_class'] = 'EvilTokenizer'
+  config['auto_map'] = {'AutoTokenizer': ['evil.EvilTokenizer', None]}
+  config_path.write_text(json.dumps(config), encoding='utf-8')
+  marker = tmp_path / 'code-ran'
+  (directory / 'evil.py').write_text(
+      f'open({str(marker)!r}, "w").close()\n'
+      'from transformers import PreTrainedTokenizerFast\n'
+      'class EvilTokenizer(PreTrainedTokenizerFast):\n  pass\n',
+      encoding='utf-8')
+  return directory, marker
+
+
+def test_tokenizer_with_its_own_code_is_refused(tmp_path):
+  """Refused with one line, exit 2, even with "y" waiting on stdin (where
+  transformers would ask); the code never runs, in the CLI or the library."""
+  directory, marker = evil_tokenizer_dir(tmp_path)
+  command = [os.path.join(os.path.dirname(sys.executable), 'sftbeam'), 'run',
+             '--input', SAMPLE, '--output', str(tmp_path / 'out'),
+             '--tokenizer', str(directory)]
+  result = subprocess.run(command, input='y\ny\n', capture_output=True,
+                          text=True, timeout=600, check=False)
+  line = one_error_line(result, 2)
+  assert 'needs its own Python code' in line
+  assert not result.stdout
+  with pytest.raises(TokenizerNotFound, match='needs its own Python code'):
+    load_tokenizer(str(directory))
+  assert not marker.exists()
+
+
+# ---------------------------------------------------------- atomic replace
+
+def test_dataset_info_is_never_missing_while_replaced(tmp_path):
+  """A reader polling the file sees the old or the new one, whole."""
+  path = str(tmp_path / schema.INFO_FILE)
+  write_json_atomically(path, {'version': 0})
+  seen, failures, done = set(), [], threading.Event()
+
+  def poll():
+    while not done.is_set():
+      try:
+        with open(path, encoding='utf-8') as handle:
+          seen.add(json.load(handle)['version'])
+      except (OSError, ValueError) as error:
+        failures.append(repr(error))
+
+  poller = threading.Thread(target=poll)
+  poller.start()
+  try:
+    for version in range(1, 400):
+      write_json_atomically(path, {'version': version, 'pad': 'x' * 5000})
+  finally:
+    done.set()
+    poller.join()
+  assert not failures, failures[:3]
+  assert len(seen) > 1
+  assert os.listdir(tmp_path) == [schema.INFO_FILE]
