@@ -60,9 +60,9 @@ def load_yaml(path: str):
     raise ConfigError(f'{path} is not valid YAML: '
                       f'{str(error).splitlines()[0]}') from None
   except (_TooLarge, RecursionError):
-    raise ConfigError(f'{path} holds more than {MAX_CONFIG_VALUES} values once '
-                      'its YAML aliases are expanded, or nests too deeply: '
-                      'write a plain config of option: value') from None
+    raise ConfigError(f'{path} holds more than {MAX_CONFIG_VALUES} values '
+                      '(counting what its YAML aliases repeat), or nests too '
+                      'deeply: write a plain config of option: value') from None
   if not isinstance(document, dict):
     raise ConfigError(f'{path} must hold a mapping of option: value')
   beam_options = document.pop(BEAM_SECTION, None) or {}

@@ -73,6 +73,30 @@ CASES = [
      'is not empty (1 entries): pass --overwrite'),
     ('output-is-a-file', None, ['--output', '{input}'],
      'is a file, not a directory'),
+    # Issue 13: values that passed the checks, or broke the one line.
+    ('pad-id-outside-vocabulary', None, ['--pad_id', '999999999'],
+     "pad_id 999999999 is not a token id of tokenizer 'embedded' (its ids "
+     'are 0 to 151668)'),
+    ('pad-id-over-int32', None, ['--pad_id', str(2**32)],
+     'pad_id must be a token id, from 0 to 2147483647; got 4294967296'),
+    ('pad-id-over-int64', 'pad_id: 9223372036854775808\n', [],
+     'pad_id must be a token id, from 0 to 2147483647'),
+    ('negative-pad-id', None, ['--pad_id', '-1'],
+     'pad_id must be a token id'),
+    ('input-is-a-directory', None, ['--input', '{tmp}/full'],
+     'full is a directory; pass its files, e.g. --input "{tmp}/full/*.jsonl"'),
+    ('yaml-alias-bomb', 'boundaries:\n' + ''.join(
+        f'  - &a{level} [{", ".join([f"*a{level - 1}"] * 9)}]\n'
+        if level else '  - &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9]\n'
+        for level in range(9)), [],
+     'holds more than 100000 values (counting what its YAML aliases repeat)'),
+    ('yaml-alias-cycle', 'boundaries: &loop [*loop]\n', [],
+     'holds more than 100000 values'),
+    ('long-value-cut', f'truncation: {"x" * 100000}\n', [],
+     "truncation must be one of none, output_right, prompt_left; got 'xxx"),
+    ('long-list-cut', f'boundaries: {list(range(50000, 0, -1))}\n', [],
+     'boundaries must be a non-empty, strictly increasing list of positive '
+     'integers; got [50000, 49999,'),
 ]
 
 
@@ -104,6 +128,7 @@ def assert_one_line_error(code, stdout, stderr, message):
   assert len(lines) == 1, stderr
   assert lines[0].startswith('sftbeam: error: ')
   assert message in lines[0]
+  assert len(lines[0]) < 700  # values are cut, with a mark
   assert not stdout
 
 
