@@ -183,8 +183,8 @@ def _clear(output_dir: str, overwrite: bool, run_names):
         f'--output {output_dir} holds {strangers[0]}'
         f'{f" and {len(strangers) - 1} more" if len(strangers) > 1 else ""}, '
         'which no sftbeam run recorded writing there (an older sftbeam\'s '
-        'output, or someone else\'s file) and which this run would replace: '
-        'move it away, or choose another --output')
+        'output, or someone else\'s file) and which this run would replace or '
+        'list as its own: move it away, or choose another --output')
   _delete(output_dir, recorded, present)
 
 

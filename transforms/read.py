@@ -73,12 +73,31 @@ def _new_decompressor(compression: str):
   raise ValueError(f'unknown compression {compression!r}')
 
 
-def _decompressed_blocks(raw, compression: str):
+# What the decompressors raise on data that is not a valid stream.
+_CORRUPT_DATA_ERRORS = (OSError, ValueError, EOFError, zlib.error,
+                        lzma.LZMAError, zstandard.ZstdError)
+
+
+def _corrupt(path: str, compression: str, problem) -> CorruptInputError:
+  return CorruptInputError(
+      f'input {path} is cut short or corrupt ({compression}: {problem}); '
+      'restore the file and run again')
+
+
+def _decompress(decompressor, data: bytes, compression: str, path: str):
+  try:
+    return decompressor.decompress(data)
+  except _CORRUPT_DATA_ERRORS as error:
+    raise _corrupt(path, compression, error) from None
+
+
+def _decompressed_blocks(raw, compression: str, path: str):
   """Yields the decompressed bytes of a binary handle, block by block.
 
   Streams that follow each other (files joined with `cat`) are read one
-  after the other, as Beam reads them. Raises EOFError when the data ends
-  inside a stream; the decompressors raise their own errors on corrupt data.
+  after the other, as Beam reads them. Raises CorruptInputError, naming
+  `path`, where the data is corrupt or ends inside a stream (an empty file
+  included); errors reading `raw` itself pass unchanged.
   """
   decompressor = _new_decompressor(compression)
   while True:
@@ -88,41 +107,33 @@ def _decompressed_blocks(raw, compression: str):
     while data:
       if decompressor.eof:
         decompressor = _new_decompressor(compression)
-      yield decompressor.decompress(data)
+      yield _decompress(decompressor, data, compression, path)
       data = decompressor.unused_data if decompressor.eof else b''
   if not decompressor.eof:
-    raise EOFError('the compressed data ends before the end of its stream')
+    raise _corrupt(path, compression,
+                   'the data ends before the end of its stream')
 
 
 class DecompressingReader:
-  """A compressed binary handle read as its decompressed bytes (`read`).
-
-  Raises CorruptInputError, naming `path`, where the data is corrupt or ends
-  inside a compressed stream (an empty file included).
-  """
+  """A compressed binary handle read as its decompressed bytes (`read`);
+  raises CorruptInputError as `_decompressed_blocks` does."""
 
   def __init__(self, raw, compression: str, path: str):
     self._raw = raw
-    self._blocks = _decompressed_blocks(raw, compression)
-    self._compression = compression
-    self._path = path
-    self._buffer = b''
+    self._blocks = _decompressed_blocks(raw, compression, path)
+    self._block = b''
+    self._offset = 0  # in _block, of the first byte not yet read
 
   def read(self, size: int) -> bytes:
     """Up to `size` decompressed bytes; b'' at the end."""
-    while not self._buffer:
-      try:
-        self._buffer = next(self._blocks, None)
-      except (EOFError, OSError, ValueError, zlib.error, lzma.LZMAError,
-              zstandard.ZstdError) as error:
-        raise CorruptInputError(
-            f'input {self._path} is cut short or corrupt ({self._compression}'
-            f': {error}); restore the file and run again') from None
-      if self._buffer is None:
-        self._buffer = b''
+    while self._offset == len(self._block):
+      block = next(self._blocks, None)
+      if block is None:
         return b''
-    block, self._buffer = self._buffer[:size], self._buffer[size:]
-    return block
+      self._block, self._offset = block, 0
+    piece = self._block[self._offset:self._offset + size]
+    self._offset += len(piece)
+    return piece
 
   def close(self):
     self._raw.close()
