@@ -15,23 +15,20 @@ import os
 import sys
 import time
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from sftbeam.pipeline import config as config_lib
-from sftbeam.pipeline import remote
-from sftbeam.pipeline import streaming
+from sftbeam.pipeline import remote, runners, streaming
 from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.output_dir import prepare_output_dir, remove_empty_temp_dirs
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import progress
 from sftbeam.transforms.paths import is_remote
-from sftbeam.transforms.tokenizer_source import TokenizerNotFound, load_tokenizer
-
-# The DirectRunner first tries Prism, which downloads a binary; naming its
-# batch engine directly keeps the default run offline.
-DEFAULT_RUNNER = 'FnApiRunner'
+from sftbeam.transforms.tokenizer_backend import BackendUnavailable
+from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
+                                                 shared_tokenizer)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -62,39 +59,79 @@ def check_inputs_exist(patterns):
 
 
 def check_tokenizer(config):
-  """Loads a local or embedded tokenizer now, to fail before the run."""
+  """Loads a local or embedded tokenizer now, to fail before the run.
+
+  In this process: a local run's steps then find it loaded.
+  """
   if is_remote(config.tokenizer):
     return  # read on the workers; nothing touches GCS at construction
   try:
-    load_tokenizer(config.tokenizer, config.special_tokens_in_text)
+    shared_tokenizer(config.tokenizer, config.tokenizer_backend)
   except TokenizerNotFound as error:
     raise ConfigError(f'{error} (pass --tokenizer with a HuggingFace hub '
                       'name or a tokenizer directory)') from None
+  except BackendUnavailable as error:
+    raise ConfigError(f'--tokenizer_backend fastokens: {error} (use '
+                      '--tokenizer_backend auto or hf)') from None
 
 
-def pipeline_options(beam_args) -> PipelineOptions:
-  options = PipelineOptions(beam_args)
-  if not options.view_as(StandardOptions).runner:
-    options.view_as(StandardOptions).runner = DEFAULT_RUNNER
-  return options
+def input_size(patterns):
+  """Bytes of every input file, or None when that does not tell how much
+  is left to read (remote or compressed input)."""
+  total = 0
+  for pattern in patterns:
+    if is_remote(pattern):
+      return None
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+      if CompressionTypes.detect_compression_type(
+          metadata.path) != CompressionTypes.UNCOMPRESSED:
+        return None
+      total += metadata.size_in_bytes
+  return total
 
 
-def _describe_progress(counts: dict, elapsed: float) -> str:
-  lines = counts.get('lines_read', 0)
-  return (f'[{elapsed:6.0f}s] read {lines} lines, wrote '
-          f'{counts.get("batches_written", 0)} batches '
-          f'({counts.get("records_written", 0)} records), rejected '
-          f'{counts.get("rejected", 0)}; {lines / elapsed:.0f} lines/s')
+def progress_describer(total_bytes):
+  """The progress line of a batch run reading `total_bytes` (or None)."""
+  def describe(tally: dict, elapsed: float) -> str:
+    lines = tally.get('lines', 0)
+    rejected = sum(count for name, count in tally.items()
+                   if name.startswith('rejected/'))
+    line = (f'[{elapsed:5.0f}s] read {lines:,} lines, wrote '
+            f'{tally.get("batches_written", 0):,} batches '
+            f'({tally.get("records_written", 0):,} records), rejected '
+            f'{rejected:,}; {lines / max(elapsed, 1e-9):,.0f} lines/s')
+    eta = progress.eta_seconds(tally.get('input_bytes', 0), total_bytes,
+                               elapsed)
+    if eta is not None:
+      done = min(1.0, tally.get('input_bytes', 0) / total_bytes)
+      line += f'; {done:.0%}, about {eta:.0f} s left'
+    return line
+  return describe
 
 
 def run_pipeline(config, options) -> float:
   """Runs the batch job to completion; gives its wall time in seconds."""
   started = time.time()
-  with progress.printed_every(
-      _describe_progress, enabled=remote.runs_in_this_process(options)):
-    with remote.new_pipeline(options) as root:
+  describe = progress_describer(input_size(config.input))
+  with progress.printed(describe,
+                        enabled=runners.runs_in_this_process(options)):
+    with runners.new_pipeline(options) as root:
       build_batch_pipeline(root, config)
   return time.time() - started
+
+
+def _efficiency_rows(counts: dict) -> list:
+  """Summary rows of how much of what was stored is real tokens."""
+  efficiency = counts['padding_efficiency']
+  packing = counts.get('packing')
+  if packing:
+    return [('packed rows', f'{packing["packed_rows"]}, '
+             f'{packing["examples_per_row_mean"]:.1f} records per row on '
+             f'average, at most {packing["examples_per_row_max"]}'),
+            ('packing efficiency', f'{efficiency:.3f} (real / stored tokens)')]
+  return [('padding efficiency',
+           'n/a' if efficiency is None else f'{efficiency:.3f} (real / stored '
+           'tokens)')]
 
 
 def format_summary(info: dict, wall_seconds: float) -> str:
@@ -108,6 +145,9 @@ def format_summary(info: dict, wall_seconds: float) -> str:
            for reason, count in counts['rejected_by_reason'].items()]
   rows += [
       ('  truncated (written)', counts['records_truncated']),
+      ('  with special-token text', f'{counts["records_with_special_token_text"]} '
+       '(' + ('mapped to special ids' if info['config'][
+           'special_tokens_in_text'] == 'special' else 'kept as text') + ')'),
       ('blank lines skipped', counts['blank_lines']),
       ('batches written', counts['batches_written']),
   ]
@@ -115,14 +155,13 @@ def format_summary(info: dict, wall_seconds: float) -> str:
             f'{bucket["batches"]} batches, {bucket["records"]} records')
            for boundary, bucket in sorted(counts['buckets'].items(),
                                           key=lambda item: int(item[0]))]
-  efficiency = counts['padding_efficiency']
+  rows += _efficiency_rows(counts)
   records_per_second = counts['records_in'] / max(wall_seconds, 1e-9)
   rows += [
-      ('padding efficiency',
-       'n/a' if efficiency is None else f'{efficiency:.3f} (real / stored '
-       'tokens)'),
       ('reconciled', 'yes: in = written + rejected' if counts['reconciled']
        else 'NO: in != written + rejected'),
+      ('tokenizer backend', f'{info["tokenizer"]["backend"]} '
+       f'({info["tokenizer"]["backend_reason"]})'),
       ('wall time', f'{wall_seconds:.1f} s ({records_per_second:.0f} '
        'records/s)'),
   ]
@@ -147,7 +186,7 @@ def run_command(args, beam_args) -> int:
   if config.streaming:
     check_tokenizer(config)
     return streaming.run(config, beam_args)
-  options = pipeline_options(beam_args)
+  options = runners.pipeline_options(beam_args)
   remote.check_dataflow_job(config, options)
   check_inputs_exist(config.input)
   check_tokenizer(config)

@@ -17,7 +17,6 @@ from sftbeam.transforms.pack import (best_fit_decreasing, packed_arrays,
                                      packing_stats, packing_summary,
                                      rows_per_batch, varlen_sequences)
 from sftbeam.transforms.records import TokenChunk
-from sftbeam.transforms.sft import encode_outputs, encode_prompts
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 PAD = -1  # no token has this id, so padding is told apart from tokens
@@ -295,8 +294,8 @@ def test_gsm8k_packed_rows_match_the_spec(qwen):
     records = [json.loads(line) for line in handle][:1000]
   prompts = [record['prompt'] for record in records]
   outputs = [record['output'] for record in records]
-  prompt_ids = encode_prompts(qwen, prompts, None)
-  output_ids = encode_outputs(qwen, outputs, None)
+  prompt_ids = qwen(prompts)['input_ids']
+  output_ids = qwen(outputs, add_special_tokens=False)['input_ids']
   chunk = TokenChunk.from_sequences(
       [f'gsm8k-{i}' for i in range(len(records))],
       [p + o for p, o in zip(prompt_ids, output_ids)],
