@@ -361,12 +361,13 @@ def _checked_layouts(settings: _Settings, conversations) -> list:
       layout = rendering
     elif (not isinstance(layout, ChatRejected) and
           _with_contents(layout, conversation.messages) != rendering):
+      where = _where_it_changes(layout, conversation.messages, rendering)
       layout = ChatRejected(
           'template_changes_content',
           'the chat template does not render the contents verbatim, so '
           'their tokens cannot be located (Qwen3 drops <think> blocks of '
           'earlier answers and leading newlines of the last one); it '
-          f'differs {_where_it_changes(layout, conversation.messages, rendering)}')
+          f'differs {where}')
     checked.append(layout)
   return checked
 
@@ -396,7 +397,8 @@ def _encoded_segments(settings: _Settings, texts):
     content_ids = settings.encode(contents, True)
   else:
     encoded = settings.encode(templates + contents, False)
-    template_ids, content_ids = encoded[:len(templates)], encoded[len(templates):]
+    template_ids = encoded[:len(templates)]
+    content_ids = encoded[len(templates):]
   if len(template_ids) + len(content_ids) != len(templates) + len(contents):
     raise ValueError('encode gave a different number of id lists than texts')
   return dict(zip(templates, template_ids)), iter(content_ids)
@@ -435,14 +437,14 @@ def _tokenized(settings: _Settings, conversations) -> list:
   try:
     template_ids, content_ids = _encoded_segments(settings, texts)
   except Exception as error:  # pylint: disable=broad-except
-    if len(good) <= 1:
-      rejected = ChatRejected('tokenizer_error',
-                              f'{type(error).__name__}: {error}')
-      return [rejected if index in good else layout
-              for index, layout in enumerate(layouts)]
-    # Each on its own, so that only the culprit is rejected.
-    return [_tokenized(settings, [conversation])[0]
-            for conversation in conversations]
+    results = list(layouts)
+    for index in good:
+      # Each on its own, so that only the culprit is rejected.
+      results[index] = (
+          ChatRejected('tokenizer_error', f'{type(error).__name__}: {error}')
+          if len(good) == 1 else
+          _tokenized(settings, [conversations[index]])[0])
+    return results
   results = list(layouts)
   for index in good:
     try:
@@ -552,6 +554,8 @@ def tokenize_conversations(conversations: Sequence[Conversation], *,
   """
   _check_settings(special_tokens_in_text, train_on, truncation)
   conversations = list(conversations)
+  if not conversations:
+    return []
   if chat_template is None and not has_chat_template(tokenizer):
     return [ChatRejected('no_chat_template',
                          'the tokenizer has no chat template and no '
