@@ -24,7 +24,8 @@ from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.output_dir import prepare_output_dir, remove_empty_temp_dirs
 from sftbeam.pipeline.readers import load_dataset_info
-from sftbeam.transforms import progress
+from sftbeam.transforms import chat, progress
+from sftbeam.transforms.lines_to_batches import chat_template_text
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.tokenizer_backend import BackendUnavailable
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
@@ -73,6 +74,24 @@ def check_tokenizer(config):
   except BackendUnavailable as error:
     raise ConfigError(f'--tokenizer_backend fastokens: {error} (use '
                       '--tokenizer_backend auto or hf)') from None
+
+
+def check_chat_input(config):
+  """A chat_template file must be readable; input_format messages needs a
+  chat template (the tokenizer's own or the file)."""
+  if config.chat_template:
+    try:
+      chat_template_text(config.chat_template)
+    except (OSError, UnicodeDecodeError) as error:
+      raise ConfigError(f'--chat_template {config.chat_template}: cannot '
+                        f'read it ({error})') from None
+  if (config.input_format == 'messages' and not config.chat_template and
+      not is_remote(config.tokenizer) and not chat.has_chat_template(
+          shared_tokenizer(config.tokenizer,
+                           config.tokenizer_backend).tokenizer)):
+    raise ConfigError(f'--input_format messages: the tokenizer '
+                      f'{config.tokenizer} has no chat template; pass '
+                      '--chat_template FILE.jinja')
 
 
 def input_size(patterns):
@@ -144,6 +163,8 @@ def format_summary(info: dict, wall_seconds: float) -> str:
   rows += [(f'    {reason}', count)
            for reason, count in counts['rejected_by_reason'].items()]
   rows += [
+      ('  chat records', f'{counts["chat_records"]} ({counts["assistant_turns"]}'
+       ' assistant turns written)'),
       ('  truncated (written)', counts['records_truncated']),
       ('  with special-token text', f'{counts["records_with_special_token_text"]} '
        '(' + ('mapped to special ids' if info['config'][
@@ -185,11 +206,13 @@ def run_command(args, beam_args) -> int:
   config, beam_args = config_lib.resolve(args, beam_args)
   if config.streaming:
     check_tokenizer(config)
+    check_chat_input(config)
     return streaming.run(config, beam_args)
   options = runners.pipeline_options(beam_args)
   remote.check_dataflow_job(config, options)
   check_inputs_exist(config.input)
   check_tokenizer(config)
+  check_chat_input(config)
   if remote.is_dry_run(options):
     print(remote.dry_run(config, options))
     return 0

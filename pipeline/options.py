@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional, Tuple
 from sftbeam.transforms.batch import BATCHING_STRATEGIES, LAYOUTS
 from sftbeam.transforms.pack import DEFAULT_PACK_WINDOW
 from sftbeam.transforms.pad import PAD_TO_MODES
-from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES
-from sftbeam.transforms.tokenize import TRUNCATION_MODES
+from sftbeam.transforms.chat import INPUT_FORMATS, TRAIN_ON
+from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
 from sftbeam.transforms.tokenizer_backend import BACKENDS
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 
@@ -65,6 +65,17 @@ OPTIONS = (
     Option('output_field', 'str', 'output', 'JSON field of the output'),
     Option('id_field', 'str', 'id',
            'JSON field of the record id (absent: a content hash)'),
+    Option('input_format', 'str', 'auto',
+           'prompt_output: records are {prompt, output}; messages: records '
+           'are conversations ({messages} or TRL\'s {prompt, completion} '
+           'lists, docs/chat.md); auto: decided per record by its fields',
+           choices=INPUT_FORMATS),
+    Option('chat_template', 'str', '',
+           'a Jinja chat template file for chat records (empty: the '
+           'tokenizer\'s own)'),
+    Option('train_on', 'str', 'assistant',
+           'chat records: supervise every assistant message, or only the '
+           'last one', choices=TRAIN_ON),
     Option('add_special_tokens', 'optional_bool', None,
            'add the tokenizer specials to prompts (null: tokenizer default)'),
     Option('append_eos', 'bool', False, 'append the eos token to outputs'),

@@ -72,8 +72,12 @@ def tokenizer_threads_off():
 
 @pytest.fixture(scope='module')
 def tokenizers_by_mode():
-  """The embedded tokenizer per special_tokens_in_text mode."""
-  return {mode: load_tokenizer(EMBEDDED, mode) for mode in ('special', 'text')}
+  """The embedded tokenizer per special_tokens_in_text mode (the reference
+  calls the HuggingFace tokenizer as it is)."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  return {'special': load_tokenizer(EMBEDDED),
+          'text': transformers.AutoTokenizer.from_pretrained(
+              embedded_tokenizer_dir(), split_special_tokens=True)}
 
 
 @pytest.fixture(scope='module')

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from sftbeam.transforms.read import iter_lines
 from sftbeam.transforms.records import MAX_RAW_CHARS
 from sftbeam.transforms.sft import pad_shift_mask
-from sftbeam.transforms.tokenize import TRUNCATION_MODES, fit_lengths
+from sftbeam.transforms.sft import TRUNCATION_MODES
+from sftbeam.transforms.tokenize import fit_lengths
 from token_chunks import pairs_chunk
 
 EXAMPLES = settings(max_examples=200, deadline=None)

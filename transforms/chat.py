@@ -38,11 +38,14 @@ import collections
 import re
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
+from sftbeam.transforms.tokenizer_backend import special_token_strings
+
 ROLES = ('system', 'user', 'assistant', 'tool')
 TRAIN_ON = ('assistant', 'last_assistant')
-# tokenize.py's mode names; for conversations they drop whole turns.
-TRUNCATION_MODES = ('none', 'output_right', 'prompt_left')
-SPECIAL_TOKENS_IN_TEXT = ('text', 'special')
+# Which records are conversations: decided per record by its fields, or
+# every record one kind (a record of the other kind is rejected).
+INPUT_FORMATS = ('auto', 'prompt_output', 'messages')
 
 # Stands in for message i's content in the layout rendering. Any text works
 # that templates leave alone; the check after substitution catches the rest.
@@ -197,16 +200,6 @@ def supervised_messages(conversation: Conversation, train_on: str):
 def has_chat_template(tokenizer) -> bool:
   """Whether `tokenizer` carries a chat template of its own."""
   return bool(getattr(tokenizer, 'chat_template', None))
-
-
-def special_token_strings(tokenizer) -> List[str]:
-  """The tokenizer's special-token strings (`<|im_end|>`, ...): its
-  `all_special_tokens` plus its added tokens marked special."""
-  strings = set(getattr(tokenizer, 'all_special_tokens', ()) or ())
-  added = getattr(tokenizer, 'added_tokens_decoder', None) or {}
-  strings.update(token.content for token in added.values()
-                 if getattr(token, 'special', False))
-  return sorted(strings)
 
 
 def _special_token_pattern(tokenizer):
@@ -578,7 +571,7 @@ def tokenize_conversations(conversations: Sequence[Conversation], *,
 def _check_settings(special_tokens_in_text, train_on, truncation):
   for name, value, allowed in (
       ('special_tokens_in_text', special_tokens_in_text,
-       SPECIAL_TOKENS_IN_TEXT), ('train_on', train_on, TRAIN_ON),
+       SPECIAL_TOKEN_MODES), ('train_on', train_on, TRAIN_ON),
       ('truncation', truncation, TRUNCATION_MODES)):
     if value not in allowed:
       raise ValueError(f'{name} must be one of {", ".join(allowed)}, '

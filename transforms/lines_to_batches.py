@@ -29,7 +29,21 @@ def tokenize_settings(config) -> TokenizeSettings:
       add_special_tokens=config.add_special_tokens,
       append_eos=config.append_eos,
       special_tokens_in_text=config.special_tokens_in_text,
-      backend=config.tokenizer_backend)
+      backend=config.tokenizer_backend,
+      train_on=config.train_on,
+      chat_template=chat_template_text(config.chat_template))
+
+
+def chat_template_text(path: str) -> Optional[str]:
+  """The Jinja text of a chat_template file (None: the tokenizer's own).
+
+  Read when the job is built, and shipped with the step that uses it, so
+  workers need no copy of the file.
+  """
+  if not path:
+    return None
+  with open(path, encoding='utf-8') as handle:
+    return handle.read()
 
 
 def batch_shape(config) -> BatchShape:
@@ -63,7 +77,8 @@ class LinesToBatches(beam.PTransform):
     fields = FieldNames(config.prompt_field, config.output_field,
                         config.id_field)
     parsed = chunks | 'ParseLines' >> beam.ParDo(
-        ParseLines(fields, config.max_line_bytes)).with_outputs(
+        ParseLines(fields, config.max_line_bytes,
+                   config.input_format)).with_outputs(
             ParseLines.REJECTED, ParseLines.STATS, main='records')
     tokenized = parsed.records | 'TokenizeRecords' >> beam.ParDo(
         TokenizeRecords(tokenize_settings(config))).with_outputs(

@@ -31,26 +31,36 @@ class LineChunk(NamedTuple):
 class RecordChunk(NamedTuple):
   """Parsed records of one source, as parallel lists.
 
+  A prompt/output record has its `prompts` and `outputs` entries and None
+  in `conversations`; a chat record the reverse (a `chat.Conversation`).
   `texts` are the records' decoded lines, kept (not copied) so that a later
   step can still show a rejected record's line.
   """
   source: str
   line_numbers: List[Optional[int]]
   example_ids: List[str]
-  prompts: List[str]
-  outputs: List[str]
+  prompts: List[Optional[str]]
+  outputs: List[Optional[str]]
+  conversations: list
   texts: List[str]
 
   @staticmethod
   def empty(source: str) -> 'RecordChunk':
-    return RecordChunk(source, [], [], [], [], [])
+    return RecordChunk(source, [], [], [], [], [], [])
 
-  def add(self, line_number, example_id, prompt, output, text):
+  def add(self, line_number, example_id, text, prompt=None, output=None,
+          conversation=None):
     self.line_numbers.append(line_number)
     self.example_ids.append(example_id)
     self.prompts.append(prompt)
     self.outputs.append(output)
+    self.conversations.append(conversation)
     self.texts.append(text)
+
+  def subset(self, indices) -> 'RecordChunk':
+    """The records at `indices`, in that order."""
+    return RecordChunk(self.source,
+                       *([column[i] for i in indices] for column in self[1:]))
 
   def reject(self, index: int, reason: str, message: str) -> 'Rejected':
     """Record `index` as a Rejected with this reason."""

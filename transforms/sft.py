@@ -19,6 +19,9 @@ from sftbeam.transforms.tokenizer_backend import EncodeMode, make_encoder
 # ("special"), or as the plain text they are ("text": untrusted data cannot
 # inject control tokens).
 SPECIAL_TOKEN_MODES = ('special', 'text')
+# What becomes of a record over max_seq_len (transforms/tokenize.py; for a
+# conversation, whole turns are dropped: transforms/chat.py).
+TRUNCATION_MODES = ('none', 'output_right', 'prompt_left')
 
 
 class PairEncoding(NamedTuple):

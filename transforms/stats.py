@@ -11,7 +11,8 @@ Names:
   lines, blank_lines, input_bytes          from the parser, per chunk
   rejected/<reason>                        one per rejected record
   truncated, records_with_special_token_text,
-  tokenizer_backend/<name>                 from the tokenizer step
+  tokenizer_backend/<name>, chat_records,
+  assistant_turns                          from the tokenizer step
   records_written, batches_written, real_tokens, stored_tokens,
   supervised_tokens, bucket/<boundary>/records,
   bucket/<boundary>/batches                per padded batch
@@ -86,6 +87,8 @@ def summarize(stats: dict) -> dict:
       'records_rejected': sum(rejected.values()),
       'rejected_by_reason': dict(sorted(rejected.items())),
       'records_truncated': stats.get('truncated', 0),
+      'chat_records': stats.get('chat_records', 0),
+      'assistant_turns': stats.get('assistant_turns', 0),
       'records_with_special_token_text': stats.get(
           'records_with_special_token_text', 0),
       'reconciled': records_in == written + sum(rejected.values()),

@@ -1,5 +1,8 @@
 """Tokenizing records, prompt and output apart, and fitting them to length.
 
+Chat records go through transforms/chat.py (the chat template, segment by
+segment), with its own reason codes.
+
 Reason codes added here:
   too_long        L = prompt+output-1 exceeds max_seq_len (truncation none)
   prompt_too_long under output_right, the prompt alone leaves no room for
@@ -10,18 +13,17 @@ Reason codes added here:
   tokenizer_error the tokenizer raised on this record
 """
 
+import collections
 import re
 from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
 
-from sftbeam.transforms import sft
+from sftbeam.transforms import chat, sft
 from sftbeam.transforms.records import RecordChunk, TokenChunk
 from sftbeam.transforms.tokenizer_backend import EncodeMode
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
-
-TRUNCATION_MODES = ('none', 'output_right', 'prompt_left')
 
 # Why a record does not fit, by the code `fit_lengths` gives (0: it fits).
 _DOES_NOT_FIT = (None, 'too_long', 'prompt_too_long', 'output_too_long')
@@ -35,6 +37,8 @@ class TokenizeSettings(NamedTuple):
   append_eos: bool = False
   special_tokens_in_text: str = 'special'
   backend: str = 'auto'
+  train_on: str = 'assistant'  # chat records
+  chat_template: Optional[str] = None  # its Jinja text; None: the tokenizer's
 
 
 class Fit(NamedTuple):
@@ -102,20 +106,23 @@ def special_text_pattern(special_tokens) -> Optional[re.Pattern]:
       map(re.escape, sorted(special_tokens, key=len, reverse=True))))
 
 
-def records_with_special_text(pattern, prompts, outputs) -> int:
-  """How many records hold a special-token string in prompt or output.
+def records_with_special_text(pattern, record_texts) -> int:
+  """How many records hold a special-token string in one of their texts.
 
+  `record_texts`: each record's texts (prompt and output, or contents).
   One regex scan over all texts joined: a NUL between them, which no
   special token contains, so no match spans two texts.
   """
   if pattern is None:
     return 0
-  texts = [text for pair in zip(prompts, outputs) for text in pair]
-  joined = '\0'.join(texts)
+  texts, owners = [], []
+  for index, record in enumerate(record_texts):
+    texts += record
+    owners += [index] * len(record)
   starts = np.cumsum([0] + [len(text) + 1 for text in texts])
-  found = [match.start() for match in pattern.finditer(joined)]
-  records = (np.searchsorted(starts, found, side='right') - 1) // 2
-  return len(np.unique(records))
+  found = [match.start() for match in pattern.finditer('\0'.join(texts))]
+  found_texts = np.searchsorted(starts, found, side='right') - 1
+  return len({owners[text] for text in found_texts.tolist()})
 
 
 class TokenizeRecords(beam.DoFn):
@@ -123,9 +130,11 @@ class TokenizeRecords(beam.DoFn):
 
   Prompts and outputs are tokenized apart, one batched call for each per
   chunk, with the run's tokenizer backend; records are then fitted to
-  max_seq_len by the truncation mode. Gives Rejected records on `rejected`
-  and a stats dict per chunk on `stats` (`truncated`,
-  `records_with_special_token_text`, `tokenizer_backend/<name>`).
+  max_seq_len by the truncation mode. Conversations are rendered with the
+  chat template and tokenized segment by segment (transforms/chat.py).
+  Gives Rejected records on `rejected` and a stats dict per chunk on
+  `stats` (`truncated`, `records_with_special_token_text`,
+  `tokenizer_backend/<name>`, `chat_records`, `assistant_turns`).
   """
   REJECTED = 'rejected'
   STATS = 'stats'
@@ -149,6 +158,27 @@ class TokenizeRecords(beam.DoFn):
         EncodeMode(self._settings.add_special_tokens is not False, split),
         EncodeMode(False, split)])
 
+  def process(self, records: RecordChunk):
+    is_chat = [conversation is not None
+               for conversation in records.conversations]
+    parts = [self._tokenize_pairs(records.subset(
+        [i for i, chat_record in enumerate(is_chat) if not chat_record]))]
+    if any(is_chat):
+      parts.append(self._tokenize_chats(records.subset(
+          [i for i, chat_record in enumerate(is_chat) if chat_record])))
+    stats = collections.Counter()
+    for _, rejected, part_stats in parts:
+      yield from (beam.pvalue.TaggedOutput(self.REJECTED, r) for r in rejected)
+      stats.update(part_stats)
+    stats[f'tokenizer_backend/{self._tokenizer.encoder.name}'] = len(
+        records.example_ids)
+    yield beam.pvalue.TaggedOutput(self.STATS, dict(stats))
+    chunks = [chunk for chunk, _, _ in parts if len(chunk)]
+    if chunks:
+      yield TokenChunk.concat(chunks)
+
+  # ------------------------------------------------ prompt/output records
+
   def _encode(self, records: RecordChunk):
     return sft.encode_pairs(
         self._tokenizer.encoder, records.prompts, records.outputs,
@@ -163,32 +193,28 @@ class TokenizeRecords(beam.DoFn):
     good, errors = [], {}
     for index in range(len(records.example_ids)):
       try:
-        self._encode(_subset(records, [index]))
+        self._encode(records.subset([index]))
         good.append(index)
       except Exception as error:  # pylint: disable=broad-except
         errors[index] = f'{type(error).__name__}: {error}'
-    return self._encode(_subset(records, good)), good, errors
+    return self._encode(records.subset(good)), good, errors
 
-  def process(self, records: RecordChunk):
+  def _tokenize_pairs(self, records: RecordChunk):
+    """(TokenChunk of the records that fit, Rejecteds, stats)."""
     try:
       encoded, indices, errors = self._encode(records), None, {}
     except Exception:  # pylint: disable=broad-except
       encoded, indices, errors = self._encode_each(records)
-    for index, error in errors.items():
-      yield beam.pvalue.TaggedOutput(
-          self.REJECTED, records.reject(index, 'tokenizer_error', error))
+    rejected = [records.reject(index, 'tokenizer_error', error)
+                for index, error in errors.items()]
     if indices is not None:
-      records = _subset(records, indices)
-    chunk, rejected = self._fit(records, encoded)
-    yield from (beam.pvalue.TaggedOutput(self.REJECTED, r) for r in rejected)
-    yield beam.pvalue.TaggedOutput(self.STATS, {
+      records = records.subset(indices)
+    chunk, not_fitting = self._fit(records, encoded)
+    return chunk, rejected + not_fitting, {
         'truncated': int(chunk.truncated.sum()),
         'records_with_special_token_text': records_with_special_text(
-            self._special_text, records.prompts, records.outputs),
-        f'tokenizer_backend/{self._tokenizer.encoder.name}': len(records.prompts),
-    })
-    if len(chunk):
-      yield chunk
+            self._special_text, zip(records.prompts, records.outputs)),
+    }
 
   def _fit(self, records: RecordChunk,
            encoded: sft.PairEncoding) -> Tuple[TokenChunk, list]:
@@ -216,7 +242,39 @@ class TokenizeRecords(beam.DoFn):
                            fit.prompt_start, fit.output_end, fit.truncated)
     return chunk, rejected
 
+  # -------------------------------------------------------- chat records
 
-def _subset(records: RecordChunk, indices) -> RecordChunk:
-  return RecordChunk(records.source,
-                     *([column[i] for i in indices] for column in records[1:]))
+  def _encode_segments(self, texts, split_special_tokens: bool):
+    """chat.tokenize_conversations' `encode`: ids per text."""
+    ids, offsets = self._tokenizer.encoder.encode(
+        texts, EncodeMode(False, split_special_tokens))
+    return [ids[start:end].tolist()
+            for start, end in zip(offsets[:-1], offsets[1:])]
+
+  def _tokenize_chats(self, records: RecordChunk):
+    """(TokenChunk of the conversations that fit, Rejecteds, stats)."""
+    settings = self._settings
+    results = chat.tokenize_conversations(
+        records.conversations, tokenizer=self._tokenizer.tokenizer,
+        encode=self._encode_segments,
+        special_tokens_in_text=settings.special_tokens_in_text,
+        train_on=settings.train_on, max_seq_len=settings.max_seq_len,
+        truncation=settings.truncation, chat_template=settings.chat_template)
+    rows = [(index, row) for index, row in enumerate(results)
+            if not isinstance(row, chat.ChatRejected)]
+    rejected = [records.reject(index, row.reason, str(row))
+                for index, row in enumerate(results)
+                if isinstance(row, chat.ChatRejected)]
+    chunk = TokenChunk.from_sequences(
+        [records.example_ids[index] for index, _ in rows],
+        [row.ids for _, row in rows], [row.supervised for _, row in rows],
+        [row.truncated for _, row in rows])
+    return chunk, rejected, {
+        'chat_records': len(records.example_ids),
+        'assistant_turns': sum(row.assistant_turns for _, row in rows),
+        'truncated': int(chunk.truncated.sum()),
+        'records_with_special_token_text': records_with_special_text(
+            self._special_text,
+            ([message['content'] for message in conversation.messages]
+             for conversation in records.conversations)),
+    }
