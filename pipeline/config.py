@@ -107,8 +107,7 @@ def _parse_bool(text: str) -> bool:
 def _cli_value(option, text):
   """A flag's text -> the option's typed value (ValueError if malformed)."""
   kind = option.kind
-  if kind in ('optional_int', 'optional_bool') and text.lower() in ('none',
-                                                                    'null'):
+  if kind.startswith('optional_') and text.lower() in ('none', 'null'):
     return None
   if kind in ('int', 'optional_int'):
     return int(text)

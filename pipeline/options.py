@@ -10,8 +10,12 @@ import reprlib
 import types
 from typing import Any, Callable, Optional, Tuple
 
+from sftbeam.transforms.batch import BATCHING_STRATEGIES, LAYOUTS
+from sftbeam.transforms.pack import DEFAULT_PACK_WINDOW
 from sftbeam.transforms.pad import PAD_TO_MODES
-from sftbeam.transforms.tokenize import TRUNCATION_MODES
+from sftbeam.transforms.chat import INPUT_FORMATS, TRAIN_ON
+from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
+from sftbeam.transforms.tokenizer_backend import BACKENDS
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 
 # Every 16 tokens up to 512, then every 64 up to 4096: on the shared GSM8K +
@@ -20,10 +24,9 @@ from sftbeam.transforms.tokenizer_source import EMBEDDED
 DEFAULT_BOUNDARIES = tuple(range(16, 513, 16)) + tuple(range(576, 4097, 64))
 # The readers give token ids as int32 (transforms.schema.parse_batch).
 MAX_TOKEN_ID = 2**31 - 1
-
-
 # A value shown in an error message is cut to about this many characters.
 MAX_SHOWN_CHARS = 80
+DEFAULT_BATCH_SIZE = 32
 
 
 class ConfigError(ValueError):
@@ -60,7 +63,9 @@ def _is_pubsub_path(value: str, kind: str) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Option:
   name: str
-  kind: str  # str, int, float, bool, optional_bool, optional_int, list, ints
+  # str, optional_str, int, optional_int, float, bool, optional_bool,
+  # list (of str), ints
+  kind: str
   default: Any
   help: str
   choices: Tuple[str, ...] = ()
@@ -78,13 +83,30 @@ OPTIONS = (
     Option('output_field', 'str', 'output', 'JSON field of the output'),
     Option('id_field', 'str', 'id',
            'JSON field of the record id (absent: a content hash)'),
+    Option('input_format', 'str', 'auto',
+           'prompt_output: records are {prompt, output}; messages: records '
+           'are conversations ({messages} or TRL\'s {prompt, completion} '
+           'lists, docs/chat.md); auto: decided per record by its fields',
+           choices=INPUT_FORMATS),
+    Option('chat_template', 'str', '',
+           'a Jinja chat template file for chat records (empty: the '
+           'tokenizer\'s own)'),
+    Option('train_on', 'str', 'assistant',
+           'chat records: supervise every assistant message, or only the '
+           'last one', choices=TRAIN_ON),
     Option('add_special_tokens', 'optional_bool', None,
            'add the tokenizer specials to prompts (null: tokenizer default)'),
     Option('append_eos', 'bool', False, 'append the eos token to outputs'),
-    Option('special_tokens_in_text', 'str', 'text',
-           'how "<|im_end|>" and the like inside data are tokenized: "text" '
-           '(as plain text, safe) or "special" (as the special token)',
-           choices=('text', 'special')),
+    Option('special_tokens_in_text', 'str', 'special',
+           'how "<|im_end|>" and the like inside prompts and outputs are '
+           'tokenized: "special" (as the special token, as the spec\'s '
+           'tokenizer(text) does) or "text" (as plain text: protects against '
+           'control tokens injected by untrusted data)',
+           choices=SPECIAL_TOKEN_MODES),
+    Option('tokenizer_backend', 'str', 'auto',
+           'what encodes texts: "fastokens" (fast), "hf" (HuggingFace '
+           'tokenizers), or "auto" (fastokens when it gives hf\'s ids on a '
+           'probe set and the first records, else hf)', choices=BACKENDS),
     Option('boundaries', 'ints', list(DEFAULT_BOUNDARIES),
            'bucket boundaries on L = prompt + output - 1 tokens',
            check=lambda b: bool(b) and all(map(_positive_int, b)) and
@@ -97,8 +119,27 @@ OPTIONS = (
            requirement='a positive integer'),
     Option('truncation', 'str', 'none', 'what to do with records over '
            'max_seq_len', choices=TRUNCATION_MODES),
-    Option('batch_size', 'int', 32, 'rows per batch', check=_positive_int,
+    Option('batch_size', 'optional_int', None,
+           'rows per batch (null: 32, unless batch_tokens is set)',
+           check=lambda v: v is None or _positive_int(v),
            requirement='a positive integer'),
+    Option('batch_tokens', 'optional_int', None,
+           'token budget per batch: each batch of a bucket gets '
+           'max(1, batch_tokens // boundary) rows (instead of batch_size)',
+           check=lambda v: v is None or _positive_int(v),
+           requirement='a positive integer'),
+    Option('layout', 'str', 'padded',
+           'padded: one record per row, rows of a length bucket padded '
+           'alike; packed: whole records end to end in rows of pack_length, '
+           'with segment ids and positions (docs/packing.md)',
+           choices=LAYOUTS),
+    Option('pack_length', 'int', 2048,
+           'packed layout: positions per row (and the max_seq_len)',
+           check=_positive_int, requirement='a positive integer'),
+    Option('pack_window', 'int', DEFAULT_PACK_WINDOW,
+           'packed layout: records packed together by best fit decreasing '
+           '(memory is bounded by it; larger packs tighter)',
+           check=_positive_int, requirement='a positive integer'),
     Option('pad_to', 'str', 'bucket', 'pad batches to the bucket boundary '
            '(static shapes) or to the longest row', choices=PAD_TO_MODES),
     Option('pad_id', 'optional_int', None,
@@ -106,19 +147,14 @@ OPTIONS = (
            'token id of the tokenizer',
            check=lambda v: v is None or 0 <= v <= MAX_TOKEN_ID,
            requirement=f'a token id, from 0 to {MAX_TOKEN_ID}'),
-    Option('num_shards', 'int', 4, 'TFRecord shards to write',
+    Option('num_shards', 'int', 4,
+           'shard files: a batch run writes exactly this many; a streaming '
+           'run at most this many per window firing',
            check=_positive_int, requirement='a positive integer'),
     Option('compression', 'str', 'none', 'shard compression',
            choices=('none', 'gzip')),
-    Option('tokenizer_threads', 'int', 0,
-           'threads calling the tokenizer in each worker process (0: one '
-           'per core the process may use; 1 where the runner starts a '
-           'process per core, as Dataflow does)',
-           check=lambda v: _is_int(v) and v >= 0,
-           requirement='a non-negative integer'),
     Option('read_chunk_lines', 'int', 4096,
-           'lines per chunk (tokenized 512 records a call, overlapping '
-           'the work downstream)',
+           'lines per chunk: the records every step handles at once',
            check=_positive_int, requirement='a positive integer'),
     Option('max_line_bytes', 'int', 8 << 20,
            'longer input lines are rejected unread (line_too_long)',
@@ -126,11 +162,12 @@ OPTIONS = (
     Option('max_rejected_fraction', 'float', 1.0,
            'fail the run (exit 1) when more of the input is rejected',
            check=lambda v: 0.0 <= v <= 1.0, requirement='between 0 and 1'),
-    Option('global_batching', 'optional_bool', None,
-           'true: reshuffle chunks and group each bucket across workers '
-           '(parallel on Dataflow; a local runner holds all data between '
-           'such stages in memory); false: batch within each bundle, no '
-           'shuffle, flat memory; null: false on local runners, else true'),
+    Option('batching', 'optional_str', None,
+           'how batches form: "global" reshuffles chunks and groups each '
+           'bucket across workers (parallel on Dataflow; a local runner holds '
+           'all data between such stages in memory); "bundle" batches within '
+           'each bundle, no shuffle, flat memory; null: "bundle" on local '
+           'runners, else "global"', choices=BATCHING_STRATEGIES),
     Option('overwrite', 'bool', False,
            'replace the outputs of an earlier run in --output'),
     Option('streaming', 'bool', False,
@@ -174,8 +211,9 @@ def defaults() -> dict:
 
 def _type_ok(option: Option, value) -> bool:
   kind = option.kind
-  if kind == 'str':
-    return isinstance(value, str)
+  if kind in ('str', 'optional_str'):
+    return isinstance(value, str) or (kind == 'optional_str' and
+                                      value is None)
   if kind in ('int', 'optional_int'):
     return _is_int(value) or (kind == 'optional_int' and value is None)
   if kind == 'float':
@@ -191,7 +229,7 @@ def _type_ok(option: Option, value) -> bool:
 
 
 _KIND_WORDS = {
-    'str': 'a string', 'int': 'an integer', 'optional_int': 'an integer or '
+    'str': 'a string', 'optional_str': 'a string or null', 'int': 'an integer', 'optional_int': 'an integer or '
     'null', 'float': 'a number', 'bool': 'true or false', 'optional_bool':
     'true, false or null', 'list': 'a list of strings', 'ints': 'a list of '
     'integers'}
@@ -206,7 +244,7 @@ def check_value(name: str, value, source: str):
   if not _type_ok(option, value):
     raise ConfigError(f'{source}: {name} must be {_KIND_WORDS[option.kind]}, '
                       f'got {shown(value)}')
-  if option.choices and value not in option.choices:
+  if option.choices and value is not None and value not in option.choices:
     raise ConfigError(f'{source}: {name} must be one of '
                       f'{", ".join(option.choices)}; got {shown(value)}')
   if option.check and not option.check(value):
@@ -227,6 +265,17 @@ def _check_streaming_source(values: dict):
                       f'--{sources[0]}')
 
 
+def _packed(values: dict) -> dict:
+  """The packed layout's values: a record must fit one row."""
+  if values['max_seq_len'] is None:
+    values['max_seq_len'] = values['pack_length']
+  if values['max_seq_len'] > values['pack_length']:
+    raise ConfigError(
+        f'max_seq_len {values["max_seq_len"]} is above pack_length '
+        f'{values["pack_length"]}: a packed record must fit one row')
+  return values
+
+
 def make_config(values: dict) -> Config:
   """Checks the values of every option together and fills in derived ones."""
   if not values['output']:
@@ -236,6 +285,13 @@ def make_config(values: dict) -> Config:
   elif not values['input']:
     raise ConfigError('no input: pass --input PATTERN')
   values = dict(values, boundaries=list(values['boundaries']))
+  if values['batch_tokens'] is not None and values['batch_size'] is not None:
+    raise ConfigError('batch_size and batch_tokens both set: choose one (a '
+                      'fixed row count, or a token budget per batch)')
+  if values['batch_tokens'] is None and values['batch_size'] is None:
+    values['batch_size'] = DEFAULT_BATCH_SIZE
+  if values['layout'] == 'packed':
+    return Config(**_packed(values))
   if values['max_seq_len'] is None:
     values['max_seq_len'] = values['boundaries'][-1]
   if values['max_seq_len'] > values['boundaries'][-1]:

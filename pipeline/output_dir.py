@@ -26,7 +26,8 @@ from sftbeam.pipeline import run_lock
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.transforms import manifest, schema
 from sftbeam.transforms.paths import is_remote
-from sftbeam.transforms.stats import ATOMIC_TEMP_SUFFIX, write_json_atomically
+from sftbeam.transforms.dataset_info import (ATOMIC_TEMP_SUFFIX,
+                                           write_json_atomically)
 from sftbeam.version import VERSION
 
 _INFO_NAMES = (rf'{re.escape(schema.INFO_FILE)}'

@@ -74,7 +74,8 @@ def read_tf_dataset(output_dir: str, shuffle: bool = False, seed: int = None,
       deterministic=not shuffle)
   if shuffle:
     dataset = dataset.shuffle(shuffle_buffer, seed=seed)
-  return dataset.map(schema.parse_batch)
+  layout = info.get('layout', 'padded')
+  return dataset.map(lambda serialized: schema.parse_batch(serialized, layout))
 
 
 def iter_numpy_batches(output_dir: str, shuffle: bool = False,

@@ -11,18 +11,14 @@ bucket (with the credentials a submission needs anyway); a dry run skips it.
 import json
 import os
 
-import apache_beam as beam
-from apache_beam.options.pipeline_options import (DirectOptions,
-                                                  GoogleCloudOptions,
-                                                  SetupOptions,
-                                                  StandardOptions, TestOptions)
+from apache_beam.options.pipeline_options import (GoogleCloudOptions,
+                                                  SetupOptions, TestOptions)
 from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.runners import create_runner
 from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
+from sftbeam.pipeline.runners import new_pipeline, runner_of
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 
@@ -31,31 +27,8 @@ from sftbeam.transforms.tokenizer_source import EMBEDDED
 PLACEHOLDER = 'YOUR_'
 
 
-def new_pipeline(options) -> beam.Pipeline:
-  """A Beam pipeline; Beam's option validation errors become ConfigErrors."""
-  try:
-    return beam.Pipeline(options=options)
-  except ValueError as error:  # "Pipeline has validations errors: ..."
-    raise ConfigError(' '.join(str(error).split())) from None
-
-
-def _runner(options):
-  name = options.view_as(StandardOptions).runner
-  try:
-    return create_runner(name)
-  except ValueError as error:
-    raise ConfigError(f'--runner {name}: {error}') from None
-
-
 def runs_on_dataflow(options) -> bool:
-  return isinstance(_runner(options), DataflowRunner)
-
-
-def runs_in_this_process(options) -> bool:
-  """Whether the DoFns run here, where transforms.progress sees counts."""
-  return (isinstance(_runner(options), FnApiRunner) and
-          options.view_as(DirectOptions).direct_running_mode !=
-          'multi_processing')
+  return isinstance(runner_of(options), DataflowRunner)
 
 
 def is_dry_run(options) -> bool:

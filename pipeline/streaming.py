@@ -1,224 +1,40 @@
 """Streaming mode: records from Pub/Sub in, windowed TFRecord shards out.
 
   ReadPubSub -> ToLineChunks -> LinesToBatches (the batch mode's parse,
-  tokenize+bucket, batch, pad) -> Window* -> WriteShards, WriteRejected
+  tokenize, batch, pad) -> Window* -> WriteShards, WriteRejected
   (+ PublishDeadLetters), SumWindowStats -> CollectWindow ->
   WriteWindowStats -> UpdateDatasetInfo
 
-Each message body is one JSON record, validated as a batch line is. Its
-`source` is `<subscription or topic>#<message id>` and its line number is
-null; its id comes from the body's id field or the content hash, exactly as
-in batch mode (attributes are not read), so a record gets the same id and
-the same row in both modes.
-
-Time. Up to the batches everything stays in the global window, which never
-expires, so nothing can be late there: GroupIntoBatches flushes a bucket's
-batch when it is full or `max_buffering_seconds` after its first record.
-Batches, rejected records and stats are then stamped with the wall-clock
-time they reach the window step and put in fixed windows of
-`window_seconds`: a window's shards hold the batches completed in it. Such a
-timestamp is never behind the watermark (the DirectRunner's Pub/Sub
-watermark is the time of its last pull, Dataflow's an estimate of the oldest
-unacknowledged publish time), so each window fires once, when the watermark
-passes its end. Should anything still come late, the allowed lateness and
-the late trigger give it a pane (files) of its own instead of dropping it.
-
-Outputs. Per window firing: shards and rejected files named
-`<prefix>-<start>-<end>-<pane>-<random>`, and a
-`window-stats-...json` record (counts and files of the firing). After each,
-dataset_info.json is rewritten (atomically) with the running counts and every
-shard in the directory, so the readers read a streaming directory as they
-read a batch one.
+Each message body is one JSON record, validated as a batch line is; its id
+comes from the body's id field or the content hash, exactly as in batch
+mode (attributes are not read), so a record gets the same id and the same
+row in both modes. The windows and what each writes are in
+transforms/windows.py; this module assembles the graph, claims or continues
+the output directory, and runs the job until it is stopped.
 """
 
 import collections
 import json
-import os
-import time
-import uuid
 
 import apache_beam as beam
-from apache_beam import coders
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp.pubsub import PubsubMessage
-from apache_beam.options.pipeline_options import (PipelineOptions,
-                                                  StandardOptions)
-from apache_beam.transforms import trigger, window
-from apache_beam.transforms.userstate import CombiningValueStateSpec
-from apache_beam.utils.windowed_value import PaneInfoTiming
+from apache_beam.transforms import window
 
-from sftbeam.pipeline import remote
-from sftbeam.pipeline.graph import LinesToBatches
+from sftbeam.pipeline import remote, runners
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.output_dir import STREAMING_NAMES, prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import progress, schema
-from sftbeam.transforms.records import LineChunk
-from sftbeam.transforms.stats import (SumStatsFn, WriteDatasetInfoFn, summarize,
-                              write_json_atomically)
+from sftbeam.transforms.dataset_info import (UpdateDatasetInfoFn,
+                                             matching_paths)
+from sftbeam.transforms.lines_to_batches import LinesToBatches
+from sftbeam.transforms.read import message_to_chunk
+from sftbeam.transforms.stats import SumStatsFn
+from sftbeam.transforms.windows import (IntoWriteWindows, WriteWindowedFiles,
+                                        WriteWindowStats)
 from sftbeam.transforms.write import TFRecordSink, shard_suffix
-
-# The DirectRunner's streaming engine, named directly: plain DirectRunner
-# would first try Prism, which downloads a binary.
-STREAMING_RUNNER = 'BundleBasedDirectRunner'
-# A safety net only: stamped with the wall-clock time, elements are never
-# behind the watermark (see the module docstring).
-ALLOWED_LATENESS_SECONDS = 3600
-_TIME_FORMAT = '%Y%m%dT%H%M%SZ'
-
-
-def streaming_options(beam_args) -> PipelineOptions:
-  options = PipelineOptions(beam_args)
-  standard = options.view_as(StandardOptions)
-  standard.streaming = True
-  if not standard.runner:
-    standard.runner = STREAMING_RUNNER
-  return options
-
-
-def message_to_chunk(message, source: str, max_line_bytes: int) -> LineChunk:
-  """PubsubMessage -> a LineChunk of one line, the message body.
-
-  A body over max_line_bytes is cut like a long file line, its real size
-  kept, so the parser rejects it as line_too_long.
-  """
-  data = message.data
-  return LineChunk(f'{source}#{message.message_id}',
-                   [(None, data[:max_line_bytes], len(data))])
-
-
-def _stamp_now(element):
-  return window.TimestampedValue(element, time.time())
-
-
-class IntoWriteWindows(beam.PTransform):
-  """Elements -> the same, stamped with the wall-clock time, in fixed windows.
-
-  Each window fires when the watermark passes its end; a late element would
-  fire a late pane of its own (nothing is dropped within an hour).
-  """
-
-  def __init__(self, window_seconds: int):
-    super().__init__()
-    self._window_seconds = window_seconds
-
-  def expand(self, pcoll):
-    return (
-        pcoll
-        | 'StampNow' >> beam.Map(_stamp_now)
-        | 'FixedWindows' >> beam.WindowInto(
-            window.FixedWindows(self._window_seconds),
-            trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-            allowed_lateness=ALLOWED_LATENESS_SECONDS,
-            accumulation_mode=trigger.AccumulationMode.DISCARDING))
-
-
-def _utc(timestamp) -> str:
-  return timestamp.to_utc_datetime().strftime(_TIME_FORMAT)
-
-
-def window_file_name(prefix: str, suffix: str, window_, pane) -> str:
-  """`<prefix>-<start>-<end>-<pane>-<random><suffix>` of a window firing.
-
-  fileio's own names leave the pane out, so a second firing of a window, or
-  a restarted run writing the same window, would reuse a name; the random
-  part keeps every file's name its own.
-  """
-  pane_index = pane.index if pane else 0
-  return (f'{prefix}-{_utc(window_.start)}-{_utc(window_.end)}-{pane_index}-'
-          f'{uuid.uuid4().hex[:12]}{suffix}')
-
-
-class WriteWindowedFiles(beam.PTransform):
-  """Windowed elements -> files of each window firing; gives FileResults."""
-
-  def __init__(self, output_dir: str, prefix: str, suffix: str, sink_fn,
-               shards: int):
-    super().__init__()
-    self._output_dir = output_dir
-    self._prefix = prefix
-    self._suffix = suffix
-    self._sink_fn = sink_fn
-    self._shards = shards
-
-  def _file_naming(self, window_, pane, *unused_shard_and_destination):
-    return window_file_name(self._prefix, self._suffix, window_, pane)
-
-  def expand(self, pcoll):
-    return pcoll | 'WriteToFiles' >> fileio.WriteToFiles(
-        path=self._output_dir, file_naming=self._file_naming,
-        sink=self._sink_fn, shards=self._shards,
-        # Every element goes through fileio's sharding GroupByKey: at most
-        # `shards` files per window firing, not one per bundle.
-        max_writers_per_bundle=0)
-
-
-def _matching_paths(output_dir: str, prefix: str, suffix: str) -> list:
-  pattern = FileSystems.join(output_dir, f'{prefix}-*{suffix}')
-  return [metadata.path
-          for metadata in FileSystems.match([pattern])[0].metadata_list]
-
-
-class _WriteWindowStatsFn(beam.DoFn):
-  """('', {'shards', 'rejected_files', 'stats'}) of a window firing -> stats.
-
-  Writes the firing's `window-stats-<start>-<end>-<pane>-<random>.json`
-  (window, pane, counts, summed stats, files) and gives the summed stats.
-  """
-
-  def __init__(self, output_dir: str):
-    self._output_dir = output_dir
-
-  def process(self, keyed_groups, window_=beam.DoFn.WindowParam,
-              pane=beam.DoFn.PaneInfoParam):
-    _, groups = keyed_groups
-    stats = collections.Counter()
-    for window_stats in groups['stats']:
-      stats.update(window_stats)
-    record = {
-        'window': {'start': _utc(window_.start), 'end': _utc(window_.end)},
-        'pane': {'index': pane.index,
-                 'timing': PaneInfoTiming.to_string(pane.timing)},
-        'counts': summarize(stats),
-        'stats': dict(stats),
-        'shards': sorted(map(os.path.basename, groups['shards'])),
-        'rejected_files': sorted(map(os.path.basename,
-                                     groups['rejected_files'])),
-        'written_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-    }
-    name = window_file_name(schema.WINDOW_STATS_PREFIX,
-                            schema.WINDOW_STATS_SUFFIX, window_, pane)
-    write_json_atomically(FileSystems.join(self._output_dir, name), record)
-    progress.add('windows_written')
-    yield '', dict(stats)
-
-
-class _UpdateDatasetInfoFn(WriteDatasetInfoFn):
-  """('', stats of one window firing) -> dataset_info.json, rewritten.
-
-  One key, so one firing at a time: the running counts (those of an earlier
-  run continued in this directory, plus this run's) and every shard and
-  rejected file in the directory.
-  """
-  TOTALS = CombiningValueStateSpec('totals', coders.PickleCoder(),
-                                   SumStatsFn())
-
-  def __init__(self, output_dir: str, config: dict, earlier_stats: dict):
-    super().__init__(output_dir, config, config['tokenizer'],
-                     config['special_tokens_in_text'])
-    self._earlier_stats = earlier_stats
-
-  def process(self, keyed_stats, totals=beam.DoFn.StateParam(TOTALS)):
-    totals.add(keyed_stats[1])
-    stats = collections.Counter(self._earlier_stats)
-    stats.update(totals.read())
-    yield self.write_info(
-        dict(stats),
-        _matching_paths(self._output_dir, schema.SHARD_PREFIX,
-                        shard_suffix(self._config['compression'])),
-        _matching_paths(self._output_dir, schema.REJECTED_PREFIX,
-                        schema.REJECTED_SUFFIX))
 
 
 def _dead_letter(rejected) -> PubsubMessage:
@@ -240,7 +56,9 @@ def build_streaming_pipeline(root, config, earlier_stats=None):
           with_attributes=True)
       | 'ToLineChunks' >> beam.Map(message_to_chunk, source,
                                    config.max_line_bytes)
-      | 'LinesToBatches' >> LinesToBatches(config,
+      # Up to the batches everything stays in the global window; a bucket's
+      # partial batch leaves max_buffering_seconds after its first record.
+      | 'LinesToBatches' >> LinesToBatches(config, 'global',
                                            config.max_buffering_seconds))
   if config.dead_letter_topic:
     _ = (outputs['rejected']
@@ -272,17 +90,18 @@ def build_streaming_pipeline(root, config, earlier_stats=None):
            lambda result: ('', result.file_name)),
        'stats': window_stats | 'KeyStats' >> beam.WithKeys('')}
       | 'CollectWindow' >> beam.CoGroupByKey()
-      | 'WriteWindowStats' >> beam.ParDo(_WriteWindowStatsFn(config.output))
+      | 'WriteWindowStats' >> beam.ParDo(WriteWindowStats(config.output))
       | 'ToGlobalWindow' >> beam.WindowInto(window.GlobalWindows())
-      | 'UpdateDatasetInfo' >> beam.ParDo(_UpdateDatasetInfoFn(
-          config.output, config.to_dict(), earlier_stats or {})))
+      | 'UpdateDatasetInfo' >> beam.ParDo(UpdateDatasetInfoFn(
+          config.output, config.to_dict(), earlier_stats or {},
+          shard_suffix(config.compression))))
 
 
 def _earlier_stats(output_dir: str) -> dict:
   """The summed stats of every window-stats record in `output_dir`."""
   stats = collections.Counter()
-  for path in _matching_paths(output_dir, schema.WINDOW_STATS_PREFIX,
-                              schema.WINDOW_STATS_SUFFIX):
+  for path in matching_paths(output_dir, schema.WINDOW_STATS_PREFIX,
+                             schema.WINDOW_STATS_SUFFIX):
     with FileSystems.open(path) as handle:
       stats.update(json.loads(handle.read())['stats'])
   return dict(stats)
@@ -320,18 +139,18 @@ def prepare_output(config) -> dict:
   return {}
 
 
-def _describe_progress(counts: dict, elapsed: float) -> str:
-  return (f'[{elapsed:6.0f}s] received '
-          f'{counts.get("lines_read", 0)} messages, wrote '
-          f'{counts.get("batches_written", 0)} batches '
-          f'({counts.get("records_written", 0)} records), rejected '
-          f'{counts.get("rejected", 0)}; {counts.get("windows_written", 0)} '
-          'window firings')
+def _describe_progress(tally: dict, elapsed: float) -> str:
+  rejected = sum(count for name, count in tally.items()
+                 if name.startswith('rejected/'))
+  return (f'[{elapsed:6.0f}s] received {tally.get("lines", 0)} messages, '
+          f'wrote {tally.get("batches_written", 0)} batches '
+          f'({tally.get("records_written", 0)} records), rejected '
+          f'{rejected}')
 
 
 def run(config, beam_args) -> int:
   """Runs the streaming job until it is cancelled (locally: Ctrl-C)."""
-  options = streaming_options(beam_args)
+  options = runners.pipeline_options(beam_args, streaming=True)
   remote.check_dataflow_job(config, options)
   if remote.is_dry_run(options):
     print(remote.dry_run(config, options, build_streaming_pipeline))
@@ -341,8 +160,9 @@ def run(config, beam_args) -> int:
   print(f'streaming {source} into {config.output}, windows of '
         f'{config.window_seconds} s; stop with Ctrl-C', flush=True)
   try:
-    with progress.printed_every(_describe_progress):
-      with remote.new_pipeline(options) as root:
+    with progress.printed(_describe_progress,
+                          enabled=runners.runs_in_this_process(options)):
+      with runners.new_pipeline(options) as root:
         build_streaming_pipeline(root, config, earlier_stats)
   except KeyboardInterrupt:
     # Locally the job stops with this process; a Dataflow job keeps running.

@@ -24,8 +24,9 @@ def shared_data(name: str) -> str:
 
 @pytest.fixture(scope='session')
 def qwen():
-  """The real embedded Qwen tokenizer, specials in text read as text."""
-  return load_tokenizer(EMBEDDED, 'text')
+  """The real embedded Qwen tokenizer (special-token strings in text map to
+  their special ids, as in the spec's `tokenizer(text)`)."""
+  return load_tokenizer(EMBEDDED)
 
 
 # A new network namespace starts with loopback down: bring it up (runners

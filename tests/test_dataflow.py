@@ -75,7 +75,7 @@ def test_dry_run_reads_nothing_remote(job):
 def test_job_has_the_pipeline_steps(job):
   steps = job[1]['steps']
   for step in ('ReadInput', 'ReadInput/MatchFiles', 'LinesToBatches',
-               'LinesToBatches/ParseLines', 'LinesToBatches/TokenizeAndBucket',
+               'LinesToBatches/ParseLines', 'LinesToBatches/TokenizeRecords',
                'LinesToBatches/BatchByBucket', 'LinesToBatches/PadBatches',
                'WriteBatches', 'WriteRejected', 'SumStats',
                'WriteDatasetInfo'):
@@ -213,7 +213,7 @@ def test_remote_tokenizer_is_copied_and_loaded(remote_tokenizer, qwen):
   assert not local_dir.startswith('standin:')
   assert 'tokenizer.json' in os.listdir(local_dir)
   texts = ['Natalia sold clips.', 'Ünïcode — <|im_end|> 中文']
-  tokenizer = load_tokenizer(remote_tokenizer, 'text')
+  tokenizer = load_tokenizer(remote_tokenizer)
   assert tokenizer(texts)['input_ids'] == qwen(texts)['input_ids']
 
 

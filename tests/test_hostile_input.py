@@ -9,6 +9,7 @@ checked against transforms.sft on the same tokenizer.
 import collections
 import json
 import os
+import re
 import tracemalloc
 
 import apache_beam as beam
@@ -22,10 +23,11 @@ from output_rows import record_counts, rejected_lines, rows_by_id
 from sftbeam.pipeline.options import DEFAULT_BOUNDARIES, OPTIONS_BY_NAME
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import read, sft
-from sftbeam.transforms.records import MAX_RAW_CHARS, Record, Rejected
-from sftbeam.transforms.stats import rejection_stats
-from sftbeam.transforms.tokenize import TokenizeAndBucket, TokenizeSettings
-from sftbeam.transforms.tokenizer_source import EMBEDDED, load_tokenizer
+from sftbeam.transforms.records import MAX_RAW_CHARS, RecordChunk, Rejected
+from sftbeam.transforms.stats import CountStats, rejection_stats
+from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
+from sftbeam.transforms.tokenizer_source import EMBEDDED
+from token_chunks import pairs_chunk
 
 IM_END = 151645  # <|im_end|> in the Qwen vocabulary
 MAX_REJECTED_LINE_BYTES = 8 * MAX_RAW_CHARS  # "a few KB" per rejected line
@@ -47,9 +49,9 @@ def run(input_path, output_dir, *flags):
 
 
 @pytest.fixture(scope='module')
-def text_run(hostile, tmp_path_factory):
+def default_run(hostile, tmp_path_factory):
   """Output dir of the hostile file run with the defaults."""
-  output_dir = str(tmp_path_factory.mktemp('hostile-text'))
+  output_dir = str(tmp_path_factory.mktemp('hostile-default'))
   result = run(hostile[0], output_dir)
   assert result.returncode == 0, result.stderr
   assert 'Traceback' not in result.stderr
@@ -61,9 +63,12 @@ def expected_written(all_cases) -> dict:
           if case.expect == WRITTEN}
 
 
-def check_row(row, prompt, output, tokenizer, boundaries=DEFAULT_BOUNDARIES):
+def check_row(row, prompt, output, tokenizer, boundaries=DEFAULT_BOUNDARIES,
+              special_tokens_in_text='special'):
   """One written row equals transforms.sft's, padded to its bucket."""
-  reference = sft.tokenize_prompt_and_output([prompt], [output], tokenizer)
+  reference = sft.tokenize_prompt_and_output(
+      [prompt], [output], tokenizer,
+      special_tokens_in_text=special_tokens_in_text)
   real = reference['input_ids'].shape[1]
   width = len(row['input_ids'])
   assert width == min(b for b in boundaries if b >= real)
@@ -87,10 +92,10 @@ def test_hostile_file_holds_every_case(hostile, qwen):
   assert 3 * len(long_ids) > DEFAULT_BOUNDARIES[-1]
 
 
-def test_counts_reconcile(hostile, text_run):
+def test_counts_reconcile(hostile, default_run):
   _, all_cases = hostile
   expect = collections.Counter(case.expect for case in all_cases)
-  counts = load_dataset_info(text_run)['counts']
+  counts = load_dataset_info(default_run)['counts']
   rejected = {reason: count for reason, count in expect.items()
               if reason not in (WRITTEN, BLANK)}
   assert counts['lines'] == len(all_cases)
@@ -106,24 +111,24 @@ def test_counts_reconcile(hostile, text_run):
   assert counts['records_truncated'] == 0
 
 
-def test_each_rejected_line_carries_its_reason(hostile, text_run):
+def test_each_rejected_line_carries_its_reason(hostile, default_run):
   path, all_cases = hostile
   expected = {(number, case.expect)
               for number, case in enumerate(all_cases, start=1)
               if case.expect not in (WRITTEN, BLANK)}
-  assert rejected_lines(text_run) == expected
-  for name in load_dataset_info(text_run)['rejected_files']:
-    with open(os.path.join(text_run, name), encoding='utf-8') as handle:
+  assert rejected_lines(default_run) == expected
+  for name in load_dataset_info(default_run)['rejected_files']:
+    with open(os.path.join(default_run, name), encoding='utf-8') as handle:
       for line in handle:
         assert json.loads(line)['source'].endswith(os.path.basename(path))
 
 
-def test_rejected_copies_are_capped(hostile, text_run):
+def test_rejected_copies_are_capped(hostile, default_run):
   _, all_cases = hostile
   huge_line_number = [case.name for case in all_cases].index('huge-line') + 1
   huge_line = all_cases[huge_line_number - 1].line
-  for name in load_dataset_info(text_run)['rejected_files']:
-    with open(os.path.join(text_run, name), 'rb') as handle:
+  for name in load_dataset_info(default_run)['rejected_files']:
+    with open(os.path.join(default_run, name), 'rb') as handle:
       for line in handle:
         assert len(line) < MAX_REJECTED_LINE_BYTES
         record = json.loads(line)
@@ -134,27 +139,30 @@ def test_rejected_copies_are_capped(hostile, text_run):
 
 
 def test_good_records_around_bad_ones_are_written_correctly(
-    hostile, text_run, qwen):
-  rows = rows_by_id(text_run)
+    hostile, default_run, qwen):
+  rows = rows_by_id(default_run)
   expected = expected_written(hostile[1])
   assert set(rows) == set(expected)
   for example_id, (prompt, output) in expected.items():
     check_row(rows[example_id], prompt, output, qwen)
 
 
-def test_special_token_text_is_plain_text_by_default(text_run, qwen):
-  row = rows_by_id(text_run)['im-end']
-  assert IM_END not in row['input_ids'] + row['labels']
-  plain = qwen('<|im_end|>', add_special_tokens=False)['input_ids']
-  assert len(plain) > 1
+def test_special_token_text_maps_to_special_ids_by_default(default_run):
+  """The spec's tokenizer(text) maps `<|im_end|>` to its id; so does the
+  default run, and it says so."""
+  row = rows_by_id(default_run)['im-end']
+  assert IM_END in row['input_ids']
+  assert row['labels'].count(IM_END) == 2  # prompt and output
+  counts = load_dataset_info(default_run)['counts']
+  assert counts['records_with_special_token_text'] == 1
 
 
-def test_special_tokens_in_text_special_and_max_rejected_fraction(
-    hostile, tmp_path):
-  """One run checks two options: specials as tokens, and the exit 1 when
-  more than --max_rejected_fraction of the input is rejected."""
+def test_special_tokens_in_text_text_and_max_rejected_fraction(
+    hostile, tmp_path, qwen):
+  """One run checks two options: special-token text kept as text, and the
+  exit 1 when more than --max_rejected_fraction of the input is rejected."""
   path, all_cases = hostile
-  result = run(path, tmp_path, '--special_tokens_in_text', 'special',
+  result = run(path, tmp_path, '--special_tokens_in_text', 'text',
                '--max_rejected_fraction', '0.05')
   assert result.returncode == 1, result.stderr
   errors = [line for line in result.stderr.splitlines()
@@ -162,25 +170,31 @@ def test_special_tokens_in_text_special_and_max_rejected_fraction(
   assert len(errors) == 1 and '--max_rejected_fraction 0.05' in errors[0]
   assert 'Traceback' not in result.stderr
   # The outputs stay for inspection, complete.
-  assert load_dataset_info(str(tmp_path))['counts']['reconciled'] is True
-  special = load_tokenizer(EMBEDDED, 'special')
+  counts = load_dataset_info(str(tmp_path))['counts']
+  assert counts['reconciled'] is True
+  assert counts['records_with_special_token_text'] == 1
+  assert re.search(r'with special-token text +1 \(kept as text\)',
+                   result.stdout)
   rows = rows_by_id(str(tmp_path))
   written = expected_written(all_cases)
   assert set(rows) == set(written)
   prompt, output = written['im-end']
-  check_row(rows['im-end'], prompt, output, special)
-  assert IM_END in rows['im-end']['input_ids']
-  assert rows['im-end']['labels'].count(IM_END) == 2  # prompt and output
+  check_row(rows['im-end'], prompt, output, qwen,
+            special_tokens_in_text='text')
+  row = rows['im-end']
+  assert IM_END not in row['input_ids'] + row['labels']
+  assert len(qwen('<|im_end|>', split_special_tokens=True,
+                  add_special_tokens=False)['input_ids']) > 1
 
 
-def test_same_input_and_config_give_identical_rows(hostile, text_run,
+def test_same_input_and_config_give_identical_rows(hostile, default_run,
                                                    tmp_path):
   """Rows are a pure function of record and config; batching may differ."""
   result = run(hostile[0], tmp_path)
   assert result.returncode == 0, result.stderr
-  assert rows_by_id(str(tmp_path)) == rows_by_id(text_run)
-  assert rejected_lines(str(tmp_path)) == rejected_lines(text_run)
-  assert record_counts(str(tmp_path)) == record_counts(text_run)
+  assert rows_by_id(str(tmp_path)) == rows_by_id(default_run)
+  assert rejected_lines(str(tmp_path)) == rejected_lines(default_run)
+  assert record_counts(str(tmp_path)) == record_counts(default_run)
 
 
 def test_reader_memory_is_bounded_by_max_line_bytes(hostile):
@@ -244,7 +258,8 @@ def test_truncation_modes_end_to_end(mode, tmp_path, qwen):
 
   counts = load_dataset_info(str(output_dir))['counts']
   assert counts['records_truncated'] == len(truncated)
-  assert f'truncated (written)  {len(truncated)}' in result.stdout
+  assert re.search(rf'truncated \(written\) +{len(truncated)}\n',
+                   result.stdout)
   assert counts['reconciled'] is True
   assert rejected_lines(str(output_dir)) == {
       (number, outcomes[case.name])
@@ -258,7 +273,7 @@ def test_truncation_modes_end_to_end(mode, tmp_path, qwen):
   for case in TRUNCATION_CASES:
     if case.name in truncated:
       prompt_ids, output_ids = truncated_ids(*case.record[1:], mode, qwen)
-      expected = sft.pad_shift_mask([prompt_ids], [output_ids],
+      expected = sft.pad_shift_mask(pairs_chunk([prompt_ids], [output_ids]),
                                     qwen.pad_token_id, width=MAX_SEQ_LEN)
       row = rows[case.name]
       assert len(prompt_ids) + len(output_ids) - 1 == MAX_SEQ_LEN
@@ -276,35 +291,35 @@ def test_a_failing_record_does_not_fail_its_batch():
   record it fails on is rejected (tokenizer_error). A lone surrogate makes
   the real tokenizer raise (the parser rejects those earlier; here the
   record is built directly)."""
-  settings = TokenizeSettings(tokenizer=EMBEDDED, boundaries=(16, 32),
-                              max_seq_len=32)
-  dofn = TokenizeAndBucket(settings)
+  settings = TokenizeSettings(tokenizer=EMBEDDED, max_seq_len=32)
+  dofn = TokenizeRecords(settings)
   dofn.setup()
-  records = [Record(example_id, prompt, 'out', 'f', number, '{}')
-             for number, (example_id, prompt) in enumerate(
-                 [('a', 'fine'), ('b', 'bad \ud800'), ('c', 'fine too')],
-                 start=1)]
+  records = RecordChunk.empty('f')
+  for number, (example_id, prompt) in enumerate(
+      [('a', 'fine'), ('b', 'bad \ud800'), ('c', 'fine too')], start=1):
+    records.add(number, example_id, '{}', prompt, 'out')
   written, rejected = [], []
   for value in dofn.process(records):
     tag = getattr(value, 'tag', None)
-    if tag == TokenizeAndBucket.REJECTED:
+    if tag == TokenizeRecords.REJECTED:
       rejected.append(value.value)
     elif tag is None:
-      written.append(value[1].example_id)
+      written.extend(value.example_ids)
   assert written == ['a', 'c']
   assert [(r.line_number, r.reason) for r in rejected] == [
       (2, 'tokenizer_error')]
-  assert 'TypeError' in rejected[0].message
+  assert 'Error: ' in rejected[0].message  # the exception's class and text
 
 
 def test_each_rejection_reason_has_a_beam_counter():
   rejected = [Rejected('f', number, reason, 'why', '{}') for number, reason
               in enumerate(['invalid_json', 'too_long', 'invalid_json'])]
   root = beam_test_pipeline()
-  _ = root | beam.Create(rejected) | beam.Map(rejection_stats)
+  _ = (root | beam.Create(rejected) | beam.Map(rejection_stats)
+       | beam.ParDo(CountStats()))
   result = root.run()
   result.wait_until_finish()
   counters = {counter.key.metric.name: counter.committed for counter in
               result.metrics().query(MetricsFilter())['counters']}
-  assert counters['rejected_invalid_json'] == 2
-  assert counters['rejected_too_long'] == 1
+  assert counters['rejected/invalid_json'] == 2
+  assert counters['rejected/too_long'] == 1

@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis) of the pure functions under the pipeline.
 
   pad_shift_mask   the spec's arithmetic, over random rows and both pad modes
-  fit_to_length    the three truncation modes
+  fit_lengths      the three truncation modes
   iter_lines       line splitting and the max_line_bytes cap
 """
 
@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from sftbeam.transforms.read import iter_lines
 from sftbeam.transforms.records import MAX_RAW_CHARS
 from sftbeam.transforms.sft import pad_shift_mask
-from sftbeam.transforms.tokenize import TRUNCATION_MODES, DoesNotFit, fit_to_length
+from sftbeam.transforms.sft import TRUNCATION_MODES
+from sftbeam.transforms.tokenize import fit_lengths
+from token_chunks import pairs_chunk
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 
@@ -33,7 +35,7 @@ def test_pad_shift_mask_properties(rows, pad_id, extra_width):
   outputs = [output for _, output in rows]
   longest = max(len(p) + len(o) for p, o in rows) - 1
   width = None if extra_width is None else longest + extra_width
-  arrays = pad_shift_mask(prompts, outputs, pad_id, width=width)
+  arrays = pad_shift_mask(pairs_chunk(prompts, outputs), pad_id, width=width)
 
   expected_width = longest if width is None else width
   for name in ('input_ids', 'labels', 'response_mask'):
@@ -74,31 +76,32 @@ def test_pad_shift_mask_properties(rows, pad_id, extra_width):
 def test_pad_shift_mask_refuses_a_width_below_the_longest_row(rows, shortfall):
   longest = max(len(p) + len(o) for p, o in rows) - 1
   with pytest.raises(ValueError, match='shorter than the longest row'):
-    pad_shift_mask([p for p, _ in rows], [o for _, o in rows], 0,
-                   width=longest - shortfall)
+    pad_shift_mask(pairs_chunk([p for p, _ in rows], [o for _, o in rows]),
+                   0, width=longest - shortfall)
 
 
 @EXAMPLES
 @given(prompt=token_ids.filter(bool), output=token_ids.filter(bool),
        max_seq_len=st.integers(1, 60), mode=st.sampled_from(TRUNCATION_MODES))
-def test_fit_to_length_properties(prompt, output, max_seq_len, mode):
+def test_fit_lengths_properties(prompt, output, max_seq_len, mode):
   fits = len(prompt) + len(output) - 1 <= max_seq_len
-  try:
-    new_prompt, new_output, truncated = fit_to_length(prompt, output,
-                                                      max_seq_len, mode)
-  except DoesNotFit as error:
+  fit = fit_lengths(np.array([len(prompt)]), np.array([len(output)]),
+                    max_seq_len, mode)
+  if fit.does_not_fit[0]:
     assert not fits
-    expected = {'none': 'too_long',
-                'output_right': 'prompt_too_long',
-                'prompt_left': 'output_too_long'}[mode]
-    assert error.reason == expected
+    expected = {'none': 1,  # too_long
+                'output_right': 2,  # prompt_too_long
+                'prompt_left': 3}[mode]  # output_too_long
+    assert fit.does_not_fit[0] == expected
     # Only a record that truncation cannot save is rejected.
     if mode == 'output_right':
       assert len(prompt) > max_seq_len
     if mode == 'prompt_left':
       assert len(output) > max_seq_len
     return
-  assert truncated == (not fits)
+  new_prompt = prompt[fit.prompt_start[0]:]
+  new_output = output[:fit.output_end[0]]
+  assert fit.truncated[0] == (not fits)
   if fits:
     assert (list(new_prompt), list(new_output)) == (prompt, output)
     return

@@ -33,7 +33,7 @@ from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import manifest, schema
 from sftbeam.transforms.read import (CorruptInputError, DecompressingReader,
                                      corrupt_input_message, iter_lines)
-from sftbeam.transforms.stats import write_json_atomically
+from sftbeam.transforms.dataset_info import write_json_atomically
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  embedded_tokenizer_dir,
                                                  load_tokenizer)

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from sftbeam.transforms import schema
 from sftbeam.transforms.sft import pad_shift_mask
+from token_chunks import pairs_chunk
 
 
 def _tf_example(arrays, example_ids):
@@ -29,7 +30,7 @@ def test_serialize_batch_equals_tensorflow_example(pad_id, width):
              for _ in range(7)]
   outputs = [rng.integers(0, 2**20, size=rng.integers(0, 90))
              for _ in range(7)]
-  arrays = pad_shift_mask(prompts, outputs, pad_id, width)
+  arrays = pad_shift_mask(pairs_chunk(prompts, outputs), pad_id, width)
   example_ids = [f'id-{i}-é' for i in range(7)]
   serialized = schema.serialize_batch(arrays, example_ids)
   assert tf.train.Example.FromString(serialized) == _tf_example(

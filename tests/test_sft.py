@@ -8,6 +8,7 @@ import pytest
 from fake_tokenizer import WordIdTokenizer
 from sftbeam import tokenize_prompt_and_output
 from sftbeam.transforms.sft import pad_shift_mask
+from token_chunks import pairs_chunk
 
 F, T = False, True
 
@@ -137,9 +138,9 @@ def test_return_tensors_pt():
 
 
 def test_pad_shift_mask_to_a_wider_bucket():
-  arrays = pad_shift_mask([[1, 2]], [[3]], pad_id=0, width=5)
+  arrays = pad_shift_mask(pairs_chunk([[1, 2]], [[3]]), pad_id=0, width=5)
   assert arrays['input_ids'].tolist() == [[1, 2, 3, 0, 0]]
   assert arrays['labels'].tolist() == [[2, 3, 0, 0, 0]]
   assert arrays['response_mask'].tolist() == [[F, T, F, F, F]]
   with pytest.raises(ValueError, match='shorter than the longest row'):
-    pad_shift_mask([[1, 2, 3]], [[4]], pad_id=0, width=2)
+    pad_shift_mask(pairs_chunk([[1, 2, 3]], [[4]]), pad_id=0, width=2)

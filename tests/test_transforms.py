@@ -8,25 +8,25 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
+from apache_beam.io import fileio
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.transforms.window import (FixedWindows, IntervalWindow,
-                                           TimestampedValue)
-from apache_beam.utils.windowed_value import WindowedValue
 
 from conftest import beam_test_pipeline
-from fake_tokenizer import WordIdTokenizer
 from sftbeam.transforms import schema
-from sftbeam.transforms import tokenize as tokenize_module
-from sftbeam.transforms.batch import BatchByBucket, _BatchWithinBundleFn
+from sftbeam.transforms.batch import (BATCHING_STRATEGIES, BatchByBucket,
+                                      BatchShape, _BatchWithinBundleFn,
+                                      bucket_of)
 from sftbeam.transforms.pad import PadBatches, batch_stats
 from sftbeam.transforms.parse import FieldNames, ParseLines, content_id
 from sftbeam.transforms.read import ReadLineChunks, iter_lines
-from sftbeam.transforms.records import LineChunk, Record, Rejected, TokenizedRecord
+from sftbeam.transforms.records import (LineChunk, RecordChunk, Rejected,
+                                        TokenChunk)
 from sftbeam.transforms.stats import SumStatsFn, summarize
-from sftbeam.transforms.tokenize import (TokenizeAndBucket, TokenizeSettings,
-                                 bucket_of, fit_to_length)
+from sftbeam.transforms.tokenize import (TokenizeRecords, TokenizeSettings,
+                                         fit_lengths)
 from sftbeam.transforms.tokenizer_source import EMBEDDED
-from sftbeam.transforms.write import TFRecordSink, WriteBatches
+from sftbeam.transforms.write import TFRecordSink, WriteBatches, _JoinSlotFn
+from token_chunks import pairs_chunk
 
 FIELDS = FieldNames()
 GOOD = b'{"prompt": "What is 2+2?", "output": "4", "id": "q1"}'
@@ -74,24 +74,25 @@ def test_parse_lines_directly():
   chunk = LineChunk('f.jsonl', [(1, GOOD, len(GOOD)), (2, b'  ', 2),
                                 (3, b'[1]', 3), (4, b'\xff', 1)])
   main, tagged = _outputs(ParseLines(FIELDS, 1000), chunk)
-  assert [record.example_id for record in main[0]] == ['q1']
+  assert main[0].example_ids == ['q1']
   assert [(r.line_number, r.reason) for r in tagged['rejected']] == [
       (3, 'not_an_object'), (4, 'invalid_utf8')]
-  assert tagged['stats'] == [{'lines': 4, 'blank_lines': 1}]
+  assert tagged['stats'] == [{'lines': 4, 'blank_lines': 1,
+                              'input_bytes': len(GOOD) + 2 + 3 + 1 + 4}]
 
 
 def test_parse_gives_content_ids_and_custom_fields():
   line = b'{"q": "Hi", "a": "Yo"}'
   chunk = LineChunk('f', [(7, line, len(line))])
   main, _ = _outputs(ParseLines(FieldNames('q', 'a', 'key'), 1000), chunk)
-  record = main[0][0]
-  assert (record.prompt, record.output) == ('Hi', 'Yo')
-  assert record.example_id == content_id('Hi', 'Yo')
-  assert len(record.example_id) == 16
+  records = main[0]
+  assert (records.prompts, records.outputs) == (['Hi'], ['Yo'])
+  assert records.example_ids == [content_id('Hi', 'Yo')]
+  assert len(records.example_ids[0]) == 16
   line = b'{"q": "Hi", "a": "Yo", "key": ""}'
   main, _ = _outputs(ParseLines(FieldNames('q', 'a', 'key'), 1000),
                      LineChunk('f', [(8, line, len(line))]))
-  assert main[0][0].example_id == content_id('Hi', 'Yo')
+  assert main[0].example_ids == [content_id('Hi', 'Yo')]
 
 
 def test_parse_lines_in_pipeline():
@@ -101,7 +102,7 @@ def test_parse_lines_in_pipeline():
               | beam.ParDo(ParseLines(FIELDS, 1000)).with_outputs(
                   'rejected', 'stats', main='records'))
     assert_that(parsed.records | 'Ids' >> beam.Map(
-        lambda records: [r.example_id for r in records]),
+        lambda records: records.example_ids),
                 equal_to([['q1']]), label='Records')
     assert_that(parsed.rejected | 'Reasons' >> beam.Map(lambda r: r.reason),
                 equal_to(['invalid_json']), label='Rejected')
@@ -109,124 +110,78 @@ def test_parse_lines_in_pipeline():
 
 # ------------------------------------------------------------- tokenizing
 
-SETTINGS = TokenizeSettings(tokenizer=EMBEDDED, boundaries=(4, 8, 16),
-                            max_seq_len=16)
+SETTINGS = TokenizeSettings(tokenizer=EMBEDDED, max_seq_len=16)
 
 
-def _record(prompt, output, example_id='r'):
-  return Record(example_id, prompt, output, 'f', 1, '{}')
+def _records(*pairs):
+  """A RecordChunk of (example_id, prompt, output) on lines 1, 2, ..."""
+  chunk = RecordChunk.empty('f')
+  for number, (example_id, prompt, output) in enumerate(pairs, start=1):
+    chunk.add(number, example_id, '{}', prompt, output)
+  return chunk
 
 
 @pytest.fixture(scope='module')
 def tokenize_fn():
-  dofn = TokenizeAndBucket(SETTINGS)
+  dofn = TokenizeRecords(SETTINGS)
   dofn.setup()
   return dofn
 
 
-def test_tokenize_and_bucket_directly(tokenize_fn, qwen):
-  main, tagged = _outputs(tokenize_fn, [
-      _record('Hello, world!', 'Hi', 'a'),
-      _record('Hello', 'word ' * 40, 'b')])
-  [(bucket, tokenized)] = main
+def _sequence(chunk, index):
+  return chunk.ids[chunk.offsets[index]:chunk.offsets[index + 1]].tolist()
+
+
+def test_tokenize_records_directly(tokenize_fn, qwen):
+  main, tagged = _outputs(tokenize_fn, _records(
+      ('a', 'Hello, world!', 'Hi'), ('b', 'Hello', 'word ' * 40),
+      ('c', 'Say <|im_end|>', 'ok')))
+  [chunk] = main
   prompt_ids = qwen('Hello, world!')['input_ids']
   output_ids = qwen('Hi', add_special_tokens=False)['input_ids']
-  assert list(tokenized.prompt_ids) == prompt_ids
-  assert list(tokenized.output_ids) == output_ids
-  assert bucket == bucket_of(len(prompt_ids) + len(output_ids) - 1, (4, 8, 16))
+  assert chunk.example_ids == ['a', 'c']
+  assert _sequence(chunk, 0) == prompt_ids + output_ids
+  assert chunk.prompt_lengths.tolist()[0] == len(prompt_ids)
+  assert chunk.supervised[:chunk.offsets[1]].tolist() == (
+      [False] * len(prompt_ids) + [True] * len(output_ids))
+  # The default maps special-token text to the special id, as the spec.
+  assert qwen.convert_tokens_to_ids('<|im_end|>') in _sequence(chunk, 1)
   assert [(r.reason, r.line_number) for r in tagged['rejected']] == [
-      ('too_long', 1)]
-  assert tagged['stats'] == [{'truncated': 0}]
+      ('too_long', 2)]
+  assert tagged['stats'] == [{'truncated': 0,
+                              'records_with_special_token_text': 1,
+                              'tokenizer_backend/fastokens': 3}]
 
 
-def test_tokenize_and_bucket_in_pipeline(qwen):
+def test_tokenize_records_in_pipeline(qwen):
   with beam_test_pipeline() as root:
-    keyed = (root | beam.Create([[_record('a b c', 'd', 'x')]])
-             | beam.ParDo(TokenizeAndBucket(SETTINGS)).with_outputs(
-                 'rejected', 'stats', main='keyed'))
-    length = len(qwen('a b c')['input_ids']) + len(
-        qwen('d', add_special_tokens=False)['input_ids']) - 1
-    assert_that(keyed.keyed | beam.Map(lambda kv: (kv[0], kv[1].example_id)),
-                equal_to([(bucket_of(length, (4, 8, 16)), 'x')]))
+    tokenized = (root | beam.Create([_records(('x', 'a b c', 'd'))])
+                 | beam.ParDo(TokenizeRecords(SETTINGS)).with_outputs(
+                     'rejected', 'stats', main='chunks'))
+    expected = (qwen('a b c')['input_ids'] +
+                qwen('d', add_special_tokens=False)['input_ids'])
+    assert_that(tokenized.chunks | beam.Map(
+        lambda chunk: (chunk.example_ids, chunk.ids.tolist())),
+                equal_to([(['x'], expected)]))
 
 
-def _numbered_records(count, prefix):
-  """Records that all fit SETTINGS' max_seq_len."""
-  return [_record(f'prompt {number}', 'word ' * (1 + number % 9),
-                  f'{prefix}-{number}') for number in range(count)]
+def test_tokenize_records_rejects_only_the_record_the_tokenizer_fails_on(
+    monkeypatch):
+  dofn = TokenizeRecords(SETTINGS)
+  dofn.setup()
+  encode = dofn._tokenizer.encoder.encode  # pylint: disable=protected-access
 
-
-def test_run_ahead_gives_the_same_outputs_in_their_own_windows():
-  """With run_ahead, slices of earlier lists come out later (during later
-  process() calls or in finish_bundle) but in their own window and
-  timestamp, in order, and nothing is lost or repeated."""
-  lists = [_numbered_records(700, f'list{index}') for index in range(12)]
-  plain = TokenizeAndBucket(SETTINGS)
-  plain.setup()
-  expected = [_outputs(plain, records)[0] for records in lists]
-  ahead = TokenizeAndBucket(SETTINGS, run_ahead=True)
-  ahead.setup()
-  ahead.start_bundle()
-  by_window = {index: [] for index in range(len(lists))}
-  def collect(value, current_window):
-    if isinstance(value, beam.pvalue.TaggedOutput):
-      return
-    if isinstance(value, WindowedValue):
-      (window,) = value.windows
-      assert value.timestamp == window.start
-      by_window[int(window.start)].append(value.value)
-    else:
-      by_window[current_window].append(value)
-  for index, records in enumerate(lists):
-    window = IntervalWindow(index, index + 1)
-    outputs = list(ahead.process(records, window=window, timestamp=index))
-    for value in outputs:
-      collect(value, index)
-  assert sum(map(len, by_window.values())) < sum(map(len, expected))
-  for value in ahead.finish_bundle():
-    collect(value, None)
-  assert [by_window[index] for index in range(len(lists))] == expected
-
-
-def test_run_ahead_keeps_windows_in_a_pipeline():
-  window_seconds = 10
-  lists = [_numbered_records(600, f'list{index}') for index in range(12)]
-
-  def id_and_window(keyed_record, window=beam.DoFn.WindowParam):
-    return keyed_record[1].example_id, int(window.start)
-
-  with beam_test_pipeline() as root:
-    keyed = (root
-             | beam.Create([TimestampedValue(records, index * window_seconds)
-                            for index, records in enumerate(lists)])
-             | beam.WindowInto(FixedWindows(window_seconds))
-             | beam.ParDo(TokenizeAndBucket(SETTINGS, run_ahead=True))
-             .with_outputs('rejected', 'stats', main='keyed'))
-    assert_that(keyed.keyed | beam.Map(id_and_window),
-                equal_to([(record.example_id, index * window_seconds)
-                          for index, records in enumerate(lists)
-                          for record in records]))
-
-
-def test_threads_share_only_a_rust_tokenizer(monkeypatch):
-  """A Python tokenizer may change its settings during a call, so it gets
-  one tokenizing thread; the Rust backend is shared by `threads` of them,
-  by default one per core."""
-  rust = TokenizeAndBucket(SETTINGS)
-  rust.setup()
-  three = TokenizeAndBucket(SETTINGS._replace(threads=3))
-  three.setup()
-  monkeypatch.setattr(tokenize_module, 'load_tokenizer',
-                      lambda *args: WordIdTokenizer())
-  python_only = TokenizeAndBucket(SETTINGS._replace(threads=3))
-  python_only.setup()
-  cores = len(os.sched_getaffinity(0))
-  # pylint: disable=protected-access
-  assert rust._tokenizing_threads._max_workers == cores
-  assert three._tokenizing_threads._max_workers == 3
-  assert python_only._tokenizing_threads._max_workers == 1
-  main, _ = _outputs(python_only, [_record('w1 w2', 'w3 w4 w5', 'w')])
-  assert [list(record.output_ids) for _, record in main] == [[3, 4, 5]]
+  def failing(texts, mode):
+    if any('boom' in text for text in texts):
+      raise RuntimeError('boom')
+    return encode(texts, mode)
+  monkeypatch.setattr(dofn._tokenizer.encoder, 'encode', failing)  # pylint: disable=protected-access
+  main, tagged = _outputs(dofn, _records(('a', 'fine', 'ok'),
+                                         ('b', 'boom', 'x'),
+                                         ('c', 'fine too', 'ok')))
+  assert main[0].example_ids == ['a', 'c']
+  assert [(r.reason, r.message) for r in tagged['rejected']] == [
+      ('tokenizer_error', 'RuntimeError: boom')]
 
 
 def test_bucket_of_picks_smallest_boundary_at_least_length():
@@ -235,48 +190,79 @@ def test_bucket_of_picks_smallest_boundary_at_least_length():
   assert bucket_of(5, (4, 8)) == 8
 
 
-@pytest.mark.parametrize('mode, expected', [
-    ('output_right', ([1, 2, 3], [4, 5], True)),
-    ('prompt_left', ([2, 3], [4, 5, 6], True)),
+@pytest.mark.parametrize('mode, prompt_start, output_end', [
+    ('output_right', 0, 2),
+    ('prompt_left', 1, 3),
 ])
-def test_fit_to_length_truncates(mode, expected):
-  # max_seq_len 4 allows 5 tokens in prompt + output.
-  assert fit_to_length([1, 2, 3], [4, 5, 6], 4, mode) == expected
+def test_fit_lengths_truncates(mode, prompt_start, output_end):
+  # max_seq_len 4 allows 5 tokens in prompt + output: 3 + 3 is one over.
+  fit = fit_lengths(np.array([3]), np.array([3]), 4, mode)
+  assert (fit.prompt_start[0], fit.output_end[0]) == (prompt_start,
+                                                       output_end)
+  assert fit.truncated.tolist() == [True]
+  assert fit.does_not_fit.tolist() == [0]
 
 
 # ---------------------------------------------------------------- batching
 
-def _tokenized(example_id, prompt, output):
-  return TokenizedRecord(example_id, np.array(prompt, np.int32),
-                         np.array(output, np.int32), False)
+def _chunk(*records):
+  """A TokenChunk of (example_id, prompt ids, output ids)."""
+  example_ids, prompts, outputs = zip(*records)
+  return pairs_chunk(prompts, outputs, list(example_ids))
 
 
-def test_batch_by_bucket_keeps_partial_batches():
-  elements = [(8, 'a'), (8, 'b'), (8, 'c'), (16, 'd')]
+def _lengths_chunk(example_ids, length):
+  """Records of `length` tokens each (a 1-token prompt)."""
+  return _chunk(*[(i, [1], [2] * (length - 1)) for i in example_ids])
+
+
+SHAPE = BatchShape((8, 16), batch_size=2)
+
+
+def _batch_sizes(keyed_batches):
+  return keyed_batches | beam.Map(lambda kv: (kv[0], len(kv[1])))
+
+
+@pytest.mark.parametrize('batching', BATCHING_STRATEGIES)
+def test_batch_by_bucket_both_strategies_in_pipeline(batching):
+  chunks = [TokenChunk.concat([_lengths_chunk('abc', 5),
+                               _lengths_chunk('d', 12)]),
+            _lengths_chunk('ef', 3)]
   with beam_test_pipeline() as root:
-    batches = (root | beam.Create(elements) | BatchByBucket(2)
-               | beam.Map(lambda kv: (kv[0], len(list(kv[1])))))
-    assert_that(batches, equal_to([(8, 2), (8, 1), (16, 1)]))
-
-
-@pytest.mark.parametrize('within_bundle', [False, True])
-def test_batch_by_bucket_both_strategies_in_pipeline(within_bundle):
-  elements = [(8, i) for i in range(5)] + [(16, 9)]
-  with beam_test_pipeline() as root:
-    batches = (root | beam.Create(elements)
-               | BatchByBucket(2, within_bundle=within_bundle)
-               | beam.Map(lambda kv: (kv[0], len(list(kv[1])))))
-    assert_that(batches, equal_to([(8, 2), (8, 2), (8, 1), (16, 1)]))
+    batches = (root | beam.Create(chunks)
+               | BatchByBucket(SHAPE, batching))
+    assert_that(_batch_sizes(batches),
+                equal_to([(8, 2), (8, 2), (8, 1), (16, 1)]))
+    assert_that(batches | beam.FlatMap(lambda kv: kv[1].example_ids),
+                equal_to(list('abcdef')), label='EveryRecordOnce')
 
 
 def test_batch_within_bundle_directly_flushes_partials_at_bundle_end():
-  dofn = _BatchWithinBundleFn(2)
+  dofn = _BatchWithinBundleFn(SHAPE)
   dofn.start_bundle()
-  full = [out for element in [(8, 'a'), (16, 'b'), (8, 'c')]
-          for out in dofn.process(element)]
-  assert full == [(8, ['a', 'c'])]
+  full = list(dofn.process(_lengths_chunk('ab', 5)))
+  assert [(bucket, batch.example_ids) for bucket, batch in full] == [
+      (8, ['a', 'b'])]
+  assert not list(dofn.process(TokenChunk.concat([
+      _lengths_chunk('c', 5), _lengths_chunk('d', 12)])))
   partial = [windowed.value for windowed in dofn.finish_bundle()]
-  assert partial == [(16, ['b'])]
+  assert [(bucket, batch.example_ids) for bucket, batch in partial] == [
+      (8, ['c']), (16, ['d'])]
+
+
+def test_batch_tokens_gives_each_bucket_a_token_budget():
+  shape = BatchShape((8, 16), batch_size=None, batch_tokens=40)
+  assert (shape.rows(8), shape.rows(16)) == (5, 2)
+  assert BatchShape((64,), None, batch_tokens=10).rows(64) == 1
+  dofn = _BatchWithinBundleFn(shape)
+  dofn.start_bundle()
+  full = list(dofn.process(TokenChunk.concat([
+      _lengths_chunk([f's{i}' for i in range(11)], 5),
+      _lengths_chunk([f'l{i}' for i in range(5)], 12)])))
+  assert [(bucket, len(batch)) for bucket, batch in full] == [
+      (8, 5), (8, 5), (16, 2), (16, 2)]
+  for bucket, batch in full:
+    assert len(batch) * bucket <= 40
 
 
 def _parse(serialized):
@@ -285,10 +271,10 @@ def _parse(serialized):
 
 
 def test_pad_batches_directly_to_bucket_width():
-  dofn = PadBatches('bucket', pad_id=0)
+  dofn = PadBatches('bucket', pad_id=0, tokenizer=EMBEDDED, backend='auto')
   dofn.setup()
-  main, tagged = _outputs(dofn, (8, [_tokenized('a', [1, 2], [3]),
-                                     _tokenized('b', [4], [5, 6, 7])]))
+  main, tagged = _outputs(dofn, (8, _chunk(('a', [1, 2], [3]),
+                                           ('b', [4], [5, 6, 7]))))
   batch = _parse(main[0])
   assert batch['input_ids'].tolist() == [[1, 2, 3, 0, 0, 0, 0, 0],
                                          [4, 5, 6, 7, 0, 0, 0, 0]]
@@ -299,22 +285,22 @@ def test_pad_batches_directly_to_bucket_width():
   assert batch['example_ids'].tolist() == [b'a', b'b']
   assert tagged['stats'] == [{
       'records_written': 2, 'batches_written': 1, 'bucket/8/records': 2,
-      'bucket/8/batches': 1, 'real_tokens': 5, 'stored_tokens': 16}]
+      'bucket/8/batches': 1, 'real_tokens': 5, 'stored_tokens': 16,
+      'supervised_tokens': 4}]
 
 
 def test_pad_batches_in_pipeline_to_longest():
   with beam_test_pipeline() as root:
-    shapes = (root | beam.Create([(8, [_tokenized('a', [1, 2], [3])])])
-              | beam.ParDo(PadBatches('longest', pad_id=0))
+    shapes = (root | beam.Create([(8, _chunk(('a', [1, 2], [3])))])
+              | beam.ParDo(PadBatches('longest', 0, EMBEDDED, 'auto'))
               | beam.Map(lambda s: _parse(s)['input_ids'].shape))
     assert_that(shapes, equal_to([(1, 2)]))
 
 
 def test_pad_batches_resolves_pad_id_from_tokenizer():
-  dofn = PadBatches('longest', tokenizer=EMBEDDED)
+  dofn = PadBatches('longest', None, EMBEDDED, 'auto')
   dofn.setup()
-  main, _ = _outputs(dofn, (8, [_tokenized('a', [1, 2], [3]),
-                                _tokenized('b', [1], [3])]))
+  main, _ = _outputs(dofn, (8, _chunk(('a', [1, 2], [3]), ('b', [1], [3]))))
   assert _parse(main[0])['labels'][1].tolist() == [3, 151643]
 
 
@@ -334,9 +320,9 @@ def test_tfrecord_sink_gzip_round_trip(tmp_path):
 
 def test_write_batches_in_pipeline(tmp_path):
   with beam_test_pipeline() as root:
-    results = (root | beam.Create([b'a', b'b', b'c'])
-               | WriteBatches(str(tmp_path), num_shards=1, compression='none'))
-    assert_that(results | beam.Map(lambda r: r.file_name),
+    paths = (root | beam.Create([b'a', b'b', b'c'])
+             | WriteBatches(str(tmp_path), num_shards=1, compression='none'))
+    assert_that(paths | beam.Map(os.path.basename),
                 equal_to(['batches-00000-of-00001.tfrecord']))
   written = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
   assert written == ['batches-00000-of-00001.tfrecord']
@@ -355,6 +341,41 @@ def test_write_batches_numbers_every_shard(tmp_path):
   assert sorted(int(r.numpy()) for r in records) == list(range(40))
 
 
+def test_write_batches_writes_exactly_num_shards_files(tmp_path):
+  """A slot without a batch gets an empty shard; a slot written by several
+  bundles is joined into one shard."""
+  with beam_test_pipeline() as root:
+    _ = (root | beam.Create([b'only one batch'])
+         | WriteBatches(str(tmp_path), num_shards=3, compression='none'))
+  written = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+  assert written == [f'batches-{i:05d}-of-00003.tfrecord' for i in range(3)]
+  assert sorted(p.stat().st_size for p in tmp_path.iterdir()) [:2] == [0, 0]
+  records = tf.data.TFRecordDataset([str(tmp_path / n) for n in written])
+  assert [r.numpy() for r in records] == [b'only one batch']
+
+
+def test_join_slot_concatenates_files_and_survives_a_retry(tmp_path):
+  parts = []
+  for index, payloads in enumerate([[b'a', b'b'], [b'c']]):
+    name = f'part-{index}.tfrecord'
+    with open(tmp_path / name, 'wb') as handle:
+      sink = TFRecordSink('none')
+      sink.open(handle)
+      for payload in payloads:
+        sink.write(payload)
+      sink.flush()
+    parts.append(fileio.FileResult(name, index, 2, None, None, 1))
+  join = _JoinSlotFn(str(tmp_path), str(tmp_path), 4, '.tfrecord')
+  [final] = list(join.process((1, parts), None))
+  assert os.path.basename(final) == 'batches-00001-of-00004.tfrecord'
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'batches-00001-of-00004.tfrecord']
+  records = tf.data.TFRecordDataset(final)
+  assert [r.numpy() for r in records] == [b'a', b'b', b'c']
+  # A retry: already done.
+  assert list(join.process((1, parts), None)) == [final]
+
+
 def test_sum_stats_directly_and_in_pipeline():
   fn = SumStatsFn()
   accumulator = fn.add_input(fn.create_accumulator(), {'lines': 2})
@@ -370,6 +391,7 @@ def test_sum_stats_directly_and_in_pipeline():
 def test_summarize_reconciles():
   stats = {'lines': 5, 'blank_lines': 1, 'rejected/invalid_json': 1,
            **batch_stats(8, {'input_ids': np.zeros((3, 8)),
+                             'response_mask': np.zeros((3, 8), bool),
                              'prompt_lengths': np.array([1, 2, 3]),
                              'output_lengths': np.array([1, 1, 1])})}
   counts = summarize(stats)

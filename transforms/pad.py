@@ -1,10 +1,11 @@
-"""Padding, shifting and masking batches, and serializing them."""
+"""Turning batches into Examples: padded (pad, shift, mask) or packed."""
+
+from typing import Optional
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
-from sftbeam.transforms import progress, schema, sft
-from sftbeam.transforms.tokenizer_source import load_tokenizer
+from sftbeam.transforms import pack, schema, sft
+from sftbeam.transforms.tokenizer_source import shared_tokenizer
 
 PAD_TO_MODES = ('bucket', 'longest')
 
@@ -21,47 +22,64 @@ def batch_stats(bucket: int, arrays: dict) -> dict:
       f'bucket/{bucket}/batches': 1,
       'real_tokens': real_tokens,
       'stored_tokens': rows * width,
+      'supervised_tokens': int(arrays['response_mask'].sum()),
   }
 
 
-class PadBatches(beam.DoFn):
-  """(bucket, [TokenizedRecord]) -> serialized batch Example (bytes).
+class _WithPadId(beam.DoFn):
+  """A DoFn that pads with `pad_id`, else the run's tokenizer's pad (or
+  eos) id, resolved on the worker (a gs:// tokenizer is never read at
+  graph-construction time)."""
 
-  `pad_to="bucket"` gives every batch of a bucket the width of its boundary
-  (static shapes); `pad_to="longest"` the width of its longest row. Gives a
-  stats dict per batch on the `stats` output.
-  """
-  STATS = 'stats'
-
-  def __init__(self, pad_to: str, pad_id=None, tokenizer: str = None,
-               special_tokens_in_text: str = 'text'):
-    """Pads with `pad_id`, else with the pad (or eos) id of `tokenizer`."""
-    self._pad_to = pad_to
+  def __init__(self, pad_id: Optional[int], tokenizer: str, backend: str):
     self._pad_id = pad_id
     self._tokenizer = tokenizer
-    self._special_tokens_in_text = special_tokens_in_text
-    self._batches = Metrics.counter('sftbeam', 'batches_written')
-    self._records = Metrics.counter('sftbeam', 'records_written')
+    self._backend = backend
 
   def setup(self):
     if self._pad_id is None:
-      # Resolved on the worker, so a gs:// tokenizer is never read at
-      # graph-construction time.
       self._pad_id = sft.resolve_pad_id(
-          load_tokenizer(self._tokenizer, self._special_tokens_in_text))
+          shared_tokenizer(self._tokenizer, self._backend).tokenizer)
+
+
+class PadBatches(_WithPadId):
+  """(bucket, TokenChunk of one batch) -> serialized batch Example (bytes).
+
+  `pad_to="bucket"` gives every batch of a bucket the width of its boundary
+  (static shapes); `pad_to="longest"` the width of its longest row. Pads
+  with `pad_id`, else with the pad (or eos) id of the run's tokenizer.
+  Gives a stats dict per batch on the `stats` output.
+  """
+  STATS = 'stats'
+
+  def __init__(self, pad_to: str, pad_id: Optional[int], tokenizer: str,
+               backend: str):
+    super().__init__(pad_id, tokenizer, backend)
+    self._pad_to = pad_to
 
   def process(self, keyed_batch):
     bucket, records = keyed_batch
-    records = list(records)
     arrays = sft.pad_shift_mask(
-        [record.prompt_ids for record in records],
-        [record.output_ids for record in records],
-        self._pad_id,
+        records, self._pad_id,
         width=bucket if self._pad_to == 'bucket' else None)
-    self._batches.inc()
-    self._records.inc(len(records))
-    progress.add('batches_written')
-    progress.add('records_written', len(records))
     yield beam.pvalue.TaggedOutput(self.STATS, batch_stats(bucket, arrays))
-    yield schema.serialize_batch(
-        arrays, [record.example_id for record in records])
+    yield schema.serialize_batch(arrays, records.example_ids)
+
+
+class PackedBatches(_WithPadId):
+  """(pack_length, PackedRows of one batch) -> serialized packed Example.
+
+  Each record's spec row lies unpadded in its row (transforms/pack.py),
+  rows right-padded to pack_length. Gives a stats dict per batch on the
+  `stats` output.
+  """
+  STATS = 'stats'
+
+  def process(self, keyed_rows):
+    pack_length, rows = keyed_rows
+    arrays = pack.packed_arrays(rows.chunk, rows.rows(), pack_length,
+                                self._pad_id)
+    stats = pack.packing_stats(arrays)
+    stats['supervised_tokens'] = int(arrays['response_mask'].sum())
+    yield beam.pvalue.TaggedOutput(self.STATS, stats)
+    yield schema.serialize_batch(arrays, arrays['example_ids'], 'packed')

@@ -1,7 +1,7 @@
-"""Parsing raw JSONL lines into `Record`s, rejecting what cannot be used.
+"""Parsing raw JSONL lines into records, rejecting what cannot be used.
 
-Every line ends as a Record, a Rejected with a reason code, or (a blank
-line) a count in the stats. Reason codes:
+Every line ends as a record of a `RecordChunk`, a Rejected with a reason
+code, or (a blank line) a count in the stats. Reason codes:
   line_too_long   the line exceeds max_line_bytes (not parsed at all)
   invalid_utf8    the line is not valid UTF-8
   invalid_json    not parseable as JSON (including nesting too deep)
@@ -17,13 +17,14 @@ line) a count in the stats. Reason codes:
 
 import hashlib
 import json
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
+import orjson
 
-from sftbeam.transforms import progress
-from sftbeam.transforms.records import MAX_RAW_CHARS, Record, Rejected, cap_raw
+from sftbeam.transforms import chat
+from sftbeam.transforms.records import (MAX_RAW_CHARS, LineChunk, RecordChunk,
+                                        Rejected, cap_raw)
 
 _BOM = '\ufeff'
 
@@ -40,15 +41,26 @@ class ParseError(ValueError):
     self.reason = reason
 
 
+def _hashed(value) -> str:
+  canonical = json.dumps(value, ensure_ascii=False)
+  return hashlib.sha256(
+      canonical.encode('utf-8', 'surrogatepass')).hexdigest()[:16]
+
+
 def content_id(prompt: str, output: str) -> str:
   """The id of a record that has none: stable across runs and machines.
 
   The first 16 hex digits of sha256 over the JSON array [prompt, output];
   identical records therefore share an id.
   """
-  canonical = json.dumps([prompt, output], ensure_ascii=False)
-  return hashlib.sha256(
-      canonical.encode('utf-8', 'surrogatepass')).hexdigest()[:16]
+  return _hashed([prompt, output])
+
+
+def conversation_id(conversation: chat.Conversation) -> str:
+  """The id of a chat record that has none: the first 16 hex digits of
+  sha256 over the JSON array [messages, index of the first supervisable
+  message] (its role/content pairs only)."""
+  return _hashed([conversation.messages, conversation.supervised_from])
 
 
 def _has_lone_surrogate(text: str) -> bool:
@@ -102,10 +114,11 @@ def _string_field(obj: dict, field: str) -> str:
   return value
 
 
-def _record_id(obj: dict, fields: FieldNames, prompt: str, output: str) -> str:
+def _record_id(obj: dict, fields: FieldNames, fallback) -> str:
+  """The record's id field, or `fallback()` (its content id) without one."""
   value = obj.get(fields.id)
   if value is None or value == '':  # an empty id identifies nothing
-    return content_id(prompt, output)
+    return fallback()
   if isinstance(value, bool) or not isinstance(value, (str, int)):
     raise ParseError('field_not_string',
                      f'"{fields.id}" is {_json_type(value)}, '
@@ -113,37 +126,124 @@ def _record_id(obj: dict, fields: FieldNames, prompt: str, output: str) -> str:
   return str(value)
 
 
-def parse_text(text: str, fields: FieldNames):
-  """(example_id, prompt, output) of one JSON line, or raises ParseError."""
+def _decode_exactly(text: str):
+  """The decoded JSON value, duplicate keys remembered; or ParseError."""
   try:
-    obj = _DECODER.decode(text)
+    return _DECODER.decode(text)
   except RecursionError:
     raise ParseError('invalid_json', 'JSON nested too deeply') from None
   except ValueError as error:
     raise ParseError('invalid_json', str(error)) from None
+
+
+def _quoted(name: str):
+  """`"name"` as it appears in a line when written without escapes; None
+  for a name that a writer may have to escape (then only the exact decoder
+  can tell its keys apart)."""
+  if any(char in name for char in '"\\/') or not name.isprintable():
+    return None
+  return f'"{name}"'
+
+
+def _decode(text: str, keys, id_field: str):
+  """The decoded JSON value of a line, with the exact decoder's outcome.
+
+  orjson decodes about 5x faster than the json module but differs from it
+  on a few inputs: it keeps the last of repeated keys silently, refuses
+  NaN, lone surrogates, 1e400 and deep nesting, and reads integers beyond
+  64 bits as floats. Its result is used only where none of that can
+  matter; anything else goes to the exact decoder, so every accept/reject
+  decision is the json module's.
+  """
+  quoted = [_quoted(name) for name in keys]
+  if '\\u' in text or None in quoted or any(text.count(q) > 1
+                                               for q in quoted):
+    return _decode_exactly(text)  # a key may repeat, perhaps escaped
+  try:
+    obj = orjson.loads(text)
+  except orjson.JSONDecodeError:
+    return _decode_exactly(text)
+  if isinstance(obj, dict) and isinstance(obj.get(id_field), float):
+    return _decode_exactly(text)  # perhaps an integer id beyond 64 bits
+  return obj
+
+
+class ParsedRecord(NamedTuple):
+  """A usable record: prompt and output, or a chat conversation."""
+  example_id: str
+  prompt: Optional[str] = None
+  output: Optional[str] = None
+  conversation: Optional[chat.Conversation] = None
+
+
+# Keys a chat record reads (besides the id field).
+_CHAT_KEYS = ('messages', 'prompt', 'completion')
+
+
+def parse_text(text: str, fields: FieldNames,
+               input_format: str = 'auto') -> ParsedRecord:
+  """The record of one JSON line, or raises ParseError.
+
+  `input_format` "auto" tells a chat record from a prompt/output one by
+  its fields (chat.record_kind); "prompt_output" and "messages" read every
+  line as that kind.
+  """
+  obj = _decode(text, tuple(fields) + _CHAT_KEYS, fields.id)
   if not isinstance(obj, dict):
     raise ParseError('not_an_object',
                      f'expected a JSON object, got {_json_type(obj)}')
-  duplicated = [field for field in fields if field in obj.duplicate_keys]
+  kind = {'prompt_output': 'prompt_output', 'messages': 'chat'}.get(
+      input_format) or chat.record_kind(obj, fields.prompt, fields.output)
+  # Only a backslash-u escape can put a lone surrogate into a string.
+  escaped = '\\u' in text
+  if kind == 'chat':
+    return _parse_chat(obj, fields, escaped)
+  return _parse_prompt_output(obj, fields, escaped)
+
+
+def _refuse_duplicates(obj: dict, keys):
+  duplicated = [key for key in keys
+                if key in getattr(obj, 'duplicate_keys', ())]
   if duplicated:
     raise ParseError('duplicate_field',
                      f'key "{duplicated[0]}" appears more than once')
+
+
+def _parse_prompt_output(obj: dict, fields: FieldNames,
+                         escaped: bool) -> ParsedRecord:
+  _refuse_duplicates(obj, fields)
   prompt = _string_field(obj, fields.prompt)
   output = _string_field(obj, fields.output)
-  example_id = _record_id(obj, fields, prompt, output)
-  if '\\u' in text and any(map(_has_lone_surrogate, (prompt, output,
-                                                      example_id))):
+  example_id = _record_id(obj, fields, lambda: content_id(prompt, output))
+  if escaped and any(map(_has_lone_surrogate, (prompt, output, example_id))):
     raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
   if not prompt or prompt.isspace():
     raise ParseError('empty_prompt', 'the prompt is empty or whitespace')
   if not output or output.isspace():
     raise ParseError('empty_output', 'the output is empty or whitespace')
-  return example_id, prompt, output
+  return ParsedRecord(example_id, prompt=prompt, output=output)
+
+
+def _parse_chat(obj: dict, fields: FieldNames, escaped: bool) -> ParsedRecord:
+  _refuse_duplicates(obj, (fields.id,) + _CHAT_KEYS)
+  try:
+    conversation = chat.parse_conversation(obj)  # checks the contents
+  except chat.ChatRejected as rejected:
+    raise ParseError(rejected.reason, str(rejected)) from None
+  example_id = _record_id(obj, fields,
+                          lambda: conversation_id(conversation))
+  if escaped and _has_lone_surrogate(example_id):
+    raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
+  return ParsedRecord(example_id, conversation=conversation)
 
 
 def parse_line(source: str, line_number: int, line: bytes, total_bytes: int,
-               fields: FieldNames, max_line_bytes: int):
-  """A Record, a Rejected, or None for a blank line."""
+               fields: FieldNames, max_line_bytes: int,
+               input_format: str = 'auto'):
+  """(ParsedRecord, text), a Rejected, or None (blank line).
+
+  `text` is the decoded line, kept for a rejection by a later step.
+  """
   def rejected(reason, message, raw):
     return Rejected(source, line_number, reason, message, cap_raw(raw))
 
@@ -161,41 +261,45 @@ def parse_line(source: str, line_number: int, line: bytes, total_bytes: int,
   if not text or text.isspace():
     return None
   try:
-    example_id, prompt, output = parse_text(text, fields)
+    return parse_text(text, fields, input_format), text
   except ParseError as error:
     return rejected(error.reason, str(error), text)
-  return Record(example_id, prompt, output, source, line_number, cap_raw(text))
 
 
 class ParseLines(beam.DoFn):
-  """LineChunk -> one list of Records (main output) per chunk.
+  """LineChunk -> one RecordChunk (main output) per chunk with a record.
 
   Also gives Rejected records on the `rejected` output and a stats dict
-  (`lines`, `blank_lines`) per chunk on the `stats` output.
+  (`lines`, `blank_lines`, `input_bytes`) per chunk on the `stats` output.
   """
   REJECTED = 'rejected'
   STATS = 'stats'
 
-  def __init__(self, fields: FieldNames, max_line_bytes: int):
+  def __init__(self, fields: FieldNames, max_line_bytes: int,
+               input_format: str = 'auto'):
     self._fields = fields
     self._max_line_bytes = max_line_bytes
-    self._blank_lines = Metrics.counter('sftbeam', 'blank_lines')
+    self._input_format = input_format
 
-  def process(self, chunk):
-    records = []
+  def process(self, chunk: LineChunk):
+    records = RecordChunk.empty(chunk.source)
     blank_lines = 0
     for line_number, line, total_bytes in chunk.lines:
       parsed = parse_line(chunk.source, line_number, line, total_bytes,
-                          self._fields, self._max_line_bytes)
+                          self._fields, self._max_line_bytes,
+                          self._input_format)
       if parsed is None:
         blank_lines += 1
       elif isinstance(parsed, Rejected):
         yield beam.pvalue.TaggedOutput(self.REJECTED, parsed)
       else:
-        records.append(parsed)
-    self._blank_lines.inc(blank_lines)
-    progress.add('lines_read', len(chunk.lines))
-    yield beam.pvalue.TaggedOutput(
-        self.STATS, {'lines': len(chunk.lines), 'blank_lines': blank_lines})
-    if records:
+        record, text = parsed
+        records.add(line_number, record.example_id, text, record.prompt,
+                    record.output, record.conversation)
+    yield beam.pvalue.TaggedOutput(self.STATS, {
+        'lines': len(chunk.lines), 'blank_lines': blank_lines,
+        # Each line's bytes and its newline: how far into the input we are.
+        'input_bytes': sum(total for _, _, total in chunk.lines) +
+                       len(chunk.lines)})
+    if records.example_ids:
       yield records

@@ -1,57 +1,83 @@
-"""Live progress counts for a run in this process.
+"""The live tally of a run in this process, and printing it.
 
-Beam counters are read only when a run ends; a long local run should show
-progress while it goes. DoFns add to these counts too, and the CLI prints
-them every few seconds. They stay zero when the DoFns run elsewhere (other
-processes, Dataflow), where the runner shows its own progress.
+`stats.CountStats` adds every stats dict of the run to this tally while the
+run goes (Beam's own counters are read only when a run ends). The CLI
+prints it: on a terminal as one line rewritten in place, with an ETA when
+the input's size is known; otherwise as a plain line every PRINT_SECONDS.
+The tally stays empty when the steps run in other processes (Dataflow,
+multi-process runners), where the runner shows its own progress.
 """
 
 import collections
 import contextlib
+import sys
 import threading
 import time
 
-# A long local run shows its progress at least this often.
+# Plain progress lines (output not a terminal) come this often.
 PRINT_SECONDS = 10
+# A terminal's line is rewritten this often.
+TERMINAL_SECONDS = 0.5
 
 _lock = threading.Lock()
-_counts = collections.Counter()
+_tally = collections.Counter()
 
 
-def add(name: str, amount: int = 1):
+def add(stats: dict):
   with _lock:
-    _counts[name] += amount
+    _tally.update(stats)
 
 
 def snapshot() -> dict:
   with _lock:
-    return dict(_counts)
+    return dict(_tally)
 
 
 def reset():
   with _lock:
-    _counts.clear()
+    _tally.clear()
+
+
+def eta_seconds(done: float, total: float, elapsed: float):
+  """Seconds left at the average rate so far, or None when unknown."""
+  if not total or done <= 0 or elapsed <= 0:
+    return None
+  return max(0.0, (total - done) * elapsed / done)
 
 
 @contextlib.contextmanager
-def printed_every(describe, enabled: bool = True,
-                  seconds: float = PRINT_SECONDS):
-  """Prints `describe(counts, elapsed_seconds)` every `seconds` in the block.
+def printed(describe, enabled: bool = True, stream=None):
+  """Prints `describe(tally, elapsed_seconds)` while the block runs.
 
-  Starts from zero counts. With `enabled` false (the DoFns run in other
-  processes, where these counts stay zero) it prints nothing.
+  Starts from an empty tally. On a terminal the line is rewritten in place
+  twice a second (and ended when the block ends); elsewhere a plain line
+  is printed every PRINT_SECONDS. With `enabled` false (the steps run in
+  other processes, where the tally stays empty) it prints nothing.
   """
+  stream = stream or sys.stdout
+  live = stream.isatty()
   reset()
   started = time.time()
   stop = threading.Event()
 
   def report():
-    while not stop.wait(seconds):
-      print(describe(snapshot(), time.time() - started), flush=True)
+    while not stop.wait(TERMINAL_SECONDS if live else PRINT_SECONDS):
+      line = describe(snapshot(), time.time() - started)
+      if live:
+        stream.write('\r\x1b[2K' + line)
+        stream.flush()
+      else:
+        print(line, file=stream, flush=True)
 
+  reporter = threading.Thread(target=report, daemon=True)
   if enabled:
-    threading.Thread(target=report, daemon=True).start()
+    reporter.start()
   try:
     yield
   finally:
     stop.set()
+    if enabled:
+      reporter.join()
+      if live:
+        stream.write('\r\x1b[2K')
+        stream.flush()

@@ -20,8 +20,8 @@ import apache_beam as beam
 import zstandard
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.metrics import Metrics
 
+from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.records import MAX_RAW_CHARS, LineChunk
 
 _READ_BLOCK_BYTES = 1 << 20
@@ -200,7 +200,6 @@ class _ReadLineChunksFn(beam.DoFn):
   def __init__(self, chunk_lines: int, max_line_bytes: int):
     self._chunk_lines = chunk_lines
     self._max_line_bytes = max_line_bytes
-    self._lines_read = Metrics.counter('sftbeam', 'lines_read')
 
   def process(self, readable_file):
     source = readable_file.metadata.path
@@ -210,11 +209,9 @@ class _ReadLineChunksFn(beam.DoFn):
           iter_lines(handle, self._max_line_bytes), start=1):
         lines.append((line_number, line, total))
         if len(lines) == self._chunk_lines:
-          self._lines_read.inc(len(lines))
           yield LineChunk(source, lines)
           lines = []
     if lines:
-      self._lines_read.inc(len(lines))
       yield LineChunk(source, lines)
 
 
@@ -229,13 +226,15 @@ class ReadLineChunks(beam.PTransform):
   """
 
   def __init__(self, patterns, chunk_lines: int, max_line_bytes: int,
-               spread: bool = True):
-    """`spread` reshuffles chunks across workers (see expand)."""
+               batching: str = 'global'):
+    """With `batching` "global", chunks are reshuffled across workers."""
     super().__init__()
+    if batching not in BATCHING_STRATEGIES:
+      raise ValueError(f'unknown batching {batching!r}')
     self._patterns = list(patterns)
     self._chunk_lines = chunk_lines
     self._max_line_bytes = max_line_bytes
-    self._spread = spread
+    self._batching = batching
 
   def expand(self, pbegin):
     chunks = (
@@ -245,8 +244,21 @@ class ReadLineChunks(beam.PTransform):
         | 'OpenFiles' >> fileio.ReadMatches()
         | 'ReadChunks' >> beam.ParDo(
             _ReadLineChunksFn(self._chunk_lines, self._max_line_bytes)))
-    if not self._spread:
+    if self._batching == 'bundle':
       return chunks
     # One file yields many chunks: spread them so that tokenizing runs on
     # every worker, not only on the one that read the file.
     return chunks | 'SpreadChunks' >> beam.Reshuffle()
+
+
+def message_to_chunk(message, source: str, max_line_bytes: int) -> LineChunk:
+  """A Pub/Sub message -> a LineChunk of one line, the message body.
+
+  Streaming reads one record per message. Its `source` is
+  `<subscription or topic>#<message id>` and its line number is None. A
+  body over max_line_bytes is cut like a long file line, its real size
+  kept, so the parser rejects it as line_too_long.
+  """
+  data = message.data
+  return LineChunk(f'{source}#{message.message_id}',
+                   [(None, data[:max_line_bytes], len(data))])

@@ -1,9 +1,10 @@
 """The values that flow between the DoFns.
 
-A line of input becomes a `LineChunk` entry, then a `Record` (parsed), then a
-`TokenizedRecord` keyed by its length bucket; or, at any step, a `Rejected`
-with a reason code. Stats travel as flat `{name: count}` dicts that a
-`SumStats` combine adds up (see `transforms/stats.py`).
+Lines of input travel as a `LineChunk`, then, parsed, as a `RecordChunk`,
+then, tokenized, as a `TokenChunk` (arrays, not one object per record);
+at any step a line or record may leave as a `Rejected` with a reason code.
+Stats travel as flat `{name: count}` dicts that `SumStats` adds up (see
+transforms/stats.py).
 """
 
 import itertools
@@ -27,20 +28,44 @@ class LineChunk(NamedTuple):
   lines: List[Tuple[int, bytes, int]]
 
 
-class Record(NamedTuple):
-  example_id: str
-  prompt: str
-  output: str
+class RecordChunk(NamedTuple):
+  """Parsed records of one source, as parallel lists.
+
+  A prompt/output record has its `prompts` and `outputs` entries and None
+  in `conversations`; a chat record the reverse (a `chat.Conversation`).
+  `texts` are the records' decoded lines, kept (not copied) so that a later
+  step can still show a rejected record's line.
+  """
   source: str
-  line_number: int
-  raw: str  # capped copy of the input line, for a later rejection
+  line_numbers: List[Optional[int]]
+  example_ids: List[str]
+  prompts: List[Optional[str]]
+  outputs: List[Optional[str]]
+  conversations: list
+  texts: List[str]
 
+  @staticmethod
+  def empty(source: str) -> 'RecordChunk':
+    return RecordChunk(source, [], [], [], [], [], [])
 
-class TokenizedRecord(NamedTuple):
-  example_id: str
-  prompt_ids: List[int]
-  output_ids: List[int]
-  truncated: bool
+  def add(self, line_number, example_id, text, prompt=None, output=None,
+          conversation=None):
+    self.line_numbers.append(line_number)
+    self.example_ids.append(example_id)
+    self.prompts.append(prompt)
+    self.outputs.append(output)
+    self.conversations.append(conversation)
+    self.texts.append(text)
+
+  def subset(self, indices) -> 'RecordChunk':
+    """The records at `indices`, in that order."""
+    return RecordChunk(self.source,
+                       *([column[i] for i in indices] for column in self[1:]))
+
+  def reject(self, index: int, reason: str, message: str) -> 'Rejected':
+    """Record `index` as a Rejected with this reason."""
+    return Rejected(self.source, self.line_numbers[index], reason, message,
+                    cap_raw(self.texts[index]))
 
 
 class Rejected(NamedTuple):
@@ -61,9 +86,23 @@ def cap_raw(text: str) -> str:
   return text[:MAX_RAW_CHARS] + f'...[{len(text) - MAX_RAW_CHARS} more chars]'
 
 
-def reject(record: Record, reason: str, message: str) -> Rejected:
-  return Rejected(record.source, record.line_number, reason, message,
-                  record.raw)
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+  """int64: start[0], start[0]+1, ... (lengths[0] values), then the same
+  for every range in turn; vectorized."""
+  starts = np.asarray(starts, dtype=np.int64)
+  lengths = np.asarray(lengths, dtype=np.int64)
+  # One arange over all, shifted per range from where it lands in the
+  # result to where it starts.
+  landed = np.cumsum(lengths) - lengths
+  return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(
+      starts - landed, lengths)
+
+
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+  """int64 [n + 1]: 0 and the running sums of `lengths`."""
+  offsets = np.zeros(len(lengths) + 1, np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  return offsets
 
 
 class TokenChunk(NamedTuple):
@@ -108,12 +147,7 @@ class TokenChunk(NamedTuple):
     record after record in the order given."""
     indices = np.asarray(indices, dtype=np.int64)
     starts = self.offsets[indices]
-    lengths = self.offsets[indices + 1] - starts
-    # Each record's positions are start, start+1, ...: one arange over
-    # all, shifted per record from where it lands to where it starts.
-    landed = np.cumsum(lengths) - lengths
-    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(
-        starts - landed, lengths)
+    return ranges(starts, self.offsets[indices + 1] - starts)
 
   def take(self, indices) -> 'TokenChunk':
     """The records at `indices`, in that order."""
@@ -123,7 +157,7 @@ class TokenChunk(NamedTuple):
     return TokenChunk(
         example_ids=[self.example_ids[i] for i in indices.tolist()],
         ids=self.ids[positions],
-        offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+        offsets=offsets_of(lengths),
         supervised=self.supervised[positions],
         prompt_lengths=self.prompt_lengths[indices],
         truncated=self.truncated[indices])
@@ -138,7 +172,7 @@ class TokenChunk(NamedTuple):
     return TokenChunk(
         example_ids=[i for chunk in chunks for i in chunk.example_ids],
         ids=np.concatenate([chunk.ids for chunk in chunks]),
-        offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
+        offsets=offsets_of(lengths),
         supervised=np.concatenate([chunk.supervised for chunk in chunks]),
         prompt_lengths=np.concatenate(
             [chunk.prompt_lengths for chunk in chunks]),
@@ -149,7 +183,7 @@ class TokenChunk(NamedTuple):
     """A chunk from per-record token lists and per-record flag lists."""
     lengths = np.fromiter(map(len, sequences), np.int64, len(sequences))
     total = int(lengths.sum())
-    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    offsets = offsets_of(lengths)
     flags = np.fromiter(itertools.chain.from_iterable(supervised), np.bool_,
                         total)
     # A record's prompt ends at its first supervised token (a record with

@@ -2,26 +2,52 @@
 
 Writers and readers both import this module; nothing else names a feature.
 
-Every Example holds one padded batch of B rows and width L:
+Every Example holds one batch of B rows and width L. Padded layout (one
+record per row, right-padded):
   input_ids, labels   int64, B*L values, row-major
   response_mask       int64 (0/1), B*L values, row-major
   shape               int64, [B, L]
   prompt_lengths      int64, B values (prompt tokens per row)
   output_lengths      int64, B values (output tokens per row)
   example_ids         bytes, B values (utf-8 record ids)
+Packed layout (whole records end to end in rows of L = pack_length;
+docs/packing.md), the same plus:
+  segment_ids         int64, B*L: 1..k for a row's k records, 0 on padding
+  positions           int64, B*L: 0..L_i-1 within each record, 0 on padding
+  examples_per_row    int64, B values
+and there example_ids, prompt_lengths and output_lengths hold one value per
+record (rows in order, records in order within a row), not per row.
 """
+
+from typing import NamedTuple, Tuple
 
 import numpy as np
 
 # Bump when a feature is added, removed or changes meaning; readers refuse
 # versions they do not know.
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (2,)
 
-MATRIX_FEATURES = ('input_ids', 'labels', 'response_mask')
-ROW_FEATURES = ('prompt_lengths', 'output_lengths')
 SHAPE_FEATURE = 'shape'
 ID_FEATURE = 'example_ids'
+
+
+class Layout(NamedTuple):
+  """The int64 features of a layout's batches: [B, L] matrices, stored
+  row-major, and 1-D vectors."""
+  matrix: Tuple[str, ...]
+  vectors: Tuple[str, ...]
+
+
+LAYOUTS = {
+    'padded': Layout(('input_ids', 'labels', 'response_mask'),
+                     ('prompt_lengths', 'output_lengths')),
+    'packed': Layout(('input_ids', 'labels', 'response_mask', 'segment_ids',
+                      'positions'),
+                     ('examples_per_row', 'prompt_lengths', 'output_lengths')),
+}
+MATRIX_FEATURES = LAYOUTS['padded'].matrix
+ROW_FEATURES = LAYOUTS['padded'].vectors
 
 SHARD_PREFIX = 'batches'
 SHARD_SUFFIX = '.tfrecord'
@@ -35,27 +61,32 @@ WINDOW_STATS_PREFIX = 'window-stats'
 WINDOW_STATS_SUFFIX = '.json'
 
 
-def feature_spec() -> dict:
+def feature_spec(layout: str = 'padded') -> dict:
   """The `tf.io.parse_single_example` spec of one batch Example."""
   # TensorFlow is imported only by readers: workers write Examples without
   # it (see serialize_batch), saving seconds of start-up and ~0.3 GB each.
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  features = LAYOUTS[layout]
   spec = {name: tf.io.VarLenFeature(tf.int64)
-          for name in MATRIX_FEATURES + ROW_FEATURES}
+          for name in features.matrix + features.vectors}
   spec[SHAPE_FEATURE] = tf.io.FixedLenFeature([2], tf.int64)
   spec[ID_FEATURE] = tf.io.VarLenFeature(tf.string)
   return spec
 
 
-def describe_features() -> dict:
+def describe_features(layout: str = 'padded') -> dict:
   """Human-readable feature spec for dataset_info.json."""
+  features = LAYOUTS[layout]
+  per = '[B]' if layout == 'padded' else '[records in the batch]'
   described = {name: {'dtype': 'int64', 'shape': '[B*L]', 'order': 'row-major'}
-               for name in MATRIX_FEATURES}
+               for name in features.matrix}
   described.update(
-      {name: {'dtype': 'int64', 'shape': '[B]'} for name in ROW_FEATURES})
+      {name: {'dtype': 'int64', 'shape': per} for name in features.vectors})
+  if 'examples_per_row' in described:
+    described['examples_per_row']['shape'] = '[B]'
   described[SHAPE_FEATURE] = {'dtype': 'int64', 'shape': '[2]',
                               'meaning': '[B, L]'}
-  described[ID_FEATURE] = {'dtype': 'bytes', 'shape': '[B]'}
+  described[ID_FEATURE] = {'dtype': 'bytes', 'shape': per}
   return described
 
 
@@ -137,10 +168,12 @@ def _bytes_feature(values) -> bytes:
   return _field(_LENGTH_DELIMITED[0], bytes_list)
 
 
-def serialize_batch(arrays: dict, example_ids) -> bytes:
-  """Serializes `pad_shift_mask` arrays plus row ids into Example bytes."""
+def serialize_batch(arrays: dict, example_ids, layout: str = 'padded') -> bytes:
+  """Serializes a batch's arrays (`pad_shift_mask`'s, or for the packed
+  layout `pack.packed_arrays`') plus record ids into Example bytes."""
+  features = LAYOUTS[layout]
   entries = [_feature_entry(name, _int64_feature(arrays[name]))
-             for name in MATRIX_FEATURES + ROW_FEATURES]
+             for name in features.matrix + features.vectors]
   entries.append(_feature_entry(
       SHAPE_FEATURE, _int64_feature(arrays['input_ids'].shape)))
   entries.append(_feature_entry(ID_FEATURE, _bytes_feature(
@@ -148,21 +181,22 @@ def serialize_batch(arrays: dict, example_ids) -> bytes:
   return _field(_LENGTH_DELIMITED[0], b''.join(entries))
 
 
-def parse_batch(serialized) -> dict:
+def parse_batch(serialized, layout: str = 'padded') -> dict:
   """tf.data map fn: Example bytes -> dict of dense tensors.
 
-  `input_ids`/`labels` int32 [B, L], `response_mask` bool [B, L], the row
-  fields int32 [B], `example_ids` string [B].
+  `input_ids`/`labels` int32 [B, L], `response_mask` bool [B, L], the other
+  int features int32, `example_ids` string.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  parsed = tf.io.parse_single_example(serialized, feature_spec())
+  features = LAYOUTS[layout]
+  parsed = tf.io.parse_single_example(serialized, feature_spec(layout))
   shape = tf.cast(parsed[SHAPE_FEATURE], tf.int32)
   batch = {}
-  for name in MATRIX_FEATURES:
+  for name in features.matrix:
     values = tf.reshape(tf.sparse.to_dense(parsed[name]), shape)
     batch[name] = (tf.cast(values, tf.bool) if name == 'response_mask'
                    else tf.cast(values, tf.int32))
-  for name in ROW_FEATURES:
+  for name in features.vectors:
     batch[name] = tf.cast(tf.sparse.to_dense(parsed[name]), tf.int32)
   batch[ID_FEATURE] = tf.sparse.to_dense(parsed[ID_FEATURE], default_value='')
   return batch

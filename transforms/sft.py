@@ -1,55 +1,118 @@
-"""The spec's function: tokenize prompt and output apart, pad, shift, mask.
+"""The spec's arithmetic: tokenize prompt and output apart, join, pad, shift.
 
-This module is the single home of the SFT arithmetic (see
-`../shared/spec/`). The pipeline's padding DoFn and the public
-`tokenize_prompt_and_output` both call `pad_shift_mask`, and both tokenize
-through `encode_texts`, so the library and the pipeline cannot disagree.
+This module is the single home of the SFT arithmetic (docs/spec.md). The
+pipeline's tokenize and pad steps and the public `tokenize_prompt_and_output`
+all call `encode_pairs`, `join_pairs` and `pad_shift_mask`, so the library
+and the pipeline cannot disagree.
 """
 
-import itertools
-from typing import Optional, Sequence
+import weakref
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from sftbeam.transforms.records import TokenChunk, offsets_of, ranges
+from sftbeam.transforms.tokenizer_backend import EncodeMode, make_encoder
 
-def rust_backend(tokenizer):
-  """The Rust tokenizer behind a HuggingFace fast tokenizer, else None.
+# How special-token strings inside prompts and outputs (`<|im_end|>`) are
+# tokenized: as the special token, as the spec's `tokenizer(text)` does
+# ("special"), or as the plain text they are ("text": untrusted data cannot
+# inject control tokens).
+SPECIAL_TOKEN_MODES = ('special', 'text')
+# What becomes of a record over max_seq_len (transforms/tokenize.py; for a
+# conversation, whole turns are dropped: transforms/chat.py).
+TRUNCATION_MODES = ('none', 'output_right', 'prompt_left')
 
-  Its encode calls never change the tokenizer's settings, so threads may
-  share it; a Python tokenizer's calls may.
+
+class PairEncoding(NamedTuple):
+  """The prompts and the outputs of many records, tokenized apart: prompt
+  i is `prompt_ids[prompt_offsets[i]:prompt_offsets[i + 1]]`, likewise
+  outputs."""
+  prompt_ids: np.ndarray
+  prompt_offsets: np.ndarray
+  output_ids: np.ndarray
+  output_offsets: np.ndarray
+
+  @property
+  def prompt_lengths(self) -> np.ndarray:
+    return np.diff(self.prompt_offsets)
+
+  @property
+  def output_lengths(self) -> np.ndarray:
+    return np.diff(self.output_offsets)
+
+
+def append_to_each(ids: np.ndarray, offsets: np.ndarray, token: int):
+  """(ids, offsets) with `token` appended to every sequence."""
+  count = len(offsets) - 1
+  new_offsets = offsets + np.arange(count + 1)
+  appended = np.full(len(ids) + count, token, dtype=np.int64)
+  keep = np.ones(len(appended), np.bool_)
+  keep[new_offsets[1:] - 1] = False
+  appended[keep] = ids
+  return appended, new_offsets
+
+
+def encode_pairs(encoder, prompts: Sequence[str], outputs: Sequence[str], *,
+                 add_special_tokens: Optional[bool],
+                 special_tokens_in_text: str,
+                 eos_id: Optional[int]) -> PairEncoding:
+  """Tokenizes prompts and outputs apart, each in one batched call.
+
+  Prompts get the tokenizer's special tokens (`add_special_tokens` None:
+  HuggingFace's default for `tokenizer(text)`, True); outputs never do, and
+  get `eos_id` appended when it is given.
   """
-  return getattr(tokenizer, 'backend_tokenizer', None)
-
-
-def encode_texts(tokenizer, texts: Sequence[str], add_special_tokens: bool):
-  """Token ids of each text, in one batched tokenizer call.
-
-  HuggingFace fast tokenizers go straight to their Rust backend
-  (`encode_batch_fast` skips offset bookkeeping we never use); anything else
-  that behaves like a HuggingFace tokenizer is called the usual way.
-  """
-  backend = rust_backend(tokenizer)
-  if backend is not None:
-    encodings = backend.encode_batch_fast(
-        list(texts), add_special_tokens=add_special_tokens)
-    return [encoding.ids for encoding in encodings]
-  return list(
-      tokenizer(list(texts), add_special_tokens=add_special_tokens)['input_ids'])
-
-
-def encode_prompts(tokenizer, prompts, add_special_tokens: Optional[bool]):
-  """Prompt ids; `add_special_tokens=None` means the tokenizer's default."""
+  split = special_tokens_in_text == 'text'
   if add_special_tokens is None:
-    add_special_tokens = True  # HuggingFace's own default for __call__
-  return encode_texts(tokenizer, prompts, add_special_tokens)
-
-
-def encode_outputs(tokenizer, outputs, eos_id: Optional[int]):
-  """Output ids: never the tokenizer's specials; `eos_id` appended if given."""
-  ids = encode_texts(tokenizer, outputs, add_special_tokens=False)
+    add_special_tokens = True
+  prompt_ids, prompt_offsets = encoder.encode(
+      prompts, EncodeMode(add_special_tokens, split))
+  output_ids, output_offsets = encoder.encode(outputs, EncodeMode(False, split))
   if eos_id is not None:
-    ids = [list(row) + [eos_id] for row in ids]
-  return ids
+    output_ids, output_offsets = append_to_each(output_ids, output_offsets,
+                                                 eos_id)
+  return PairEncoding(prompt_ids, prompt_offsets, output_ids, output_offsets)
+
+
+def join_pairs(example_ids, encoded: PairEncoding, keep=None,
+               prompt_start=None, output_end=None,
+               truncated=None) -> TokenChunk:
+  """The records as one TokenChunk: prompt tokens then output tokens, the
+  output tokens supervised.
+
+  Only records where `keep` is True (default all); of record i, the prompt
+  from token `prompt_start[i]` (default 0) and the output up to token
+  `output_end[i]` (default all).
+  """
+  prompt_lengths = encoded.prompt_lengths
+  output_lengths = encoded.output_lengths
+  if keep is None:
+    keep = np.ones(len(prompt_lengths), np.bool_)
+  kept = np.flatnonzero(keep)
+  start = 0 if prompt_start is None else prompt_start[kept]
+  prompt_from = encoded.prompt_offsets[kept] + start
+  prompt_kept = prompt_lengths[kept] - start
+  output_kept = (output_lengths[kept] if output_end is None
+                 else output_end[kept])
+  # Gather from prompts and outputs laid end to end: each record's prompt
+  # range, then its output range.
+  sources = np.concatenate((encoded.prompt_ids, encoded.output_ids))
+  starts = np.stack((prompt_from, len(encoded.prompt_ids) +
+                     encoded.output_offsets[kept]), axis=1).ravel()
+  lengths = np.stack((prompt_kept, output_kept), axis=1).ravel()
+  record_lengths = prompt_kept + output_kept
+  offsets = offsets_of(record_lengths)
+  within = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1],
+                                                   record_lengths)
+  return TokenChunk(
+      example_ids=[example_ids[i] for i in kept.tolist()],
+      ids=sources[ranges(starts, lengths)],
+      offsets=offsets,
+      supervised=within >= np.repeat(prompt_kept, record_lengths),
+      prompt_lengths=prompt_kept.astype(np.int64),
+      truncated=(np.zeros(len(kept), np.bool_) if truncated is None
+                 else truncated[kept]))
 
 
 def resolve_pad_id(tokenizer, pad_id: Optional[int] = None) -> int:
@@ -63,48 +126,41 @@ def resolve_pad_id(tokenizer, pad_id: Optional[int] = None) -> int:
       'pass pad_id explicitly')
 
 
-def pad_shift_mask(prompt_ids: Sequence[Sequence[int]],
-                   output_ids: Sequence[Sequence[int]],
-                   pad_id: int,
+def pad_shift_mask(chunk: TokenChunk, pad_id: int,
                    width: Optional[int] = None) -> dict:
-  """Pads one batch and builds the shifted next-token arrays.
+  """Pads one batch of records and builds the shifted next-token arrays.
 
-  Takes per-row prompt and output token ids (each prompt non-empty). Gives
-  `input_ids` and `labels` (int64) and `response_mask` (bool), each of shape
-  `(rows, width)`. `width` defaults to the longest prompt+output minus one
-  (the spec's `max_len - 1`); a larger width pads further (bucket padding).
+  Gives `input_ids` and `labels` (int64), `response_mask` (bool), each of
+  shape `(rows, width)` and each its own contiguous array, plus
+  `prompt_lengths` and `output_lengths` (int64, per row). `width` defaults
+  to the longest record minus one (the spec's `max_len - 1`); a larger
+  width pads further (bucket padding).
 
-  Row i is `seq = prompt + output + pad...`; `input_ids = seq[:-1]`,
-  `labels = seq[1:]`, and `response_mask[i, j]` is True exactly for
+  Row i is `seq = tokens + pad...`, `sup` its supervised flags (False on
+  padding); `input_ids = seq[:-1]`, `labels = seq[1:]`,
+  `response_mask = sup[1:]`. For a prompt/output record that makes
+  `response_mask[i, j]` True exactly for
   `prompt_len - 1 <= j < prompt_len + output_len - 1`.
   """
-  prompt_lengths = np.fromiter(map(len, prompt_ids), np.int64, len(prompt_ids))
-  output_lengths = np.fromiter(map(len, output_ids), np.int64, len(output_ids))
-  total_lengths = prompt_lengths + output_lengths
-  longest = int(total_lengths.max()) - 1
+  lengths = chunk.lengths
+  longest = int(lengths.max()) - 1
   if width is None:
     width = longest
   elif width < longest:
     raise ValueError(f'width {width} is shorter than the longest row {longest}')
-
-  sequences = np.full((len(total_lengths), width + 1), pad_id, dtype=np.int64)
   # One assignment for the whole batch: the mask selects, in row-major
-  # order, columns 0..total-1 of each row, the order of the joined tokens.
-  tokens = np.fromiter(
-      itertools.chain.from_iterable(
-          itertools.chain.from_iterable(zip(prompt_ids, output_ids))),
-      np.int64, int(total_lengths.sum()))
-  sequences[np.arange(width + 1) < total_lengths[:, None]] = tokens
-
-  columns = np.arange(width)
-  response_mask = ((columns >= (prompt_lengths - 1)[:, None]) &
-                   (columns < (total_lengths - 1)[:, None]))
+  # order, columns 0..length-1 of each row, the order of the flat tokens.
+  filled = np.arange(width + 1) < lengths[:, None]
+  sequences = np.full(filled.shape, pad_id, dtype=np.int64)
+  sequences[filled] = chunk.ids
+  supervised = np.zeros(filled.shape, np.bool_)
+  supervised[filled] = chunk.supervised
   return {
-      'input_ids': sequences[:, :-1],
-      'labels': sequences[:, 1:],
-      'response_mask': response_mask,
-      'prompt_lengths': prompt_lengths,
-      'output_lengths': output_lengths,
+      'input_ids': np.ascontiguousarray(sequences[:, :-1]),
+      'labels': np.ascontiguousarray(sequences[:, 1:]),
+      'response_mask': np.ascontiguousarray(supervised[:, 1:]),
+      'prompt_lengths': chunk.prompt_lengths,
+      'output_lengths': chunk.output_lengths,
   }
 
 
@@ -138,6 +194,21 @@ def _to_tensors(arrays: dict, return_tensors: str) -> dict:
       f'return_tensors must be "np", "pt" or "tf", not {return_tensors!r}')
 
 
+# A notebook calls the function again and again with one tokenizer: its
+# encoder (a fastokens load and a probe check, seconds) is built once.
+_encoders = weakref.WeakKeyDictionary()
+
+
+def _encoder(tokenizer, backend: str):
+  try:
+    by_backend = _encoders.setdefault(tokenizer, {})
+  except TypeError:  # not weakly referenceable: build it each time
+    return make_encoder(tokenizer, backend)
+  if backend not in by_backend:
+    by_backend[backend] = make_encoder(tokenizer, backend)
+  return by_backend[backend]
+
+
 def tokenize_prompt_and_output(prompt_strs,
                                output_strs,
                                tokenizer,
@@ -145,7 +216,9 @@ def tokenize_prompt_and_output(prompt_strs,
                                return_tensors: str = 'np',
                                pad_id: Optional[int] = None,
                                add_special_tokens: Optional[bool] = None,
-                               append_eos: bool = False) -> dict:
+                               append_eos: bool = False,
+                               special_tokens_in_text: str = 'special',
+                               tokenizer_backend: str = 'auto') -> dict:
   """Tokenizes prompts and outputs separately and builds SFT arrays.
 
   Args:
@@ -157,25 +230,37 @@ def tokenize_prompt_and_output(prompt_strs,
     add_special_tokens: for prompts; None keeps the tokenizer's default.
       Outputs never get the tokenizer's special tokens.
     append_eos: append the tokenizer's eos id to every output.
+    special_tokens_in_text: "special" (default, as the spec's
+      `tokenizer(text)`): strings such as `<|im_end|>` in the texts map to
+      their special ids; "text": they are tokenized as plain text.
+    tokenizer_backend: "auto" (fastokens when it gives the tokenizer's own
+      ids, checked), "fastokens" or "hf"; the pipeline's option of that name.
 
   Returns:
     dict with `input_ids`, `labels` (int64) and `response_mask` (bool), each
-    of shape `(batch, max_len - 1)`, `max_len` being the longest
-    prompt+output in the batch, right-padded with the pad id.
+    of shape `(batch, max_len - 1)` and each its own array, `max_len` being
+    the longest prompt+output in the batch, right-padded with the pad id.
   """
   _check_inputs(prompt_strs, output_strs)
+  if special_tokens_in_text not in SPECIAL_TOKEN_MODES:
+    raise ValueError(f'special_tokens_in_text must be "special" or "text", '
+                     f'not {special_tokens_in_text!r}')
   pad_id = resolve_pad_id(tokenizer, pad_id)
   eos_id = None
   if append_eos:
     eos_id = getattr(tokenizer, 'eos_token_id', None)
     if eos_id is None:
       raise ValueError('append_eos=True but the tokenizer has no eos_token_id')
-  prompt_ids = encode_prompts(tokenizer, prompt_strs, add_special_tokens)
-  output_ids = encode_outputs(tokenizer, output_strs, eos_id)
-  for index, ids in enumerate(prompt_ids):
-    if not len(ids):
-      raise ValueError(f'prompt_strs[{index}] has no tokens (empty prompt)')
-  arrays = pad_shift_mask(prompt_ids, output_ids, pad_id)
+  encoded = encode_pairs(_encoder(tokenizer, tokenizer_backend),
+                         list(prompt_strs), list(output_strs),
+                         add_special_tokens=add_special_tokens,
+                         special_tokens_in_text=special_tokens_in_text,
+                         eos_id=eos_id)
+  empty = np.flatnonzero(encoded.prompt_lengths == 0)
+  if empty.size:
+    raise ValueError(f'prompt_strs[{empty[0]}] has no tokens (empty prompt)')
+  chunk = join_pairs(list(range(len(prompt_strs))), encoded)
+  arrays = pad_shift_mask(chunk, pad_id)
   arrays = {name: arrays[name]
             for name in ('input_ids', 'labels', 'response_mask')}
   return _to_tensors(arrays, return_tensors)

@@ -1,27 +1,31 @@
-"""Run statistics and the dataset_info.json written next to the shards.
+"""Counting: the one mechanism every count of a run goes through.
 
 Every step that learns something emits a flat `{name: count}` dict on its
-`stats` output; `SumStats` adds them up. Names:
-  lines, blank_lines            from the parser, per chunk
-  rejected/<reason>             one per rejected record
-  truncated                     from the tokenizer step
+`stats` output, and nothing else counts. The stats stream then reaches:
+  SumStatsFn       the exact totals in dataset_info.json (and, in
+                   streaming mode, the window-stats records);
+  CountStats       Beam counters (Dataflow's job page shows them) and this
+                   process's live tally, which the CLI prints while a local
+                   run goes (transforms/progress.py).
+Names:
+  lines, blank_lines, input_bytes          from the parser, per chunk
+  rejected/<reason>                        one per rejected record
+  truncated, records_with_special_token_text,
+  tokenizer_backend/<name>, chat_records,
+  assistant_turns                          from the tokenizer step
   records_written, batches_written, real_tokens, stored_tokens,
-  bucket/<boundary>/records, bucket/<boundary>/batches   per batch
+  supervised_tokens, bucket/<boundary>/records,
+  bucket/<boundary>/batches                per padded batch
+  packed_rows, examples_per_row/<k>        per packed batch (and the
+                                           counts above but buckets)
 """
 
 import collections
-import json
-import os
-import time
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from sftbeam.transforms import progress, schema
-from sftbeam.transforms.paths import is_remote
-from sftbeam.transforms.tokenizer_source import load_tokenizer, tokenizer_identity
-from sftbeam.version import VERSION
+from sftbeam.transforms import pack, progress
 
 
 class SumStatsFn(beam.CombineFn):
@@ -45,11 +49,21 @@ class SumStatsFn(beam.CombineFn):
 
 
 def rejection_stats(rejected) -> dict:
-  """The stats one rejected record contributes (also counted for progress
-  and in a Beam counter per reason, `rejected_<reason>`)."""
-  progress.add('rejected')
-  Metrics.counter('sftbeam', f'rejected_{rejected.reason}').inc()
+  """The stats one rejected record contributes."""
   return {f'rejected/{rejected.reason}': 1}
+
+
+class CountStats(beam.DoFn):
+  """Stats dict -> Beam counters `sftbeam/<name>` and the live tally.
+
+  Runs fused with the steps that emit the stats, so the tally moves while
+  a local run goes.
+  """
+
+  def process(self, stats: dict):
+    for name, count in stats.items():
+      Metrics.counter('sftbeam', name).inc(count)
+    progress.add(stats)
 
 
 def summarize(stats: dict) -> dict:
@@ -64,6 +78,7 @@ def summarize(stats: dict) -> dict:
   records_in = stats.get('lines', 0) - stats.get('blank_lines', 0)
   written = stats.get('records_written', 0)
   stored = stats.get('stored_tokens', 0)
+  packing = pack.packing_summary(stats) if 'packed_rows' in stats else None
   return {
       'lines': stats.get('lines', 0),
       'blank_lines': stats.get('blank_lines', 0),
@@ -72,101 +87,24 @@ def summarize(stats: dict) -> dict:
       'records_rejected': sum(rejected.values()),
       'rejected_by_reason': dict(sorted(rejected.items())),
       'records_truncated': stats.get('truncated', 0),
+      'chat_records': stats.get('chat_records', 0),
+      'assistant_turns': stats.get('assistant_turns', 0),
+      'records_with_special_token_text': stats.get(
+          'records_with_special_token_text', 0),
       'reconciled': records_in == written + sum(rejected.values()),
       'batches_written': stats.get('batches_written', 0),
       'buckets': {str(boundary): buckets[boundary]
                   for boundary in sorted(buckets)},
       'real_tokens': stats.get('real_tokens', 0),
       'stored_tokens': stored,
+      'supervised_tokens': stats.get('supervised_tokens', 0),
       'padding_efficiency': (stats.get('real_tokens', 0) / stored
                              if stored else None),
+      'packing': packing,
   }
 
 
-# What write_json_atomically adds to a local path for its temp file.
-ATOMIC_TEMP_SUFFIX = '.incomplete'
-
-
-def write_json_atomically(path: str, value: dict):
-  """Writes JSON so that readers see the old file or the new one, whole,
-  and never no file: locally to a temp name, then `os.replace`; on an
-  object store (gs://) as one object write, which is atomic there."""
-  data = json.dumps(value, indent=2, sort_keys=True).encode('utf-8')
-  if is_remote(path):
-    with FileSystems.create(path) as handle:
-      handle.write(data)
-    return
-  temp_path = path + ATOMIC_TEMP_SUFFIX
-  with open(temp_path, 'wb') as handle:
-    handle.write(data)
-  os.replace(temp_path, path)
-
-
-class WriteDatasetInfoFn(beam.DoFn):
-  """Writes dataset_info.json once the shards it lists are final."""
-
-  def __init__(self, output_dir: str, config: dict, tokenizer_name: str,
-               special_tokens_in_text: str):
-    self._output_dir = output_dir
-    self._config = config
-    self._tokenizer_name = tokenizer_name
-    self._special_tokens_in_text = special_tokens_in_text
-    self._tokenizer_identity = None
-
-  def setup(self):
-    self._tokenizer_identity = tokenizer_identity(
-        self._tokenizer_name,
-        load_tokenizer(self._tokenizer_name, self._special_tokens_in_text))
-
-  def process(self, unused_trigger, stats, shard_results, rejected_results):
-    yield self.write_info(
-        stats, [result.file_name for result in shard_results],
-        [result.file_name for result in rejected_results])
-
-  def write_info(self, stats: dict, shard_paths, rejected_paths) -> dict:
-    """Writes dataset_info.json listing these files; gives the info."""
-    info = {
-        'schema_version': schema.SCHEMA_VERSION,
-        'sftbeam_version': VERSION,
-        'features': schema.describe_features(),
-        'tokenizer': self._tokenizer_identity,
-        'config': self._config,
-        'bucket_boundaries': list(self._config['boundaries']),
-        'counts': summarize(stats),
-        'shards': sorted(map(os.path.basename, shard_paths)),
-        'rejected_files': sorted(map(os.path.basename, rejected_paths)),
-        'completed_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-    }
-    path = FileSystems.join(self._output_dir, schema.INFO_FILE)
-    write_json_atomically(path, info)
-    return info
-
-
-class WriteDatasetInfo(beam.PTransform):
-  """Writes dataset_info.json after the shards and rejected files are final.
-
-  Takes the pipeline root; the summed stats (a one-element PCollection) and
-  the FileResults of both writes come in as side inputs, which makes this
-  step wait for them. Gives the info dict.
-  """
-
-  def __init__(self, output_dir, config, stats, shard_results,
-               rejected_results):
-    super().__init__()
-    self._output_dir = output_dir
-    self._config = config
-    self._stats = stats
-    self._shard_results = shard_results
-    self._rejected_results = rejected_results
-
-  def expand(self, pbegin):
-    return (
-        pbegin
-        | 'Trigger' >> beam.Create([None])
-        | 'WriteInfo' >> beam.ParDo(
-            WriteDatasetInfoFn(self._output_dir, self._config,
-                                self._config['tokenizer'],
-                                self._config['special_tokens_in_text']),
-            stats=beam.pvalue.AsSingleton(self._stats),
-            shard_results=beam.pvalue.AsList(self._shard_results),
-            rejected_results=beam.pvalue.AsList(self._rejected_results)))
+def backend_records(stats: dict) -> dict:
+  """{backend name: records it tokenized} from summed stats."""
+  return {name.split('/', 1)[1]: count for name, count in sorted(stats.items())
+          if name.startswith('tokenizer_backend/')}

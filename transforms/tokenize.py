@@ -1,4 +1,7 @@
-"""Tokenizing records (prompt and output apart) and assigning length buckets.
+"""Tokenizing records, prompt and output apart, and fitting them to length.
+
+Chat records go through transforms/chat.py (the chat template, segment by
+segment), with its own reason codes.
 
 Reason codes added here:
   too_long        L = prompt+output-1 exceeds max_seq_len (truncation none)
@@ -10,254 +13,268 @@ Reason codes added here:
   tokenizer_error the tokenizer raised on this record
 """
 
-import bisect
 import collections
-import concurrent.futures
-import gc
-import os
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+import re
+from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.utils.windowed_value import WindowedValue
+import numpy as np
 
-from sftbeam.transforms import sft
-from sftbeam.transforms.records import TokenizedRecord, reject
-from sftbeam.transforms.tokenizer_source import load_tokenizer
+from sftbeam.transforms import chat, sft
+from sftbeam.transforms.records import RecordChunk, TokenChunk
+from sftbeam.transforms.tokenizer_backend import EncodeMode
+from sftbeam.transforms.tokenizer_source import shared_tokenizer
 
-TRUNCATION_MODES = ('none', 'output_right', 'prompt_left')
-# Records per tokenizer call; a chunk is tokenized slice by slice so that
-# tokenizing overlaps with the work downstream (see TokenizeAndBucket).
-_SLICE_RECORDS = 512
-# Slices left in flight when process() returns, with run_ahead: enough to
-# keep the tokenizer busy while the next chunk is read and parsed.
-_SLICES_AHEAD = 8
+# Why a record does not fit, by the code `fit_lengths` gives (0: it fits).
+_DOES_NOT_FIT = (None, 'too_long', 'prompt_too_long', 'output_too_long')
 
 
 class TokenizeSettings(NamedTuple):
   tokenizer: str
-  boundaries: Tuple[int, ...]
   max_seq_len: int
   truncation: str = 'none'
   add_special_tokens: Optional[bool] = None
   append_eos: bool = False
-  special_tokens_in_text: str = 'text'
-  threads: int = 0  # tokenizing threads; 0: one per core
+  special_tokens_in_text: str = 'special'
+  backend: str = 'auto'
+  train_on: str = 'assistant'  # chat records
+  chat_template: Optional[str] = None  # its Jinja text; None: the tokenizer's
 
 
-class DoesNotFit(ValueError):
-  def __init__(self, reason: str, message: str):
-    super().__init__(message)
-    self.reason = reason
+class Fit(NamedTuple):
+  """Per record: where its kept prompt starts, where its kept output ends,
+  whether that truncated it, and why it cannot fit (0: it fits, else an
+  index into _DOES_NOT_FIT)."""
+  prompt_start: np.ndarray
+  output_end: np.ndarray
+  truncated: np.ndarray
+  does_not_fit: np.ndarray
 
 
-def fit_to_length(prompt_ids: Sequence[int], output_ids: Sequence[int],
-                  max_seq_len: int, truncation: str):
-  """(prompt_ids, output_ids, truncated) with L <= max_seq_len, or raises.
+def fit_lengths(prompt_lengths: np.ndarray, output_lengths: np.ndarray,
+                max_seq_len: int, truncation: str) -> Fit:
+  """How each record is cut to L = prompt + output - 1 <= max_seq_len.
 
-  L, the model input length, is len(prompt) + len(output) - 1.
+  `none` keeps records whole (too long: too_long); `output_right` cuts the
+  output's end (prompt_too_long when the prompt alone leaves no room for
+  one output token); `prompt_left` cuts the prompt's start
+  (output_too_long when the output alone leaves no room for one prompt
+  token).
   """
   room = max_seq_len + 1  # tokens allowed in prompt + output
-  if len(prompt_ids) + len(output_ids) <= room:
-    return prompt_ids, output_ids, False
-  length = len(prompt_ids) + len(output_ids) - 1
-  if truncation == 'output_right':
-    if len(prompt_ids) >= room:
-      raise DoesNotFit('prompt_too_long',
-                       f'prompt has {len(prompt_ids)} tokens; max_seq_len '
-                       f'{max_seq_len} leaves no room for the output')
-    return prompt_ids, output_ids[:room - len(prompt_ids)], True
-  if truncation == 'prompt_left':
-    if len(output_ids) >= room:
-      raise DoesNotFit('output_too_long',
-                       f'output has {len(output_ids)} tokens; max_seq_len '
-                       f'{max_seq_len} leaves no room for the prompt')
-    return prompt_ids[len(prompt_ids) + len(output_ids) - room:], output_ids, True
-  raise DoesNotFit('too_long', f'L = {length} tokens > max_seq_len {max_seq_len}')
+  totals = prompt_lengths + output_lengths
+  over = totals > room
+  prompt_start = np.zeros_like(prompt_lengths)
+  output_end = output_lengths.copy()
+  does_not_fit = np.zeros(len(totals), np.int64)
+  if truncation == 'none':
+    does_not_fit[over] = _DOES_NOT_FIT.index('too_long')
+  elif truncation == 'output_right':
+    does_not_fit[over & (prompt_lengths >= room)] = _DOES_NOT_FIT.index(
+        'prompt_too_long')
+    cut = over & (does_not_fit == 0)
+    output_end[cut] = room - prompt_lengths[cut]
+  elif truncation == 'prompt_left':
+    does_not_fit[over & (output_lengths >= room)] = _DOES_NOT_FIT.index(
+        'output_too_long')
+    cut = over & (does_not_fit == 0)
+    prompt_start[cut] = totals[cut] - room
+  else:
+    raise ValueError(f'unknown truncation {truncation!r}')
+  return Fit(prompt_start, output_end, over & (does_not_fit == 0),
+             does_not_fit)
 
 
-def bucket_of(length: int, boundaries: Sequence[int]) -> int:
-  """The smallest boundary >= length (callers ensure one exists)."""
-  return boundaries[bisect.bisect_left(boundaries, length)]
+def _why_not(reason: str, prompt_length: int, output_length: int,
+             max_seq_len: int) -> str:
+  """The message of a record rejected by `fit_lengths`."""
+  if reason == 'prompt_too_long':
+    return (f'prompt has {prompt_length} tokens; max_seq_len {max_seq_len} '
+            'leaves no room for the output')
+  if reason == 'output_too_long':
+    return (f'output has {output_length} tokens; max_seq_len {max_seq_len} '
+            'leaves no room for the prompt')
+  return (f'L = {prompt_length + output_length - 1} tokens > max_seq_len '
+          f'{max_seq_len}')
 
 
-class _Slice(NamedTuple):
-  """Records handed to the tokenizing threads, and where they came from."""
-  encoded: concurrent.futures.Future  # of TokenizeAndBucket._encoded
-  window: Any
-  timestamp: Any
+def special_text_pattern(special_tokens) -> Optional[re.Pattern]:
+  """A regex finding any of the special-token strings (longest first)."""
+  if not special_tokens:
+    return None
+  return re.compile('|'.join(
+      map(re.escape, sorted(special_tokens, key=len, reverse=True))))
 
 
-_frozen = False
+def records_with_special_text(pattern, record_texts) -> int:
+  """How many records hold a special-token string in one of their texts.
 
-
-def _freeze_long_lived_objects():
-  """Keeps the objects alive now (modules, the tokenizer) out of the GC.
-
-  Records are allocated by the million, so the cyclic GC runs often, and
-  each full collection would walk every long-lived object of the worker
-  too: freezing them saves about 5%. Once per process only: a later freeze
-  (the streaming DirectRunner sets DoFns up per bundle) would also pin
-  whatever short-lived cycles were alive at that moment.
+  `record_texts`: each record's texts (prompt and output, or contents).
+  One regex scan over all texts joined: a NUL between them, which no
+  special token contains, so no match spans two texts.
   """
-  global _frozen  # pylint: disable=global-statement
-  if not _frozen:
-    gc.freeze()
-    _frozen = True
+  if pattern is None:
+    return 0
+  texts, owners = [], []
+  for index, record in enumerate(record_texts):
+    texts += record
+    owners += [index] * len(record)
+  starts = np.cumsum([0] + [len(text) + 1 for text in texts])
+  found = [match.start() for match in pattern.finditer('\0'.join(texts))]
+  found_texts = np.searchsorted(starts, found, side='right') - 1
+  return len({owners[text] for text in found_texts.tolist()})
 
 
-def _cores() -> int:
-  """The cores this process may run on."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    return os.cpu_count() or 1
+class TokenizeRecords(beam.DoFn):
+  """RecordChunk -> TokenChunk of its records that fit (main output).
 
-
-class TokenizeAndBucket(beam.DoFn):
-  """List of Records -> (bucket, TokenizedRecord) per record that fits.
-
-  Records are tokenized in slices of 512, one batched tokenizer call for
-  the prompts and one for the outputs, on `settings.threads` tokenizing
-  threads (0: one per core; one in all for a tokenizer without a Rust
-  backend, which threads may not share): the Rust tokenizer
-  runs without the GIL while the records of earlier slices flow downstream
-  (batching, padding and writing run fused with this step). Gives Rejected
-  records on `rejected` and a stats dict (`truncated`) per slice on `stats`.
-
-  By default each list's outputs come out while it is processed. With
-  `run_ahead`, up to 8 slices stay in flight when process() returns, so the
-  tokenizer keeps working while the next list is read and parsed; their
-  outputs come out during later process() calls or in finish_bundle, in
-  their own element's window and timestamp.
+  Prompts and outputs are tokenized apart, one batched call for each per
+  chunk, with the run's tokenizer backend; records are then fitted to
+  max_seq_len by the truncation mode. Conversations are rendered with the
+  chat template and tokenized segment by segment (transforms/chat.py).
+  Gives Rejected records on `rejected` and a stats dict per chunk on
+  `stats` (`truncated`, `records_with_special_token_text`,
+  `tokenizer_backend/<name>`, `chat_records`, `assistant_turns`).
   """
   REJECTED = 'rejected'
   STATS = 'stats'
 
-  def __init__(self, settings: TokenizeSettings, run_ahead: bool = False):
+  def __init__(self, settings: TokenizeSettings):
     self._settings = settings
-    self._slices_ahead = _SLICES_AHEAD if run_ahead else 0
     self._tokenizer = None
     self._eos_id = None
-    self._tokenizing_threads = None
-    self._in_flight = None  # _Slices, oldest first
-    self._truncated = Metrics.counter('sftbeam', 'truncated')
+    self._special_text = None
 
   def setup(self):
-    # Once per worker: loading a tokenizer takes about a second.
-    self._tokenizer = load_tokenizer(self._settings.tokenizer,
-                                     self._settings.special_tokens_in_text)
+    # Loaded once per worker process, shared with every other step.
+    self._tokenizer = shared_tokenizer(self._settings.tokenizer,
+                                       self._settings.backend)
     if self._settings.append_eos:
-      self._eos_id = self._tokenizer.eos_token_id
-    _freeze_long_lived_objects()
-    # Each tokenizing thread calls the tokenizer single-threaded: threads
-    # of our own keep every core busy, while the tokenizer's own threads
-    # idle between its calls (about 8% slower here). A user's setting wins.
-    os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
-    threads = 1
-    if sft.rust_backend(self._tokenizer):
-      threads = self._settings.threads or _cores()
-    self._tokenizing_threads = concurrent.futures.ThreadPoolExecutor(
-        max_workers=threads, thread_name_prefix='sftbeam-tokenize')
-    self._in_flight = collections.deque()
+      self._eos_id = self._tokenizer.tokenizer.eos_token_id
+    self._special_text = special_text_pattern(
+        self._tokenizer.special_tokens)
+    split = self._settings.special_tokens_in_text == 'text'
+    self._tokenizer.encoder.check([
+        EncodeMode(self._settings.add_special_tokens is not False, split),
+        EncodeMode(False, split)])
 
-  def start_bundle(self):
-    # A bundle that failed may have left slices behind; it is retried whole.
-    self._in_flight.clear()
+  def process(self, records: RecordChunk):
+    is_chat = [conversation is not None
+               for conversation in records.conversations]
+    parts = [self._tokenize_pairs(records.subset(
+        [i for i, chat_record in enumerate(is_chat) if not chat_record]))]
+    if any(is_chat):
+      parts.append(self._tokenize_chats(records.subset(
+          [i for i, chat_record in enumerate(is_chat) if chat_record])))
+    stats = collections.Counter()
+    for _, rejected, part_stats in parts:
+      yield from (beam.pvalue.TaggedOutput(self.REJECTED, r) for r in rejected)
+      stats.update(part_stats)
+    stats[f'tokenizer_backend/{self._tokenizer.encoder.name}'] = len(
+        records.example_ids)
+    yield beam.pvalue.TaggedOutput(self.STATS, dict(stats))
+    chunks = [chunk for chunk, _, _ in parts if len(chunk)]
+    if chunks:
+      yield TokenChunk.concat(chunks)
 
-  def teardown(self):
-    if self._tokenizing_threads is not None:
-      self._tokenizing_threads.shutdown()
+  # ------------------------------------------------ prompt/output records
 
-  def _encode(self, records):
-    prompts = [record.prompt for record in records]
-    outputs = [record.output for record in records]
-    return (sft.encode_prompts(self._tokenizer, prompts,
-                               self._settings.add_special_tokens),
-            sft.encode_outputs(self._tokenizer, outputs, self._eos_id))
+  def _encode(self, records: RecordChunk):
+    return sft.encode_pairs(
+        self._tokenizer.encoder, records.prompts, records.outputs,
+        add_special_tokens=self._settings.add_special_tokens,
+        special_tokens_in_text=self._settings.special_tokens_in_text,
+        eos_id=self._eos_id)
 
-  def _encode_each(self, records):
-    """Per-record fallback after a batch failed: isolates the bad record."""
-    for record in records:
+  def _encode_each(self, records: RecordChunk):
+    """After a batched call failed: record by record, so that only the
+    culprit is rejected. Gives (encoding of the others, their indices,
+    {index: error})."""
+    good, errors = [], {}
+    for index in range(len(records.example_ids)):
       try:
-        prompt_ids, output_ids = self._encode([record])
-        yield record, prompt_ids[0], output_ids[0], None
+        self._encode(records.subset([index]))
+        good.append(index)
       except Exception as error:  # pylint: disable=broad-except
-        yield record, None, None, f'{type(error).__name__}: {error}'
+        errors[index] = f'{type(error).__name__}: {error}'
+    return self._encode(records.subset(good)), good, errors
 
-  def _encoded(self, records) -> list:
-    """(record, prompt_ids, output_ids, error) for each record."""
+  def _tokenize_pairs(self, records: RecordChunk):
+    """(TokenChunk of the records that fit, Rejecteds, stats)."""
     try:
-      prompt_ids, output_ids = self._encode(records)
+      encoded, indices, errors = self._encode(records), None, {}
     except Exception:  # pylint: disable=broad-except
-      return list(self._encode_each(records))
-    return [(record, prompt, output, None)
-            for record, prompt, output in zip(records, prompt_ids, output_ids)]
+      encoded, indices, errors = self._encode_each(records)
+    rejected = [records.reject(index, 'tokenizer_error', error)
+                for index, error in errors.items()]
+    if indices is not None:
+      records = records.subset(indices)
+    chunk, not_fitting = self._fit(records, encoded)
+    return chunk, rejected + not_fitting, {
+        'truncated': int(chunk.truncated.sum()),
+        'records_with_special_token_text': records_with_special_text(
+            self._special_text, zip(records.prompts, records.outputs)),
+    }
 
-  def process(self, records, window=beam.DoFn.WindowParam,
-              timestamp=beam.DoFn.TimestampParam):
-    for start in range(0, len(records), _SLICE_RECORDS):
-      self._in_flight.append(_Slice(
-          self._tokenizing_threads.submit(
-              self._encoded, records[start:start + _SLICE_RECORDS]),
-          window, timestamp))
-    while len(self._in_flight) > self._slices_ahead:
-      yield from self._finish_oldest_slice((window, timestamp))
-
-  def finish_bundle(self):
-    while self._in_flight:
-      yield from self._finish_oldest_slice(current=None)
-
-  def _finish_oldest_slice(self, current):
-    """Outputs of the oldest slice in flight, in its element's window.
-
-    `current` is the (window, timestamp) of the element being processed,
-    which Beam gives plain outputs; outputs of another element (run-ahead)
-    are given their own window and timestamp.
-    """
-    pending = self._in_flight.popleft()
-    outputs = self._bucketed(pending.encoded.result())
-    if (pending.window, pending.timestamp) == current:
-      yield from outputs
-      return
-    for output in outputs:
-      yield _in_window(output, pending.window, pending.timestamp)
-
-  def _bucketed(self, encoded):
-    """(bucket, TokenizedRecord) per record that fits, else a Rejected."""
+  def _fit(self, records: RecordChunk,
+           encoded: sft.PairEncoding) -> Tuple[TokenChunk, list]:
+    """The records that fit, as a TokenChunk, and Rejecteds of the rest."""
     settings = self._settings
-    truncated = 0
-    for record, prompt_ids, output_ids, error in encoded:
-      if error is not None:
-        yield beam.pvalue.TaggedOutput(
-            self.REJECTED, reject(record, 'tokenizer_error', error))
-        continue
-      if not prompt_ids:
-        yield beam.pvalue.TaggedOutput(self.REJECTED, reject(
-            record, 'empty_prompt', 'the prompt yields no tokens'))
-        continue
-      if not output_ids:
-        yield beam.pvalue.TaggedOutput(self.REJECTED, reject(
-            record, 'empty_output', 'the output yields no tokens'))
-        continue
-      try:
-        prompt_ids, output_ids, was_truncated = fit_to_length(
-            prompt_ids, output_ids, settings.max_seq_len, settings.truncation)
-      except DoesNotFit as error:
-        yield beam.pvalue.TaggedOutput(
-            self.REJECTED, reject(record, error.reason, str(error)))
-        continue
-      truncated += was_truncated
-      length = len(prompt_ids) + len(output_ids) - 1
-      yield bucket_of(length, settings.boundaries), TokenizedRecord(
-          record.example_id, prompt_ids, output_ids, was_truncated)
-    self._truncated.inc(truncated)
-    yield beam.pvalue.TaggedOutput(self.STATS, {'truncated': truncated})
+    prompt_lengths = encoded.prompt_lengths
+    output_lengths = encoded.output_lengths
+    fit = fit_lengths(prompt_lengths, output_lengths, settings.max_seq_len,
+                      settings.truncation)
+    rejected = []
+    for index in np.flatnonzero((prompt_lengths == 0) | (output_lengths == 0)
+                                | (fit.does_not_fit > 0)).tolist():
+      if prompt_lengths[index] == 0:
+        reason, message = 'empty_prompt', 'the prompt yields no tokens'
+      elif output_lengths[index] == 0:
+        reason, message = 'empty_output', 'the output yields no tokens'
+      else:
+        reason = _DOES_NOT_FIT[fit.does_not_fit[index]]
+        message = _why_not(reason, int(prompt_lengths[index]),
+                           int(output_lengths[index]), settings.max_seq_len)
+      rejected.append(records.reject(index, reason, message))
+    keep = ((prompt_lengths > 0) & (output_lengths > 0) &
+            (fit.does_not_fit == 0))
+    chunk = sft.join_pairs(records.example_ids, encoded, keep,
+                           fit.prompt_start, fit.output_end, fit.truncated)
+    return chunk, rejected
 
+  # -------------------------------------------------------- chat records
 
-def _in_window(output, window, timestamp):
-  """`output` (maybe tagged) as a WindowedValue in `window`."""
-  if isinstance(output, beam.pvalue.TaggedOutput):
-    return beam.pvalue.TaggedOutput(
-        output.tag, WindowedValue(output.value, timestamp, (window,)))
-  return WindowedValue(output, timestamp, (window,))
+  def _encode_segments(self, texts, split_special_tokens: bool):
+    """chat.tokenize_conversations' `encode`: ids per text."""
+    ids, offsets = self._tokenizer.encoder.encode(
+        texts, EncodeMode(False, split_special_tokens))
+    return [ids[start:end].tolist()
+            for start, end in zip(offsets[:-1], offsets[1:])]
+
+  def _tokenize_chats(self, records: RecordChunk):
+    """(TokenChunk of the conversations that fit, Rejecteds, stats)."""
+    settings = self._settings
+    results = chat.tokenize_conversations(
+        records.conversations, tokenizer=self._tokenizer.tokenizer,
+        encode=self._encode_segments,
+        special_tokens_in_text=settings.special_tokens_in_text,
+        train_on=settings.train_on, max_seq_len=settings.max_seq_len,
+        truncation=settings.truncation, chat_template=settings.chat_template)
+    rows = [(index, row) for index, row in enumerate(results)
+            if not isinstance(row, chat.ChatRejected)]
+    rejected = [records.reject(index, row.reason, str(row))
+                for index, row in enumerate(results)
+                if isinstance(row, chat.ChatRejected)]
+    chunk = TokenChunk.from_sequences(
+        [records.example_ids[index] for index, _ in rows],
+        [row.ids for _, row in rows], [row.supervised for _, row in rows],
+        [row.truncated for _, row in rows])
+    return chunk, rejected, {
+        'chat_records': len(records.example_ids),
+        'assistant_turns': sum(row.assistant_turns for _, row in rows),
+        'truncated': int(chunk.truncated.sum()),
+        'records_with_special_token_text': records_with_special_text(
+            self._special_text,
+            ([message['content'] for message in conversation.messages]
+             for conversation in records.conversations)),
+    }

@@ -16,8 +16,11 @@ import tempfile
 import threading
 
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils import shared
 
 from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.tokenizer_backend import (make_encoder,
+                                                  special_token_strings)
 
 EMBEDDED = 'embedded'
 _TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json',
@@ -89,28 +92,12 @@ def _copy_remote_dir(remote_dir: str) -> str:
     return _copied_dirs[remote_dir]
 
 
-_thread_tokenizers = threading.local()
-
-
-def load_tokenizer(name: str, special_tokens_in_text: str = 'text'):
+def load_tokenizer(name: str):
   """Loads a HuggingFace tokenizer by name (see the module docstring).
 
-  `special_tokens_in_text="text"` tokenizes strings such as `<|im_end|>`
-  found inside prompts and outputs as plain text, so data cannot inject
-  control tokens; "special" maps them to the special token ids.
-
-  Loaded once per thread: some runners call DoFn.setup for every bundle
-  (the streaming DirectRunner does) and a load takes about a second; not
-  shared between threads, as a tokenizer's settings change during calls.
+  Special-token strings inside texts are mapped to special ids by default;
+  the encoders (transforms/tokenizer_backend.py) choose per call.
   """
-  loaded = _thread_tokenizers.__dict__.setdefault('loaded', {})
-  key = (name, special_tokens_in_text)
-  if key not in loaded:
-    loaded[key] = _load_tokenizer(name, special_tokens_in_text)
-  return loaded[key]
-
-
-def _load_tokenizer(name: str, special_tokens_in_text: str):
   # Imported here: `import sftbeam` stays light, and the CLI can quiet
   # transformers' import-time advice first.
   import transformers  # pylint: disable=import-outside-toplevel
@@ -119,8 +106,7 @@ def _load_tokenizer(name: str, special_tokens_in_text: str):
     # Never the tokenizer's own Python code (auto_map): loading a directory
     # must not run what it contains, nor ask on stdin whether to.
     return transformers.AutoTokenizer.from_pretrained(
-        directory, split_special_tokens=(special_tokens_in_text == 'text'),
-        trust_remote_code=False)
+        directory, trust_remote_code=False)
   except (OSError, ValueError) as error:
     if 'trust_remote_code' in str(error):
       raise TokenizerNotFound(
@@ -129,6 +115,38 @@ def _load_tokenizer(name: str, special_tokens_in_text: str):
           'that transformers loads without custom code') from error
     raise TokenizerNotFound(
         f'cannot load tokenizer {name!r}: {str(error).splitlines()[0]}') from error
+
+
+class LoadedTokenizer:
+  """A run's tokenizer as the steps use it, loaded once per worker process.
+
+    tokenizer       the HuggingFace tokenizer (ids of pad and eos, decoding,
+                    the chat template)
+    encoder         the backend that encodes texts (tokenizer_backend.py)
+    special_tokens  its special-token strings
+  """
+
+  def __init__(self, name: str, backend: str):
+    self.name = name
+    self.tokenizer = load_tokenizer(name)
+    self.encoder = make_encoder(self.tokenizer, backend)
+    self.special_tokens = special_token_strings(self.tokenizer)
+
+  def identity(self) -> dict:
+    """What dataset_info.json records about the tokenizer."""
+    return dict(tokenizer_identity(self.name, self.tokenizer),
+                backend=self.encoder.name, backend_reason=self.encoder.reason)
+
+
+# One per process: every step of every pipeline in it acquires the same
+# LoadedTokenizer (Beam keeps the last one alive between bundles).
+_shared = shared.Shared()
+
+
+def shared_tokenizer(name: str, backend: str) -> LoadedTokenizer:
+  """The process's LoadedTokenizer for `name` and `backend`, loaded once."""
+  return _shared.acquire(lambda: LoadedTokenizer(name, backend),
+                         tag=(name, backend))
 
 
 def tokenizer_identity(name: str, tokenizer) -> dict:

@@ -4,10 +4,18 @@ Both go through `fileio.WriteToFiles`, which writes to a temp directory and
 moves complete files into place, and which also serves windowed, unbounded
 writes (streaming): `WriteToTFRecord` does not.
 
-Everything is written inside the run's own work directory (temp files and
-complete files alike); the final names are recorded there
-(`transforms.manifest`) before the files are moved to them, so that the run
-knows every file it made, even when it is killed.
+A batch run writes exactly `num_shards` shards. Each batch goes to one of
+`num_shards` slots by a hash of its bytes; every bundle writes one file per
+slot it has batches for, without a shuffle (on a local runner one bundle
+spans the input, so one file per slot). `JoinSlots` then makes each slot
+one shard, `batches-SSSSS-of-NNNNN`: it renames a slot's only file, or
+joins its files (TFRecord and gzip files stay valid when concatenated), or
+writes an empty shard for a slot that got no batch.
+
+Everything is first written inside the run's own work directory (fileio's
+temp files and complete files alike); the final names are recorded there
+(`transforms.manifest`) before any file gets one, so that the run knows
+every file it made, even when it is killed.
 """
 
 import gzip
@@ -56,9 +64,12 @@ def shard_suffix(compression: str) -> str:
   return schema.SHARD_SUFFIX + ('.gz' if compression == 'gzip' else '')
 
 
-def _unfinished_naming(suffix: str):
-  """fileio naming for shards not yet numbered: one name per destination
-  (shard slot) and per file fileio wrote for it."""
+def shard_name(slot: int, num_shards: int, suffix: str) -> str:
+  return f'{schema.SHARD_PREFIX}-{slot:05d}-of-{num_shards:05d}{suffix}'
+
+
+def _slot_file_naming(suffix: str):
+  """fileio naming of the files a slot gets before JoinSlots."""
   def name(window, pane, index, count, compression, destination):
     del window, pane, compression  # batch mode: global window, one pane
     return (f'{schema.UNFINISHED_SHARD_PREFIX}-{destination:05d}-'
@@ -66,55 +77,73 @@ def _unfinished_naming(suffix: str):
   return name
 
 
-def _move_into_place(work_dir: str, output_dir: str, step: str, file_results,
-                     final_results):
-  """Records the final names in the work directory, then moves the files
-  there to them; gives `final_results`."""
-  manifest.record_names(work_dir, step,
-                        [result.file_name for result in final_results])
-  FileSystems.rename(
-      [FileSystems.join(work_dir, r.file_name) for r in file_results],
-      [FileSystems.join(output_dir, r.file_name) for r in final_results])
-  return final_results
-
-
-def _number_shards(work_dir: str, output_dir: str, suffix: str, file_results):
-  """Moves written files to batches-SSSSS-of-NNNNN; gives the new results.
-
-  Shards get their final names only here, after every one is complete, so
-  a killed run never leaves a partial set under the names readers use.
-  """
-  file_results = sorted(file_results, key=lambda result: result.file_name)
-  total = len(file_results)
-  final = [result._replace(
-      file_name=f'{schema.SHARD_PREFIX}-{index:05d}-of-{total:05d}{suffix}',
-      shard_index=index, total_shards=total)
-           for index, result in enumerate(file_results)]
-  return _move_into_place(work_dir, output_dir, 'batches', file_results, final)
-
-
-def _publish_rejected(work_dir: str, output_dir: str, file_results):
-  """Moves the rejected files to the output directory, names unchanged."""
-  return _move_into_place(work_dir, output_dir, 'rejected', file_results,
-                          file_results)
-
-
 def _temp_dir(work_dir: str, step: str) -> StaticValueProvider:
   """fileio's temp directory for `step`, inside the run's work directory."""
   return StaticValueProvider(str, FileSystems.join(work_dir, 'temp-' + step))
 
 
+_COPY_BYTES = 8 << 20
+
+
+class _JoinSlotFn(beam.DoFn):
+  """(slot, [FileResult, ...]) -> the slot's final shard name.
+
+  The slot's files are in the work directory, the shard goes to the output
+  directory. Idempotent under retry: when the shard is already in place
+  and the slot's files are gone, an earlier attempt finished the job.
+  """
+
+  def __init__(self, work_dir: str, output_dir: str, num_shards: int,
+               suffix: str):
+    self._work_dir = work_dir
+    self._output_dir = output_dir
+    self._num_shards = num_shards
+    self._suffix = suffix
+
+  def process(self, slot_files, unused_names_recorded):
+    slot, results = slot_files
+    final = FileSystems.join(
+        self._output_dir, shard_name(slot, self._num_shards, self._suffix))
+    parts = sorted(FileSystems.join(self._work_dir, result.file_name)
+                   for result in results)
+    present = [path for path in parts if FileSystems.exists(path)]
+    if not present and FileSystems.exists(final):
+      yield final
+      return
+    if len(parts) == 1:
+      FileSystems.rename(parts, [final])
+    else:
+      with FileSystems.create(
+          final, compression_type=CompressionTypes.UNCOMPRESSED) as target:
+        for path in parts:
+          with FileSystems.open(
+              path, compression_type=CompressionTypes.UNCOMPRESSED) as source:
+            while block := source.read(_COPY_BYTES):
+              target.write(block)
+      FileSystems.delete(parts)
+    yield final
+
+
+def _with_empty_shards(output_dir: str, num_shards: int, suffix: str,
+                       written: list) -> list:
+  """Every slot's shard path: `written`, plus an empty shard for each slot
+  that got no batch (so a run has exactly num_shards shards)."""
+  paths = {FileSystems.join(output_dir, shard_name(slot, num_shards, suffix))
+           for slot in range(num_shards)}
+  empty = gzip.compress(b'') if suffix.endswith('.gz') else b''
+  for path in sorted(paths - set(written)):
+    with FileSystems.create(
+        path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+      handle.write(empty)
+  return sorted(paths)
+
+
 class WriteBatches(beam.PTransform):
-  """Serialized batch Examples -> `batches-SSSSS-of-NNNNN.tfrecord[.gz]`.
+  """Serialized batch Examples -> `num_shards` shards (see the module doc).
 
-  Each batch goes to one of `num_shards` slots by a hash of its bytes; every
-  slot is written directly by the bundle that makes its batches (no
-  shuffle), then all files are numbered at once. A runner with many bundles
-  may write more than one file per slot. Gives the FileResults of the
-  final shards.
-
-  `work_dir` is the run's work directory (see transforms.manifest); None:
-  a new one, recorded nowhere.
+  Gives the paths of the final shards, all of them, once they are in
+  place. `work_dir` is the run's work directory (see transforms.manifest);
+  None: a new one, recorded nowhere.
   """
 
   def __init__(self, output_dir: str, num_shards: int, compression: str,
@@ -129,20 +158,43 @@ class WriteBatches(beam.PTransform):
     suffix = shard_suffix(self._compression)
     num_shards = self._num_shards
     work_dir = self._work_dir
+    # Recorded when the run starts writing, not when the graph is built (a
+    # dry run writes nothing); JoinSlots waits for it as a side input.
+    names_recorded = (
+        serialized_batches.pipeline
+        | 'ShardNames' >> beam.Create([[
+            shard_name(slot, num_shards, suffix)
+            for slot in range(num_shards)]])
+        | 'RecordShardNames' >> beam.Map(
+            lambda names: manifest.record_names(work_dir, 'batches', names)))
     return (
         serialized_batches
-        | 'WriteShards' >> fileio.WriteToFiles(
+        | 'WriteSlots' >> fileio.WriteToFiles(
             path=work_dir,
             destination=lambda batch: zlib.crc32(batch) % num_shards,
-            file_naming=_unfinished_naming(suffix),
+            file_naming=_slot_file_naming(suffix),
             temp_directory=_temp_dir(work_dir, 'batches'),
             sink=lambda _: TFRecordSink(self._compression),
             shards=num_shards,
             max_writers_per_bundle=num_shards)
+        | 'BySlot' >> beam.GroupBy(lambda result: result.destination)
+        | 'JoinSlots' >> beam.ParDo(
+            _JoinSlotFn(work_dir, self._output_dir, num_shards, suffix),
+            beam.pvalue.AsSingleton(names_recorded))
         | 'CollectShards' >> beam.combiners.ToList()
-        | 'NumberShards' >> beam.FlatMap(
-            lambda results: _number_shards(work_dir, self._output_dir, suffix,
-                                           results)))
+        | 'AddEmptyShards' >> beam.FlatMap(
+            lambda written: _with_empty_shards(self._output_dir, num_shards,
+                                               suffix, written)))
+
+
+def _publish_rejected(work_dir: str, output_dir: str, file_results):
+  """Records the rejected files' names, then moves them from the work
+  directory to the output directory; gives their FileResults."""
+  names = [result.file_name for result in file_results]
+  manifest.record_names(work_dir, 'rejected', names)
+  FileSystems.rename([FileSystems.join(work_dir, name) for name in names],
+                     [FileSystems.join(output_dir, name) for name in names])
+  return file_results
 
 
 class WriteRejected(beam.PTransform):

@@ -1,0 +1,156 @@
+"""dataset_info.json: what a finished output directory holds, written last.
+
+One writer for batch and streaming runs. A batch run writes it once, after
+its shards and rejected files are final; a streaming run rewrites it after
+every window firing. Readers accept a directory only with this file (see
+sftbeam.pipeline.readers), so a killed run is never read as complete.
+"""
+
+import collections
+import json
+import os
+import time
+
+import apache_beam as beam
+from apache_beam import coders
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.userstate import CombiningValueStateSpec
+
+from sftbeam.transforms import schema
+from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.stats import SumStatsFn, backend_records, summarize
+from sftbeam.transforms.tokenizer_source import shared_tokenizer
+from sftbeam.version import VERSION
+
+
+# What write_json_atomically adds to a local path for its temp file.
+ATOMIC_TEMP_SUFFIX = '.incomplete'
+
+
+def write_json_atomically(path: str, value: dict):
+  """Writes JSON so that readers see the old file or the new one, whole,
+  and never no file: locally to a temp name, then `os.replace`; on an
+  object store (gs://) as one object write, which is atomic there."""
+  data = json.dumps(value, indent=2, sort_keys=True).encode('utf-8')
+  if is_remote(path):
+    with FileSystems.create(path) as handle:
+      handle.write(data)
+    return
+  temp_path = path + ATOMIC_TEMP_SUFFIX
+  with open(temp_path, 'wb') as handle:
+    handle.write(data)
+  os.replace(temp_path, path)
+
+
+def matching_paths(output_dir: str, prefix: str, suffix: str) -> list:
+  """Paths of the files `<prefix>-*<suffix>` in `output_dir`."""
+  pattern = FileSystems.join(output_dir, f'{prefix}-*{suffix}')
+  return [metadata.path
+          for metadata in FileSystems.match([pattern])[0].metadata_list]
+
+
+def _tokenizer_section(config: dict, stats: dict) -> dict:
+  """The tokenizer's identity and which backend encoded how many records."""
+  loaded = shared_tokenizer(config['tokenizer'], config['tokenizer_backend'])
+  section = loaded.identity()
+  used = backend_records(stats)
+  section['backend'] = (next(iter(used)) if len(used) == 1 else
+                        'mixed' if used else section['backend'])
+  section['backend_records'] = used
+  return section
+
+
+def build_info(output_dir: str, config: dict, stats: dict, shard_paths,
+               rejected_paths) -> dict:
+  """The dataset_info dict of a run with these summed stats and files."""
+  del output_dir  # names are relative to it
+  layout = config['layout']
+  return {
+      'schema_version': schema.SCHEMA_VERSION,
+      'sftbeam_version': VERSION,
+      'layout': layout,
+      'pack_length': config['pack_length'] if layout == 'packed' else None,
+      'features': schema.describe_features(layout),
+      'tokenizer': _tokenizer_section(config, stats),
+      'config': config,
+      'bucket_boundaries': list(config['boundaries']),
+      'counts': summarize(stats),
+      'shards': sorted(map(os.path.basename, shard_paths)),
+      'rejected_files': sorted(map(os.path.basename, rejected_paths)),
+      'completed_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+  }
+
+
+def write_info(output_dir: str, info: dict) -> dict:
+  write_json_atomically(FileSystems.join(output_dir, schema.INFO_FILE), info)
+  return info
+
+
+class _WriteDatasetInfoFn(beam.DoFn):
+  """Writes dataset_info.json once the shards it lists are final."""
+
+  def __init__(self, output_dir: str, config: dict):
+    self._output_dir = output_dir
+    self._config = config
+
+  def process(self, unused_trigger, stats, shard_paths, rejected_results):
+    yield write_info(self._output_dir, build_info(
+        self._output_dir, self._config, stats, shard_paths,
+        [result.file_name for result in rejected_results]))
+
+
+class WriteDatasetInfo(beam.PTransform):
+  """Writes dataset_info.json after the shards and rejected files are final.
+
+  Takes the pipeline root; the summed stats (a one-element PCollection),
+  the final shard paths and the FileResults of the rejected files come in
+  as side inputs, which makes this step wait for them. Gives the info dict.
+  """
+
+  def __init__(self, output_dir, config: dict, stats, shard_paths,
+               rejected_results):
+    super().__init__()
+    self._output_dir = output_dir
+    self._config = config
+    self._stats = stats
+    self._shard_paths = shard_paths
+    self._rejected_results = rejected_results
+
+  def expand(self, pbegin):
+    return (
+        pbegin
+        | 'Trigger' >> beam.Create([None])
+        | 'WriteInfo' >> beam.ParDo(
+            _WriteDatasetInfoFn(self._output_dir, self._config),
+            stats=beam.pvalue.AsSingleton(self._stats),
+            shard_paths=beam.pvalue.AsList(self._shard_paths),
+            rejected_results=beam.pvalue.AsList(self._rejected_results)))
+
+
+class UpdateDatasetInfoFn(beam.DoFn):
+  """('', stats of one window firing) -> dataset_info.json, rewritten.
+
+  Streaming. One key, so one firing at a time: the running counts (those
+  of an earlier run continued in this directory, plus this run's) and
+  every shard and rejected file in the directory.
+  """
+  TOTALS = CombiningValueStateSpec('totals', coders.PickleCoder(),
+                                   SumStatsFn())
+
+  def __init__(self, output_dir: str, config: dict, earlier_stats: dict,
+               shard_suffix: str):
+    self._output_dir = output_dir
+    self._config = config
+    self._earlier_stats = earlier_stats
+    self._shard_suffix = shard_suffix
+
+  def process(self, keyed_stats, totals=beam.DoFn.StateParam(TOTALS)):
+    totals.add(keyed_stats[1])
+    stats = collections.Counter(self._earlier_stats)
+    stats.update(totals.read())
+    yield write_info(self._output_dir, build_info(
+        self._output_dir, self._config, dict(stats),
+        matching_paths(self._output_dir, schema.SHARD_PREFIX,
+                       self._shard_suffix),
+        matching_paths(self._output_dir, schema.REJECTED_PREFIX,
+                       schema.REJECTED_SUFFIX)))

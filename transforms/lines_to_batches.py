@@ -1,0 +1,115 @@
+"""The whole computation from raw lines to serialized batches.
+
+  LineChunks -> ParseLines -> TokenizeRecords -> BatchByBucket -> PadBatches
+                                               (packed layout: PackIntoRows
+                                                -> PackedBatches)
+
+Batch runs (sftbeam.pipeline.graph) and streaming runs
+(sftbeam.pipeline.streaming) both use `LinesToBatches`; only reading and
+writing differ.
+"""
+
+from typing import Optional
+
+import apache_beam as beam
+
+from sftbeam.transforms.batch import (BatchByBucket, BatchShape,
+                                      PackIntoRows, PackShape)
+from sftbeam.transforms.pad import PackedBatches, PadBatches
+from sftbeam.transforms.parse import FieldNames, ParseLines
+from sftbeam.transforms.stats import CountStats, rejection_stats
+from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
+
+
+def tokenize_settings(config) -> TokenizeSettings:
+  return TokenizeSettings(
+      tokenizer=config.tokenizer,
+      max_seq_len=config.max_seq_len,
+      truncation=config.truncation,
+      add_special_tokens=config.add_special_tokens,
+      append_eos=config.append_eos,
+      special_tokens_in_text=config.special_tokens_in_text,
+      backend=config.tokenizer_backend,
+      train_on=config.train_on,
+      chat_template=chat_template_text(config.chat_template))
+
+
+def chat_template_text(path: str) -> Optional[str]:
+  """The Jinja text of a chat_template file (None: the tokenizer's own).
+
+  Read when the job is built, and shipped with the step that uses it, so
+  workers need no copy of the file.
+  """
+  if not path:
+    return None
+  with open(path, encoding='utf-8') as handle:
+    return handle.read()
+
+
+def batch_shape(config) -> BatchShape:
+  return BatchShape(config.boundaries, config.batch_size, config.batch_tokens)
+
+
+def pack_shape(config) -> PackShape:
+  return PackShape(config.pack_length, config.pack_window,
+                   batch_shape(config).rows(config.pack_length))
+
+
+class LinesToBatches(beam.PTransform):
+  """LineChunks -> {'batches', 'rejected', 'stats'} PCollections.
+
+  `batches` are serialized batch Examples (bytes), `rejected` Rejected
+  records, `stats` the stats dicts of every step (see transforms/stats.py;
+  they also reach Beam counters and the live tally here). `config` is the
+  run's resolved options (sftbeam.pipeline.options); `batching` is "bundle"
+  or "global" (transforms/batch.py).
+  """
+
+  def __init__(self, config, batching: str,
+               max_buffering_seconds: Optional[float] = None):
+    super().__init__()
+    self._config = config
+    self._batching = batching
+    self._max_buffering_seconds = max_buffering_seconds
+
+  def expand(self, chunks):
+    config = self._config
+    fields = FieldNames(config.prompt_field, config.output_field,
+                        config.id_field)
+    parsed = chunks | 'ParseLines' >> beam.ParDo(
+        ParseLines(fields, config.max_line_bytes,
+                   config.input_format)).with_outputs(
+            ParseLines.REJECTED, ParseLines.STATS, main='records')
+    tokenized = parsed.records | 'TokenizeRecords' >> beam.ParDo(
+        TokenizeRecords(tokenize_settings(config))).with_outputs(
+            TokenizeRecords.REJECTED, TokenizeRecords.STATS, main='chunks')
+    padded = self._to_examples(tokenized.chunks)
+    rejected = ((parsed.rejected, tokenized.rejected)
+                | 'AllRejected' >> beam.Flatten())
+    stats = ((parsed.stats, tokenized.stats, padded.stats,
+              rejected | 'RejectionStats' >> beam.Map(rejection_stats))
+             | 'AllStats' >> beam.Flatten())
+    _ = stats | 'CountStats' >> beam.ParDo(CountStats())
+    return {'batches': padded.batches, 'rejected': rejected, 'stats': stats}
+
+  def _to_examples(self, chunks):
+    """TokenChunks -> serialized batch Examples ('batches') and 'stats'."""
+    config = self._config
+    if config.layout == 'packed':
+      return (
+          chunks
+          | 'PackIntoRows' >> PackIntoRows(pack_shape(config),
+                                           self._max_buffering_seconds)
+          | 'PackedBatches' >> beam.ParDo(
+              PackedBatches(config.pad_id, config.tokenizer,
+                            config.tokenizer_backend)).with_outputs(
+                                PackedBatches.STATS, main='batches'))
+    return (
+        chunks
+        | 'BatchByBucket' >> BatchByBucket(batch_shape(config),
+                                           self._batching,
+                                           self._max_buffering_seconds)
+        | 'PadBatches' >> beam.ParDo(
+            PadBatches(config.pad_to, config.pad_id, config.tokenizer,
+                       config.tokenizer_backend)).with_outputs(
+                           PadBatches.STATS, main='batches'))

@@ -1,0 +1,138 @@
+"""Streaming outputs: fixed windows of wall-clock time, and what each writes.
+
+Up to the batches everything stays in the global window, which never
+expires, so nothing can be late there (transforms/batch.py flushes a
+bucket's partial batch `max_buffering_seconds` after its first record).
+Batches, rejected records and stats are then stamped with the wall-clock
+time they reach `IntoWriteWindows` and put in fixed windows: a window's
+shards hold the batches completed in it. Such a timestamp is never behind
+the watermark (the DirectRunner's Pub/Sub watermark is the time of its last
+pull, Dataflow's an estimate of the oldest unacknowledged publish time), so
+each window fires once, when the watermark passes its end. Should anything
+still come late, the allowed lateness and the late trigger give it a pane
+(files) of its own instead of dropping it.
+
+Per window firing: shards and rejected files named
+`<prefix>-<start>-<end>-<pane>-<random>`, and a `window-stats-...json`
+record (counts and files of the firing).
+"""
+
+import collections
+import os
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import trigger, window
+from apache_beam.utils.windowed_value import PaneInfoTiming
+
+from sftbeam.transforms import schema
+from sftbeam.transforms.dataset_info import write_json_atomically
+from sftbeam.transforms.stats import summarize
+
+# A safety net only: stamped with the wall-clock time, elements are never
+# behind the watermark (see the module docstring).
+ALLOWED_LATENESS_SECONDS = 3600
+_TIME_FORMAT = '%Y%m%dT%H%M%SZ'
+
+
+def _stamp_now(element):
+  return window.TimestampedValue(element, time.time())
+
+
+class IntoWriteWindows(beam.PTransform):
+  """Elements -> the same, stamped with the wall-clock time, in fixed windows.
+
+  Each window fires when the watermark passes its end; a late element would
+  fire a late pane of its own (nothing is dropped within an hour).
+  """
+
+  def __init__(self, window_seconds: int):
+    super().__init__()
+    self._window_seconds = window_seconds
+
+  def expand(self, pcoll):
+    return (
+        pcoll
+        | 'StampNow' >> beam.Map(_stamp_now)
+        | 'FixedWindows' >> beam.WindowInto(
+            window.FixedWindows(self._window_seconds),
+            trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+            allowed_lateness=ALLOWED_LATENESS_SECONDS,
+            accumulation_mode=trigger.AccumulationMode.DISCARDING))
+
+
+def _utc(timestamp) -> str:
+  return timestamp.to_utc_datetime().strftime(_TIME_FORMAT)
+
+
+def window_file_name(prefix: str, suffix: str, window_, pane) -> str:
+  """`<prefix>-<start>-<end>-<pane>-<random><suffix>` of a window firing.
+
+  fileio's own names leave the pane out, so a second firing of a window, or
+  a restarted run writing the same window, would reuse a name; the random
+  part keeps every file's name its own.
+  """
+  pane_index = pane.index if pane else 0
+  return (f'{prefix}-{_utc(window_.start)}-{_utc(window_.end)}-{pane_index}-'
+          f'{uuid.uuid4().hex[:12]}{suffix}')
+
+
+class WriteWindowedFiles(beam.PTransform):
+  """Windowed elements -> files of each window firing; gives FileResults."""
+
+  def __init__(self, output_dir: str, prefix: str, suffix: str, sink_fn,
+               shards: int):
+    super().__init__()
+    self._output_dir = output_dir
+    self._prefix = prefix
+    self._suffix = suffix
+    self._sink_fn = sink_fn
+    self._shards = shards
+
+  def _file_naming(self, window_, pane, *unused_shard_and_destination):
+    return window_file_name(self._prefix, self._suffix, window_, pane)
+
+  def expand(self, pcoll):
+    return pcoll | 'WriteToFiles' >> fileio.WriteToFiles(
+        path=self._output_dir, file_naming=self._file_naming,
+        sink=self._sink_fn, shards=self._shards,
+        # Every element goes through fileio's sharding GroupByKey: at most
+        # `shards` files per window firing, not one per bundle.
+        max_writers_per_bundle=0)
+
+
+class WriteWindowStats(beam.DoFn):
+  """('', {'shards', 'rejected_files', 'stats'}) of a window firing -> stats.
+
+  Writes the firing's `window-stats-<start>-<end>-<pane>-<random>.json`
+  (window, pane, counts, summed stats, files) and gives ('', the summed
+  stats).
+  """
+
+  def __init__(self, output_dir: str):
+    self._output_dir = output_dir
+
+  def process(self, keyed_groups, window_=beam.DoFn.WindowParam,
+              pane=beam.DoFn.PaneInfoParam):
+    _, groups = keyed_groups
+    stats = collections.Counter()
+    for window_stats in groups['stats']:
+      stats.update(window_stats)
+    record = {
+        'window': {'start': _utc(window_.start), 'end': _utc(window_.end)},
+        'pane': {'index': pane.index,
+                 'timing': PaneInfoTiming.to_string(pane.timing)},
+        'counts': summarize(stats),
+        'stats': dict(stats),
+        'shards': sorted(map(os.path.basename, groups['shards'])),
+        'rejected_files': sorted(map(os.path.basename,
+                                     groups['rejected_files'])),
+        'written_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+    }
+    name = window_file_name(schema.WINDOW_STATS_PREFIX,
+                            schema.WINDOW_STATS_SUFFIX, window_, pane)
+    write_json_atomically(FileSystems.join(self._output_dir, name), record)
+    yield '', dict(stats)
