@@ -8,10 +8,10 @@ DIR/.sftbeam-manifest.json, written before the run writes its first byte:
   state                "running", then "complete"
   files                names of the files it writes, relative to DIR
   work_dir             its own directory for temp files, DIR/.sftbeam-run-ID
-  name_lists           files in work_dir where the run writes the names it
-                       learns while running (shard names depend on how many
-                       files the writers made) before it gives files those
-                       names
+  name_lists           files in work_dir where the writing steps list the
+                       names they give files (shards: num_shards of them;
+                       rejected files: as many as the writers made), each
+                       list written before the first file gets its name
 
 When the run completes, the names in the lists join `files` and the work
 directory and lists are gone.
