@@ -210,6 +210,8 @@ class OutputClaim:
     """Writes the record: `files` and, while `running`, the work directory
     and the lists of names the writing steps keep there."""
     work_dir = manifest.work_dir_name(self.run_id) if running else None
+    name_lists = [manifest.names_list_name(step) for step in (
+        manifest.SHARDS_LIST, manifest.REJECTED_LIST)] if running else []
     write_json_atomically(
         FileSystems.join(self.output_dir, manifest.MANIFEST_FILE), {
             'sftbeam_version': VERSION,
@@ -218,9 +220,7 @@ class OutputClaim:
             'state': state,
             'files': sorted(files),
             'work_dir': work_dir,
-            'name_lists': [manifest.names_list_name(step)
-                           for step in ('batches', 'rejected')]
-                          if running else [],
+            'name_lists': name_lists,
         })
 
   def _written(self) -> list:

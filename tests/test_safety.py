@@ -29,6 +29,8 @@ from google.api_core import exceptions as gcs_exceptions
 
 from conftest import ROOT, SAMPLE, run_sftbeam, shared_data
 from sftbeam.pipeline import cli, run_lock
+from sftbeam.pipeline import output_dir as output_dir_lib
+from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import manifest, schema
 from sftbeam.transforms.read import (CorruptInputError, DecompressingReader,
@@ -273,6 +275,20 @@ def test_output_holding_an_input_is_refused(input_name, earlier_run, tmp_path,
                                  '--overwrite'), 2)
   assert 'holds the input file' in line
   assert snapshot(output_dir) == before
+
+
+def test_gs_output_holding_what_an_input_pattern_matches_is_refused(
+    monkeypatch):
+  """Remote patterns are matched only by the workers: they are checked
+  against the objects now under the gs:// --output (listed as for the
+  emptiness check; here a fake listing)."""
+  monkeypatch.setattr(output_dir_lib, '_entries',
+                      lambda _: ['data.jsonl', 'batches-00000-of-00001.tfrecord'])
+  with pytest.raises(ConfigError, match='holds the input file gs://b/out/data'):
+    output_dir_lib.check_output_apart('gs://b/out', ['gs://b/**.jsonl'])
+  output_dir_lib.check_output_apart('gs://b/out', ['gs://b/*.jsonl',
+                                                   'gs://b/data/*.jsonl',
+                                                   '/local/*.jsonl'])
 
 
 def test_unrecorded_file_under_a_name_sftbeam_writes_is_refused(tmp_path,

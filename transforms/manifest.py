@@ -25,6 +25,8 @@ from apache_beam.io.filesystems import FileSystems
 
 MANIFEST_FILE = '.sftbeam-manifest.json'
 WORK_DIR_PREFIX = '.sftbeam-run-'
+# The writing steps that list names in the work directory (transforms/write.py).
+SHARDS_LIST, REJECTED_LIST = 'batches', 'rejected'
 _NAMES_SUFFIX = '.names.json'
 
 

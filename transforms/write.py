@@ -166,7 +166,8 @@ class WriteBatches(beam.PTransform):
             shard_name(slot, num_shards, suffix)
             for slot in range(num_shards)]])
         | 'RecordShardNames' >> beam.Map(
-            lambda names: manifest.record_names(work_dir, 'batches', names)))
+            lambda names: manifest.record_names(
+                work_dir, manifest.SHARDS_LIST, names)))
     return (
         serialized_batches
         | 'WriteSlots' >> fileio.WriteToFiles(
@@ -191,7 +192,7 @@ def _publish_rejected(work_dir: str, output_dir: str, file_results):
   """Records the rejected files' names, then moves them from the work
   directory to the output directory; gives their FileResults."""
   names = [result.file_name for result in file_results]
-  manifest.record_names(work_dir, 'rejected', names)
+  manifest.record_names(work_dir, manifest.REJECTED_LIST, names)
   FileSystems.rename([FileSystems.join(work_dir, name) for name in names],
                      [FileSystems.join(output_dir, name) for name in names])
   return file_results
