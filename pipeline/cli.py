@@ -32,6 +32,7 @@ from sftbeam.transforms.read import CorruptInputError, corrupt_input_message
 from sftbeam.transforms.tokenizer_backend import BackendUnavailable
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  shared_tokenizer)
+from sftbeam.transforms.write import shard_names
 
 # An error is one line of at most this many characters (a cut is marked):
 # messages quote values, and some come from libraries.
@@ -247,8 +248,9 @@ def run_command(args, beam_args) -> int:
   if remote.is_dry_run(options):
     print(remote.dry_run(config, options))
     return 0
-  with prepare_output_dir(config.output, config.overwrite,
-                          config.input) as claim:
+  with prepare_output_dir(
+      config.output, config.overwrite, config.input,
+      files=shard_names(config.num_shards, config.compression)) as claim:
     wall_seconds = run_pipeline(config, options, claim.work_dir)
     claim.complete()
     info = load_dataset_info(config.output)

@@ -210,8 +210,8 @@ class OutputClaim:
     """Writes the record: `files` and, while `running`, the work directory
     and the lists of names the writing steps keep there."""
     work_dir = manifest.work_dir_name(self.run_id) if running else None
-    name_lists = [manifest.names_list_name(step) for step in (
-        manifest.SHARDS_LIST, manifest.REJECTED_LIST)] if running else []
+    name_lists = ([manifest.names_list_name(manifest.REJECTED_LIST)]
+                  if running else [])
     write_json_atomically(
         FileSystems.join(self.output_dir, manifest.MANIFEST_FILE), {
             'sftbeam_version': VERSION,
@@ -261,13 +261,14 @@ class OutputClaim:
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
-                       run_names=BATCH_NAMES) -> OutputClaim:
+                       files=(), run_names=BATCH_NAMES) -> OutputClaim:
   """Claims `output_dir` for a run (see the module docstring).
 
-  Raises ConfigError when another run holds it, it holds an input file, or
-  it is not empty and overwrite is off. `run_names` matches the names the
-  run may write. The lock is held until the claim is released, or its
-  process ends.
+  Raises ConfigError when another run holds it, it holds a file of the
+  `inputs` patterns, or it is not empty and overwrite is off. `files`: the
+  names of files the run will write that are known now (recorded with the
+  fixed ones); `run_names` matches every name the run may write. The lock
+  is held until the claim is released, or its process ends.
   """
   if not is_remote(output_dir) and os.path.lexists(output_dir) and (
       not os.path.isdir(output_dir)):
@@ -281,7 +282,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
   try:
     _clear(output_dir, overwrite, run_names)
     claim = OutputClaim(output_dir, owner, lock)
-    claim.write_record('running', _FIXED_FILES, running=True)
+    claim.write_record('running', _FIXED_FILES + tuple(files), running=True)
   except BaseException:
     lock.release()
     raise

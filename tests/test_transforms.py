@@ -366,14 +366,13 @@ def test_join_slot_concatenates_files_and_survives_a_retry(tmp_path):
       sink.flush()
     parts.append(fileio.FileResult(name, index, 2, None, None, 1))
   join = _JoinSlotFn(str(tmp_path), str(tmp_path), 4, '.tfrecord')
-  [final] = list(join.process((1, parts), None))
+  [final] = list(join.process((1, parts)))
   assert os.path.basename(final) == 'batches-00001-of-00004.tfrecord'
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       'batches-00001-of-00004.tfrecord']
   records = tf.data.TFRecordDataset(final)
   assert [r.numpy() for r in records] == [b'a', b'b', b'c']
-  # A retry: already done.
-  assert list(join.process((1, parts), None)) == [final]
+  assert list(join.process((1, parts))) == [final]  # a retry: already done
 
 
 def test_sum_stats_directly_and_in_pipeline():

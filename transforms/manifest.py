@@ -6,12 +6,13 @@ DIR/.sftbeam-manifest.json, written before the run writes its first byte:
 
   run_id, owner        the run (pid, host, start time)
   state                "running", then "complete"
-  files                names of the files it writes, relative to DIR
+  files                names of the files it writes, relative to DIR (its
+                       shards among them: num_shards, named in advance)
   work_dir             its own directory for temp files, DIR/.sftbeam-run-ID
-  name_lists           files in work_dir where the writing steps list the
-                       names they give files (shards: num_shards of them;
-                       rejected files: as many as the writers made), each
-                       list written before the first file gets its name
+  name_lists           files in work_dir where a writing step lists the
+                       names it gives files that could not be named in
+                       advance (rejected files: as many as the writers
+                       made), written before the first file gets its name
 
 When the run completes, the names in the lists join `files` and the work
 directory and lists are gone.
@@ -25,8 +26,9 @@ from apache_beam.io.filesystems import FileSystems
 
 MANIFEST_FILE = '.sftbeam-manifest.json'
 WORK_DIR_PREFIX = '.sftbeam-run-'
-# The writing steps that list names in the work directory (transforms/write.py).
-SHARDS_LIST, REJECTED_LIST = 'batches', 'rejected'
+# The list of names a writing step keeps in the work directory
+# (transforms/write.py: rejected files, as many as the writers made).
+REJECTED_LIST = 'rejected'
 _NAMES_SUFFIX = '.names.json'
 
 

@@ -13,8 +13,10 @@ joins its files (TFRecord and gzip files stay valid when concatenated), or
 writes an empty shard for a slot that got no batch.
 
 Everything is first written inside the run's own work directory (fileio's
-temp files and complete files alike); the final names are recorded there
-(`transforms.manifest`) before any file gets one, so that the run knows
+temp files and complete files alike), then moved to its final name. The
+run's record (`transforms.manifest`) names the shards from the start; the
+rejected files' names, which depend on how many files the writers made, are
+recorded in the work directory before the files get them. So a run knows
 every file it made, even when it is killed.
 """
 
@@ -68,6 +70,12 @@ def shard_name(slot: int, num_shards: int, suffix: str) -> str:
   return f'{schema.SHARD_PREFIX}-{slot:05d}-of-{num_shards:05d}{suffix}'
 
 
+def shard_names(num_shards: int, compression: str) -> list:
+  """The names of a batch run's shards, known before it starts."""
+  suffix = shard_suffix(compression)
+  return [shard_name(slot, num_shards, suffix) for slot in range(num_shards)]
+
+
 def _slot_file_naming(suffix: str):
   """fileio naming of the files a slot gets before JoinSlots."""
   def name(window, pane, index, count, compression, destination):
@@ -100,7 +108,7 @@ class _JoinSlotFn(beam.DoFn):
     self._num_shards = num_shards
     self._suffix = suffix
 
-  def process(self, slot_files, unused_names_recorded):
+  def process(self, slot_files):
     slot, results = slot_files
     final = FileSystems.join(
         self._output_dir, shard_name(slot, self._num_shards, self._suffix))
@@ -158,16 +166,6 @@ class WriteBatches(beam.PTransform):
     suffix = shard_suffix(self._compression)
     num_shards = self._num_shards
     work_dir = self._work_dir
-    # Recorded when the run starts writing, not when the graph is built (a
-    # dry run writes nothing); JoinSlots waits for it as a side input.
-    names_recorded = (
-        serialized_batches.pipeline
-        | 'ShardNames' >> beam.Create([[
-            shard_name(slot, num_shards, suffix)
-            for slot in range(num_shards)]])
-        | 'RecordShardNames' >> beam.Map(
-            lambda names: manifest.record_names(
-                work_dir, manifest.SHARDS_LIST, names)))
     return (
         serialized_batches
         | 'WriteSlots' >> fileio.WriteToFiles(
@@ -180,8 +178,7 @@ class WriteBatches(beam.PTransform):
             max_writers_per_bundle=num_shards)
         | 'BySlot' >> beam.GroupBy(lambda result: result.destination)
         | 'JoinSlots' >> beam.ParDo(
-            _JoinSlotFn(work_dir, self._output_dir, num_shards, suffix),
-            beam.pvalue.AsSingleton(names_recorded))
+            _JoinSlotFn(work_dir, self._output_dir, num_shards, suffix))
         | 'CollectShards' >> beam.combiners.ToList()
         | 'AddEmptyShards' >> beam.FlatMap(
             lambda written: _with_empty_shards(self._output_dir, num_shards,
@@ -224,7 +221,8 @@ class WriteRejected(beam.PTransform):
             temp_directory=_temp_dir(work_dir, 'rejected'),
             sink=lambda _: fileio.TextSink(),
             shards=self._num_shards)
-        | 'CollectRejected' >> beam.combiners.ToList()
+        # One group (one destination): all the files, or none at all.
+        | 'CollectRejected' >> beam.GroupBy(lambda result: result.destination)
         | 'PublishRejected' >> beam.FlatMap(
-            lambda results: _publish_rejected(work_dir, self._output_dir,
-                                              results)))
+            lambda group: _publish_rejected(work_dir, self._output_dir,
+                                            list(group[1]))))
