@@ -60,7 +60,23 @@ def _flat(id_lists) -> Tuple[np.ndarray, np.ndarray]:
   return ids, offsets
 
 
-class HfEncoder:
+class Encoder:
+  """Encodes many texts at once: `encode(texts, mode) -> (ids, offsets)`.
+
+  `name` is the backend that encodes, `reason` why that one.
+  """
+  name = ''
+  reason = ''
+
+  def check(self, modes):
+    """Makes sure the encoder can be trusted in `modes` (see AutoEncoder)."""
+    del modes  # a backend chosen by name is trusted as it is
+
+  def encode(self, texts: Sequence[str], mode: EncodeMode):
+    raise NotImplementedError
+
+
+class HfEncoder(Encoder):
   """HuggingFace's encoder: a fast tokenizer's Rust backend, or, for any
   other tokenizer object, its `__call__`."""
   name = 'hf'
@@ -91,7 +107,7 @@ class HfEncoder:
     return _flat(self._tokenizer(list(texts), **kwargs)['input_ids'])
 
 
-class FastokensEncoder:
+class FastokensEncoder(Encoder):
   """fastokens, built from the tokenizer's own `tokenizer.json` content."""
   name = 'fastokens'
 
@@ -131,7 +147,7 @@ def first_difference(reference, candidate, texts, mode: EncodeMode):
   return None
 
 
-class AutoEncoder:
+class AutoEncoder(Encoder):
   """fastokens while it agrees with hf, else hf.
 
   Each mode of encoding is checked before its first use: the probe texts,
