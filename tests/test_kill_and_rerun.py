@@ -1,5 +1,5 @@
 """A run killed part-way leaves nothing a reader accepts; --overwrite then
-gives the complete result (issue 3, safe outputs).
+gives the complete result (docs/safety.md).
 
 The CLI runs as a subprocess in its own process group (and network
 namespace) on gsm8k_train replicated twice, and is killed with SIGKILL
