@@ -38,30 +38,37 @@ ALLOWED_LATENESS_SECONDS = 3600
 _TIME_FORMAT = '%Y%m%dT%H%M%SZ'
 
 
-def _stamp_now(element):
-  return window.TimestampedValue(element, time.time())
+def write_windows(window_seconds: int) -> beam.WindowInto:
+  """Fixed windows that fire once when the watermark passes their end, and
+  again for each late element (within ALLOWED_LATENESS_SECONDS), each
+  firing holding only what came since the last (discarding)."""
+  return beam.WindowInto(
+      window.FixedWindows(window_seconds),
+      trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+      allowed_lateness=ALLOWED_LATENESS_SECONDS,
+      accumulation_mode=trigger.AccumulationMode.DISCARDING)
 
 
 class IntoWriteWindows(beam.PTransform):
   """Elements -> the same, stamped with the wall-clock time, in fixed windows.
 
   Each window fires when the watermark passes its end; a late element would
-  fire a late pane of its own (nothing is dropped within an hour).
+  fire a late pane of its own (nothing is dropped within an hour). `clock`
+  (seconds since the epoch) is for tests.
   """
 
-  def __init__(self, window_seconds: int):
+  def __init__(self, window_seconds: int, clock=time.time):
     super().__init__()
     self._window_seconds = window_seconds
+    self._clock = clock
 
   def expand(self, pcoll):
+    clock = self._clock
     return (
         pcoll
-        | 'StampNow' >> beam.Map(_stamp_now)
-        | 'FixedWindows' >> beam.WindowInto(
-            window.FixedWindows(self._window_seconds),
-            trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-            allowed_lateness=ALLOWED_LATENESS_SECONDS,
-            accumulation_mode=trigger.AccumulationMode.DISCARDING))
+        | 'StampNow' >> beam.Map(
+            lambda element: window.TimestampedValue(element, clock()))
+        | 'FixedWindows' >> write_windows(self._window_seconds))
 
 
 def _utc(timestamp) -> str:
