@@ -108,13 +108,16 @@ class WriteDatasetInfoFn(beam.DoFn):
         self._tokenizer_name,
         load_tokenizer(self._tokenizer_name, self._special_tokens_in_text))
 
-  def process(self, unused_trigger, stats, shard_results, rejected_results):
+  def process(self, unused_trigger, stats, shard_entries, rejected_results):
     yield self.write_info(
-        stats, [result.file_name for result in shard_results],
+        stats, shard_entries,
         [result.file_name for result in rejected_results])
 
-  def write_info(self, stats: dict, shard_paths, rejected_paths) -> dict:
-    """Writes dataset_info.json listing these files; gives the info."""
+  def write_info(self, stats: dict, shard_entries, rejected_paths) -> dict:
+    """Writes dataset_info.json listing these files; gives the info.
+
+    `shard_entries`: one `tfrecord.describe_shard` dict per shard.
+    """
     info = {
         'schema_version': schema.SCHEMA_VERSION,
         'sftbeam_version': VERSION,
@@ -123,7 +126,10 @@ class WriteDatasetInfoFn(beam.DoFn):
         'config': self._config,
         'bucket_boundaries': list(self._config['boundaries']),
         'counts': summarize(stats),
-        'shards': sorted(map(os.path.basename, shard_paths)),
+        # Packing is not written yet: every batch is padded rows.
+        'layout': 'padded',
+        'pack_length': None,
+        'shards': sorted(shard_entries, key=lambda entry: entry['name']),
         'rejected_files': sorted(map(os.path.basename, rejected_paths)),
         'completed_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
     }
@@ -135,9 +141,10 @@ class WriteDatasetInfoFn(beam.DoFn):
 class WriteDatasetInfo(beam.PTransform):
   """Writes dataset_info.json after the shards and rejected files are final.
 
-  Takes the pipeline root; the summed stats (a one-element PCollection) and
-  the FileResults of both writes come in as side inputs, which makes this
-  step wait for them. Gives the info dict.
+  Takes the pipeline root; the summed stats (a one-element PCollection),
+  the shard entries of WriteBatches and the FileResults of WriteRejected
+  come in as side inputs, which makes this step wait for them. Gives the
+  info dict.
   """
 
   def __init__(self, output_dir, config, stats, shard_results,
@@ -158,5 +165,5 @@ class WriteDatasetInfo(beam.PTransform):
                                 self._config['tokenizer'],
                                 self._config['special_tokens_in_text']),
             stats=beam.pvalue.AsSingleton(self._stats),
-            shard_results=beam.pvalue.AsList(self._shard_results),
+            shard_entries=beam.pvalue.AsList(self._shard_results),
             rejected_results=beam.pvalue.AsList(self._rejected_results)))

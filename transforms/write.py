@@ -12,9 +12,9 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import _TFRecordUtil
 
 from sftbeam.transforms import schema
+from sftbeam.transforms.tfrecord import describe_shard, write_record
 
 
 class TFRecordSink(fileio.FileSink):
@@ -35,7 +35,7 @@ class TFRecordSink(fileio.FileSink):
                     if self._compression == 'gzip' else fh)
 
   def write(self, record: bytes):
-    _TFRecordUtil.write_record(self._handle, record)
+    write_record(self._handle, record)
 
   def flush(self):
     # fileio calls flush only right before it closes the file: closing the
@@ -60,21 +60,23 @@ def _unfinished_naming(suffix: str):
   return name
 
 
-def _number_shards(output_dir: str, suffix: str, file_results):
-  """Renames written files to batches-SSSSS-of-NNNNN; gives the new results.
+def _number_shards(output_dir: str, suffix: str, described):
+  """Renames written files to batches-SSSSS-of-NNNNN.
 
-  Shards get their final names only here, after every one is complete, so
-  a killed run never leaves a partial set under the names readers use.
+  Takes (FileResult, describe_shard entry) pairs; gives the entries under
+  their new names. Shards get their final names only here, after every one
+  is complete, so a killed run never leaves a partial set under the names
+  readers use.
   """
-  file_results = sorted(file_results, key=lambda result: result.file_name)
-  total = len(file_results)
-  final = [result._replace(
-      file_name=f'{schema.SHARD_PREFIX}-{index:05d}-of-{total:05d}{suffix}',
-      shard_index=index, total_shards=total)
-           for index, result in enumerate(file_results)]
+  described = sorted(described, key=lambda pair: pair[0].file_name)
+  total = len(described)
+  final = [dict(entry, name=f'{schema.SHARD_PREFIX}-{index:05d}-of-'
+                f'{total:05d}{suffix}')
+           for index, (_, entry) in enumerate(described)]
   FileSystems.rename(
-      [FileSystems.join(output_dir, r.file_name) for r in file_results],
-      [FileSystems.join(output_dir, r.file_name) for r in final])
+      [FileSystems.join(output_dir, result.file_name)
+       for result, _ in described],
+      [FileSystems.join(output_dir, entry['name']) for entry in final])
   return final
 
 
@@ -83,9 +85,10 @@ class WriteBatches(beam.PTransform):
 
   Each batch goes to one of `num_shards` slots by a hash of its bytes; every
   slot is written directly by the bundle that makes its batches (no
-  shuffle), then all files are numbered at once. A runner with many bundles
-  may write more than one file per slot. Gives the FileResults of the
-  final shards.
+  shuffle), then each file is described (records, bytes, sha256; in
+  parallel) and all are numbered at once. A runner with many bundles may
+  write more than one file per slot. Gives the dataset_info.json entries of
+  the final shards (see describe_shard).
   """
 
   def __init__(self, output_dir: str, num_shards: int, compression: str):
@@ -97,6 +100,7 @@ class WriteBatches(beam.PTransform):
   def expand(self, serialized_batches):
     suffix = shard_suffix(self._compression)
     num_shards = self._num_shards
+    output_dir = self._output_dir
     return (
         serialized_batches
         | 'WriteShards' >> fileio.WriteToFiles(
@@ -106,9 +110,11 @@ class WriteBatches(beam.PTransform):
             sink=lambda _: TFRecordSink(self._compression),
             shards=num_shards,
             max_writers_per_bundle=num_shards)
+        | 'DescribeShards' >> beam.Map(lambda result: (result, describe_shard(
+            FileSystems.join(output_dir, result.file_name))))
         | 'CollectShards' >> beam.combiners.ToList()
         | 'NumberShards' >> beam.FlatMap(
-            lambda results: _number_shards(self._output_dir, suffix, results)))
+            lambda described: _number_shards(output_dir, suffix, described)))
 
 
 class WriteRejected(beam.PTransform):
