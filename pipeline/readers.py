@@ -64,6 +64,7 @@ class Shard(NamedTuple):
 def load_dataset_info(output_dir: str) -> dict:
   """The directory's dataset_info.json, checked to exist and be of a
   schema version this code reads."""
+  output_dir = os.fspath(output_dir)
   path = FileSystems.join(output_dir, schema.INFO_FILE)
   if not FileSystems.exists(path):
     raise IncompleteOutput(
@@ -107,6 +108,7 @@ def _check_entry(output_dir: str, entry) -> Shard:
 def verified_shards(output_dir: str, info: dict = None) -> list:
   """The listed shards, each checked to be a shard file directly in
   `output_dir`, listed once, present and of the listed size."""
+  output_dir = os.fspath(output_dir)
   info = info or load_dataset_info(output_dir)
   entries = info.get('shards')
   if not isinstance(entries, list):
@@ -276,11 +278,15 @@ def read_tf_dataset(output_dir: str, shuffle: bool = False, seed: int = 0,
   `input_ids`/`labels` int32 [B, L], `response_mask` bool [B, L],
   `prompt_lengths`/`output_lengths` int32 [B], `example_ids` string [B].
   Records come from the same verified path as iter_numpy_batches; the
-  k-th pass over the dataset has that reader's order for epoch k.
+  k-th pass over the dataset has that reader's order for epoch k. Every
+  shard is also verified here, once, so that a bad directory raises
+  IncompleteOutput or CorruptOutput now: inside a pass, tf.data would
+  re-raise such an error as a tf.errors.OpError (with the same message).
   """
   # Imported here: nothing else in sftbeam needs TensorFlow.
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  verified_shards(output_dir)  # refuse a bad directory now, not when read
+  for shard in verified_shards(output_dir):
+    _verify_contents(shard)
   passes = itertools.count()
 
   def records():
