@@ -4,6 +4,8 @@
               [sftbeam options] [Beam pipeline options]
   sftbeam run --streaming --input_subscription projects/P/subscriptions/S
               --output DIR [--window_seconds N] [...]   (until stopped)
+  sftbeam inspect DIR --id ID | DIR --batch N --row I | --prompt P --output O
+  sftbeam stats DIR [--plot FILE.png]
 
 Exit codes: 0 done; 1 the run failed or rejected more than
 --max_rejected_fraction of its input; 2 a config error (one line, before
@@ -19,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from sftbeam.pipeline import config as config_lib
-from sftbeam.pipeline import remote
+from sftbeam.pipeline import inspect, remote, report
 from sftbeam.pipeline import streaming
 from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
@@ -49,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
       'run', help='prepare SFT batches from JSONL records',
       epilog='Any other --flag is passed to Beam as a pipeline option.')
   config_lib.add_option_flags(run)
+  inspect.add_parser(commands)
+  report.add_parser(commands)
   return parser
 
 
@@ -181,6 +185,10 @@ def main(argv=None) -> int:
   _quiet_libraries()
   try:
     args, beam_args = _parser().parse_known_args(argv)
+    if args.command != 'run':  # inspect, stats: no Beam options
+      if beam_args:
+        raise ConfigError(f'unrecognized arguments: {" ".join(beam_args)}')
+      return args.handler(args)
     return run_command(args, beam_args)
   except ConfigError as error:
     print(f'sftbeam: error: {error}', file=sys.stderr)
