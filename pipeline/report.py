@@ -82,7 +82,9 @@ def _histogram_lines(title: str, values: np.ndarray) -> list:
            f'max {values.max()}']
   edges = _length_edges(int(values.max()))
   counts, _ = np.histogram(values, edges)
-  for low, high, count in zip(edges, edges[1:], counts):
+  first = int(np.flatnonzero(counts)[0])  # no empty bins below the shortest
+  for low, high, count in zip(edges[first:], edges[first + 1:],
+                              counts[first:]):
     bar = '#' * int(np.ceil(_BAR_WIDTH * count / counts.max()))
     lines.append(f'  {low:>6}-{high - 1:<6} {count:>8}  {bar}')
   return lines
@@ -105,6 +107,8 @@ def _summary_lines(output_dir: str, info: dict) -> list:
 
 
 def _bucket_lines(buckets: dict) -> list:
+  if not buckets:
+    return ['per bucket: none']
   lines = ['per bucket:', f'  {"bucket":>7} {"rows":>8} {"batches":>8} '
            f'{"efficiency":>10}']
   for bucket, totals in buckets.items():
@@ -150,13 +154,20 @@ def _bins(values: np.ndarray):
   return np.linspace(low, high + 1, 41), False
 
 
+def _say_empty(axes, text):
+  """An empty panel that says why it is empty."""
+  axes.text(0.5, 0.5, text, ha='center', va='center', fontsize=14,
+            transform=axes.transAxes)
+  axes.set_axis_off()
+
+
 def _plot_histogram(axes, values, title, color):
   axes.set_title(title)
-  axes.set_xlabel('tokens per example' + (' (none)' if not values.size
-                                          else ''))
-  axes.set_ylabel('examples')
   if not values.size:
+    _say_empty(axes, 'no row written')
     return
+  axes.set_xlabel('tokens per example')
+  axes.set_ylabel('examples')
   bins, log_scale = _bins(values)
   axes.hist(values, bins=bins, color=color)
   if log_scale:
@@ -189,7 +200,7 @@ def plot(output_dir: str, found: dict, path: str):
                           for totals in buckets.values()], color='tab:cyan')
   overall = info['counts']['padding_efficiency']
   efficiency.set_title('Padding efficiency per bucket' + (
-      '' if overall is None else f' (dashed: whole run, {overall:.3f})'))
+      '' if overall is None else f'\n(dashed: whole run, {overall:.3f})'))
   if overall is not None:
     efficiency.axhline(overall, color='black', linestyle='--')
   efficiency.set_ylim(0, 1)
@@ -197,15 +208,19 @@ def plot(output_dir: str, found: dict, path: str):
   efficiency.set_ylabel('real / stored tokens')
   for axes in (rows, efficiency):
     axes.tick_params(axis='x', labelrotation=90 if len(labels) > 12 else 0)
+    if not buckets:
+      _say_empty(axes, 'no row written')
   rejected = grid[1, 2]
   reasons = info['counts']['rejected_by_reason']
-  bars = rejected.barh(list(reasons), list(reasons.values()),
-                       color='tab:red')
-  rejected.bar_label(bars, padding=3)
-  rejected.xaxis.get_major_locator().set_params(integer=True)
-  rejected.set_title('Rejected records by reason'
-                     + ('' if reasons else ': none'))
-  rejected.set_xlabel('records')
+  rejected.set_title('Rejected records by reason')
+  if reasons:
+    bars = rejected.barh(list(reasons), list(reasons.values()),
+                         color='tab:red')
+    rejected.bar_label(bars, padding=3)
+    rejected.xaxis.get_major_locator().set_params(integer=True)
+    rejected.set_xlabel('records')
+  else:
+    _say_empty(rejected, 'no record rejected')
   counts = info['counts']
   figure.suptitle(
       f'{os.path.basename(os.path.normpath(output_dir))}: '
