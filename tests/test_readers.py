@@ -265,6 +265,15 @@ def test_gzip_shards_read_the_same_and_are_verified(finished, tmp_path):
     read_numpy(gzipped)
 
 
+def test_a_dataloader_worker_raises_the_same_error(output):
+  """A shard that still has its listed size is checked by the worker that
+  reads it; DataLoader re-raises its CorruptOutput."""
+  name = info_of(output)['shards'][1]['name']
+  reorder_records(shard_path(output, 1))
+  with pytest.raises(CorruptOutput, match=name):
+    torch_ids(torch_dataset(output), workers=2)
+
+
 # ---------------------------------------------------------------- order
 
 def ids_of(batches):
