@@ -14,7 +14,8 @@ batch is given, the whole shard is read once and its sha256 and record
 count compared with dataset_info.json (and every record's CRCs checked);
 the records are then read again and checked again as they are given. All
 readers get their records from one function (`serialized_batches`), so
-they refuse the same things. A run that wrote no rows reads as an empty dataset.
+they refuse the same things. A run that wrote no rows reads as an empty
+dataset.
 
 Order: shards in listed order, records in file order; with `shuffle`, the
 shard order is a permutation fixed by (seed, epoch) and batches pass through
