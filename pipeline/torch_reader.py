@@ -23,6 +23,7 @@ import torch
 
 from sftbeam.pipeline import readers
 
+
 def to_tensors(batch: dict) -> dict:
   """A numpy batch dict (readers.numpy_batch) with its arrays as tensors of
   the same dtypes; `example_ids` stays a list of str, `max_seqlen` an int."""
