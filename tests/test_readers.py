@@ -3,6 +3,7 @@
 case tampering with a copy of it."""
 
 import collections
+import gzip
 import hashlib
 import json
 import os
@@ -20,7 +21,8 @@ from sftbeam.readers import (CorruptOutput, IncompleteOutput,
                              iter_numpy_batches, load_dataset_info,
                              read_tf_dataset, torch_dataset)
 from sftbeam.transforms import schema
-from sftbeam.transforms.tfrecord import iter_records, write_record
+from sftbeam.transforms.tfrecord import (describe_shard, iter_records,
+                                         write_record)
 
 
 def run(output_dir, *flags, input_path=SAMPLE):
@@ -341,3 +343,16 @@ def test_torch_order_is_fixed_by_seed_and_epoch(finished):
   assert first == order(0)
   assert first != order(1)
   assert first != order(0, seed=6)
+
+
+@pytest.mark.parametrize('suffix, content', [
+    ('.tfrecord', b''), ('.tfrecord.gz', gzip.compress(b''))])
+def test_empty_shards_read_as_nothing(tmp_path, suffix, content):
+  """A slot that got no batch may be written as an empty shard."""
+  name = 'batches-00000-of-00001' + suffix
+  (tmp_path / name).write_bytes(content)
+  entry = describe_shard(str(tmp_path / name))
+  assert entry['records'] == 0
+  (tmp_path / schema.INFO_FILE).write_text(json.dumps(
+      {'schema_version': 2, 'shards': [entry]}))
+  assert read_numpy(tmp_path) == [] and read_torch(tmp_path) == []
