@@ -26,10 +26,10 @@ def build_batch_pipeline(root, config):
       | 'ReadInput' >> ReadLineChunks(config.input, config.read_chunk_lines,
                                       config.max_line_bytes, batching)
       | 'LinesToBatches' >> LinesToBatches(config, batching))
-  shard_paths = outputs['batches'] | 'WriteBatches' >> WriteBatches(
+  shard_entries = outputs['batches'] | 'WriteBatches' >> WriteBatches(
       config.output, config.num_shards, config.compression)
   rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(
       config.output)
   stats = outputs['stats'] | 'SumStats' >> beam.CombineGlobally(SumStatsFn())
   return root | 'WriteDatasetInfo' >> WriteDatasetInfo(
-      config.output, config.to_dict(), stats, shard_paths, rejected_results)
+      config.output, config.to_dict(), stats, shard_entries, rejected_results)

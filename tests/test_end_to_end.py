@@ -165,4 +165,5 @@ def test_dataset_info_describes_the_run(tmp_path):
                                    'shape', 'prompt_lengths',
                                    'output_lengths', 'example_ids'}
   assert sorted(os.listdir(tmp_path)) == sorted(
-      info['shards'] + info['rejected_files'] + ['dataset_info.json'])
+      [shard['name'] for shard in info['shards']] + info['rejected_files'] +
+      ['dataset_info.json'])

@@ -151,7 +151,8 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
   assert counts['records_in'] == counts['records_written'] == len(expected)
   assert counts['records_rejected'] == 0 and counts['reconciled'] is True
   assert sorted(fnmatch.filter(os.listdir(output_dir),
-                               schema.SHARD_PREFIX + '-*')) == info['shards']
+                               schema.SHARD_PREFIX + '-*')) == [
+                                   shard['name'] for shard in info['shards']]
   assert not fnmatch.filter(os.listdir(output_dir), '.temp*')
   rows = rows_by_id(str(output_dir))
   assert set(rows) == set(expected)

@@ -132,6 +132,13 @@ class FastokensEncoder(Encoder):
             np.frombuffer(offsets, '<u8').astype(np.int64))
 
 
+def ids_per_text(encoder, texts: Sequence[str], mode: EncodeMode) -> list:
+  """`encoder`'s ids for each text, as lists."""
+  ids, offsets = encoder.encode(texts, mode)
+  return [ids[start:end].tolist()
+          for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
 def first_difference(reference, candidate, texts, mode: EncodeMode):
   """Index of the first text the two encoders encode differently, or None."""
   expected = reference.encode(texts, mode)

@@ -112,11 +112,13 @@ class WriteWindowedFiles(beam.PTransform):
 
 
 class WriteWindowStats(beam.DoFn):
-  """('', {'shards', 'rejected_files', 'stats'}) of a window firing -> stats.
+  """('', {'shards', 'rejected_files', 'stats'}) of a window firing ->
+  ('', {'stats', 'shards'}).
 
-  Writes the firing's `window-stats-<start>-<end>-<pane>-<random>.json`
-  (window, pane, counts, summed stats, files) and gives ('', the summed
-  stats).
+  `shards` are the firing's shard entries (tfrecord.describe_shard). Writes
+  the firing's `window-stats-<start>-<end>-<pane>-<random>.json` (window,
+  pane, counts, summed stats, shard entries, rejected files) and gives its
+  summed stats and shard entries.
   """
 
   def __init__(self, output_dir: str):
@@ -134,7 +136,7 @@ class WriteWindowStats(beam.DoFn):
                  'timing': PaneInfoTiming.to_string(pane.timing)},
         'counts': summarize(stats),
         'stats': dict(stats),
-        'shards': sorted(map(os.path.basename, groups['shards'])),
+        'shards': sorted(groups['shards'], key=lambda entry: entry['name']),
         'rejected_files': sorted(map(os.path.basename,
                                      groups['rejected_files'])),
         'written_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
@@ -142,4 +144,4 @@ class WriteWindowStats(beam.DoFn):
     name = window_file_name(schema.WINDOW_STATS_PREFIX,
                             schema.WINDOW_STATS_SUFFIX, window_, pane)
     write_json_atomically(FileSystems.join(self._output_dir, name), record)
-    yield '', dict(stats)
+    yield '', {'stats': dict(stats), 'shards': record['shards']}
