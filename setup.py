@@ -13,6 +13,12 @@ import setuptools
 with open('sftbeam/version.py', encoding='utf-8') as handle:
   VERSION = re.search(r"VERSION = '([^']+)'", handle.read()).group(1)
 
+TENSORFLOW = 'tensorflow-cpu==2.21.0'
+# 2.13.0 matches the local CPU build 2.13.0+cpu where pip can find it; a
+# plain `torch` requirement would pull a CUDA build of several GB.
+TORCH = 'torch==2.13.0'
+MATPLOTLIB = 'matplotlib==3.11.2'
+
 setuptools.setup(
     name='sftbeam',
     version=VERSION,
@@ -21,9 +27,11 @@ setuptools.setup(
     packages=['sftbeam', 'sftbeam.pipeline', 'sftbeam.transforms'],
     package_dir={'sftbeam.pipeline': 'pipeline',
                  'sftbeam.transforms': 'transforms'},
+    # No TensorFlow or torch: workers, the CLI and the numpy reader need
+    # neither; each reader that does comes with an extra.
     install_requires=[
         'apache-beam[gcp]==2.77.0',
-        'tensorflow-cpu==2.21.0',
+        'google-crc32c==1.9.0',
         'transformers==5.23.0',
         'tokenizers==0.23.3',
         'numpy==2.4.6',
@@ -38,9 +46,13 @@ setuptools.setup(
         'jinja2==3.1.6',
     ],
     extras_require={
-        'test': ['pytest==9.2.0', 'hypothesis==6.170.15'],
-        # benchmarks/run_benchmark.py's HuggingFace `datasets` contender only.
-        'benchmark': ['datasets==5.2.0'],
+        'tf': [TENSORFLOW],         # read_tf_dataset
+        'torch': [TORCH],           # torch_dataset
+        'plot': [MATPLOTLIB],       # sftbeam stats --plot
+        'test': ['pytest==9.2.0', 'hypothesis==6.170.15', TENSORFLOW, TORCH,
+                 MATPLOTLIB],
+        # benchmarks/: the `datasets` contender; the loop writes with tf.
+        'benchmark': ['datasets==5.2.0', TENSORFLOW],
     },
     entry_points={'console_scripts': ['sftbeam = sftbeam.pipeline.cli:main']},
 )

@@ -29,7 +29,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 
 from pubsub_emulator import PubSubEmulator  # pylint: disable=wrong-import-position
 from sftbeam.transforms import schema  # pylint: disable=wrong-import-position

@@ -4,6 +4,8 @@
               [sftbeam options] [Beam pipeline options]
   sftbeam run --streaming --input_subscription projects/P/subscriptions/S
               --output DIR [--window_seconds N] [...]   (until stopped)
+  sftbeam inspect DIR --id ID | DIR --batch N --row I | --prompt P --output O
+  sftbeam stats DIR [--plot FILE.png]
 
 Exit codes: 0 done; 1 the run failed or rejected more than
 --max_rejected_fraction of its input; 2 a config error (one line, before
@@ -20,7 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from sftbeam.pipeline import config as config_lib
-from sftbeam.pipeline import remote, runners, streaming
+from sftbeam.pipeline import inspect, remote, report, runners, streaming
 from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.output_dir import prepare_output_dir
@@ -58,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
       'run', help='prepare SFT batches from JSONL records',
       epilog='Any other --flag is passed to Beam as a pipeline option.')
   config_lib.add_option_flags(run)
+  inspect.add_parser(commands)
+  report.add_parser(commands)
   return parser
 
 
@@ -287,6 +291,10 @@ def main(argv=None) -> int:
   _quiet_libraries()
   try:
     args, beam_args = _parser().parse_known_args(argv)
+    if args.command != 'run':  # inspect, stats: no Beam options
+      if beam_args:
+        raise ConfigError(f'unrecognized arguments: {" ".join(beam_args)}')
+      return args.handler(args)
     return run_command(args, beam_args)
   except ConfigError as error:
     print(f'sftbeam: error: {one_line(error)}', file=sys.stderr)

@@ -79,11 +79,10 @@ def beam_options_to_args(beam_options: dict) -> list:
   A true switch (a flag without a value) becomes the bare flag; a false one
   is left out (write `no_use_public_ips: true` for `--no_use_public_ips`).
   """
-  switches = {flag for action in _beam_parser()._actions  # pylint: disable=protected-access
-              if action.nargs == 0 for flag in action.option_strings}
+  parser = _beam_parser()
   args = []
   for name, value in beam_options.items():
-    if isinstance(value, bool) and f'--{name}' in switches:
+    if isinstance(value, bool) and _is_switch(parser, f'--{name}'):
       args.extend([f'--{name}'] if value else [])
       continue
     if isinstance(value, bool):
@@ -133,18 +132,23 @@ def add_option_flags(parser: argparse.ArgumentParser):
 
 
 def _beam_parser() -> argparse.ArgumentParser:
-  """A parser of every flag some Beam PipelineOptions class defines."""
-  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False,
-                                   exit_on_error=False)
-  pending = [PipelineOptions]
-  while pending:
-    options_class = pending.pop()
-    pending.extend(options_class.__subclasses__())
-    try:
-      options_class._add_argparse_args(parser)  # pylint: disable=protected-access
-    except argparse.ArgumentError:
-      pass  # a flag defined twice by two classes
+  """The parser Beam itself reads pipeline options with: every flag of
+  every PipelineOptions class (handed out by get_all_options' hook for
+  extra arguments). Errors raise instead of exiting."""
+  parsers = []
+  PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+  parser = parsers[0]
+  parser.exit_on_error = False
   return parser
+
+
+def _is_switch(parser: argparse.ArgumentParser, flag: str) -> bool:
+  """Whether `flag` takes no value (`--no_use_public_ips`)."""
+  try:
+    parser.parse_known_args([flag])
+    return True
+  except argparse.ArgumentError:
+    return False
 
 
 def check_beam_args(beam_args: list):

@@ -32,10 +32,10 @@ def build_batch_pipeline(root, config, work_dir=None):
                                       config.max_line_bytes, batching)
       | 'LinesToBatches' >> LinesToBatches(config, batching))
   work_dir = work_dir or new_work_dir(config.output)
-  shard_paths = outputs['batches'] | 'WriteBatches' >> WriteBatches(
+  shard_entries = outputs['batches'] | 'WriteBatches' >> WriteBatches(
       config.output, config.num_shards, config.compression, work_dir)
   rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(
       config.output, work_dir=work_dir)
   stats = outputs['stats'] | 'SumStats' >> beam.CombineGlobally(SumStatsFn())
   return root | 'WriteDatasetInfo' >> WriteDatasetInfo(
-      config.output, config.to_dict(), stats, shard_paths, rejected_results)
+      config.output, config.to_dict(), stats, shard_entries, rejected_results)

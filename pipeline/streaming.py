@@ -15,6 +15,7 @@ the output directory, and runs the job until it is stopped.
 
 import collections
 import json
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -32,6 +33,7 @@ from sftbeam.transforms.dataset_info import (UpdateDatasetInfoFn,
 from sftbeam.transforms.lines_to_batches import LinesToBatches
 from sftbeam.transforms.read import message_to_chunk
 from sftbeam.transforms.stats import SumStatsFn
+from sftbeam.transforms.tfrecord import describe_shard
 from sftbeam.transforms.windows import (IntoWriteWindows, WriteWindowedFiles,
                                         WriteWindowStats)
 from sftbeam.transforms.write import TFRecordSink, shard_suffix
@@ -42,10 +44,10 @@ def _dead_letter(rejected) -> PubsubMessage:
                        {'reason': rejected.reason})
 
 
-def build_streaming_pipeline(root, config, earlier_stats=None):
+def build_streaming_pipeline(root, config, earlier=None):
   """Adds the streaming job under `root`; gives the info dict of each update.
 
-  `earlier_stats`: the summed stats of an earlier run this one continues.
+  `earlier`: the EarlierRun this one continues (its stats and shards).
   """
   source = config.input_subscription or config.input_topic
   outputs = (
@@ -84,8 +86,9 @@ def build_streaming_pipeline(root, config, earlier_stats=None):
       | 'SumWindowStats' >> beam.CombineGlobally(
           SumStatsFn()).without_defaults())
   return (
-      {'shards': shard_results | 'ShardNames' >> beam.Map(
-          lambda result: ('', result.file_name)),
+      {'shards': shard_results | 'DescribeShards' >> beam.Map(
+          lambda result: ('', describe_shard(
+              FileSystems.join(config.output, result.file_name)))),
        'rejected_files': rejected_results | 'RejectedNames' >> beam.Map(
            lambda result: ('', result.file_name)),
        'stats': window_stats | 'KeyStats' >> beam.WithKeys('')}
@@ -93,18 +96,25 @@ def build_streaming_pipeline(root, config, earlier_stats=None):
       | 'WriteWindowStats' >> beam.ParDo(WriteWindowStats(config.output))
       | 'ToGlobalWindow' >> beam.WindowInto(window.GlobalWindows())
       | 'UpdateDatasetInfo' >> beam.ParDo(UpdateDatasetInfoFn(
-          config.output, config.to_dict(), earlier_stats or {},
-          shard_suffix(config.compression))))
+          config.output, config.to_dict(), earlier or EarlierRun({}, []))))
 
 
-def _earlier_stats(output_dir: str) -> dict:
-  """The summed stats of every window-stats record in `output_dir`."""
-  stats = collections.Counter()
+class EarlierRun(NamedTuple):
+  """What an earlier streaming run in the output directory left: its summed
+  stats and its shards' entries (from its window-stats records)."""
+  stats: dict
+  shards: list
+
+
+def _earlier_run(output_dir: str) -> EarlierRun:
+  stats, shards = collections.Counter(), []
   for path in matching_paths(output_dir, schema.WINDOW_STATS_PREFIX,
                              schema.WINDOW_STATS_SUFFIX):
     with FileSystems.open(path) as handle:
-      stats.update(json.loads(handle.read())['stats'])
-  return dict(stats)
+      record = json.loads(handle.read())
+    stats.update(record['stats'])
+    shards += record['shards']
+  return EarlierRun(dict(stats), shards)
 
 
 def _continues_earlier_run(config) -> bool:
@@ -125,18 +135,18 @@ def _continues_earlier_run(config) -> bool:
   return True
 
 
-def prepare_output(config) -> dict:
-  """Claims --output; gives the stats of the earlier run it continues.
+def prepare_output(config) -> EarlierRun:
+  """Claims --output; gives the earlier run it continues.
 
   A directory holding a streaming run of the same options is continued (its
   shards stay, its counts go on); otherwise the batch rules apply (empty, or
   --overwrite).
   """
   if not config.overwrite and _continues_earlier_run(config):
-    return _earlier_stats(config.output)
+    return _earlier_run(config.output)
   prepare_output_dir(config.output, config.overwrite,
                      run_names=STREAMING_NAMES)
-  return {}
+  return EarlierRun({}, [])
 
 
 def _describe_progress(tally: dict, elapsed: float) -> str:
@@ -155,7 +165,7 @@ def run(config, beam_args) -> int:
   if remote.is_dry_run(options):
     print(remote.dry_run(config, options, build_streaming_pipeline))
     return 0
-  earlier_stats = prepare_output(config)
+  earlier = prepare_output(config)
   source = config.input_subscription or config.input_topic
   print(f'streaming {source} into {config.output}, windows of '
         f'{config.window_seconds} s; stop with Ctrl-C', flush=True)
@@ -163,7 +173,7 @@ def run(config, beam_args) -> int:
     with progress.printed(_describe_progress,
                           enabled=runners.runs_in_this_process(options)):
       with runners.new_pipeline(options) as root:
-        build_streaming_pipeline(root, config, earlier_stats)
+        build_streaming_pipeline(root, config, earlier)
   except KeyboardInterrupt:
     # Locally the job stops with this process; a Dataflow job keeps running.
     print('stopped. A local run loses the records it received but had not '

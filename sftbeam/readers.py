@@ -1,10 +1,17 @@
 """Reading a finished sftbeam output directory (see sftbeam.pipeline.readers).
 
-  from sftbeam.readers import iter_numpy_batches, read_tf_dataset
+  from sftbeam.readers import iter_numpy_batches, torch_dataset, read_tf_dataset
+
+None of these imports TensorFlow or torch: `read_tf_dataset` imports
+TensorFlow when called (extra `sftbeam[tf]`), `torch_dataset` torch (extra
+`sftbeam[torch]`).
 """
 
-from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
-                                      load_dataset_info, read_tf_dataset)
+from sftbeam.pipeline.readers import (CorruptOutput, IncompleteOutput,
+                                      cu_seqlens, iter_numpy_batches,
+                                      load_dataset_info, read_tf_dataset,
+                                      torch_dataset)
 
-__all__ = ['IncompleteOutput', 'iter_numpy_batches', 'load_dataset_info',
-           'read_tf_dataset']
+__all__ = ['CorruptOutput', 'IncompleteOutput', 'cu_seqlens',
+           'iter_numpy_batches', 'load_dataset_info', 'read_tf_dataset',
+           'torch_dataset']

@@ -9,6 +9,9 @@ import pytest
 from sftbeam.transforms.tokenizer_source import EMBEDDED, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# scripts/ holds the Pub/Sub emulator launcher the streaming tests share
+# with benchmarks/.
+sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 SAMPLE = os.path.join(ROOT, 'examples', 'sample.jsonl')
 SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')

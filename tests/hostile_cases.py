@@ -1,6 +1,7 @@
-"""A JSONL file holding every hostile case of issue 3, and what must become
-of each line: written (with its id, prompt and output), a blank line, or
-rejected with a given reason. Good records sit between the bad ones.
+"""A JSONL file holding every hostile case of docs/bad_input.md, and what
+must become of each line: written (with its id, prompt and output), a blank
+line, or rejected with a given reason. Good records sit between the bad
+ones.
 """
 
 import json

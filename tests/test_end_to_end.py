@@ -165,7 +165,8 @@ def test_dataset_info_describes_the_run(tmp_path):
   assert set(info['features']) == {'input_ids', 'labels', 'response_mask',
                                    'shape', 'prompt_lengths',
                                    'output_lengths', 'example_ids'}
-  written = info['shards'] + info['rejected_files'] + ['dataset_info.json']
+  written = ([shard['name'] for shard in info['shards']] +
+             info['rejected_files'] + ['dataset_info.json'])
   # The run's record names exactly the files it wrote (--overwrite deletes
   # those and nothing else).
   assert sorted(os.listdir(tmp_path)) == sorted(written + [MANIFEST_FILE])

@@ -1,5 +1,5 @@
 """Hostile input end to end: every bad line is written or rejected, with its
-reason, and nothing is lost (issue 3).
+reason, and nothing is lost (docs/bad_input.md).
 
 The hostile file (tests/hostile_cases.py) goes through the real CLI, offline,
 with the real embedded tokenizer; rows are read back with tf.data and

@@ -29,8 +29,9 @@ from output_rows import record_counts, rejected_lines, rows_by_id
 # Repository folder -> installed package (setup.py's package_dir).
 PACKAGES = {'sftbeam': 'sftbeam', 'pipeline': 'sftbeam/pipeline',
             'transforms': 'sftbeam/transforms'}
-# Imported only when a caller asks for it (return_tensors='pt').
-OPTIONAL_IMPORTS = {'torch'}
+# Imported only when a caller asks for it -> the extra that installs it:
+# read_tf_dataset, torch_dataset (or return_tensors), stats --plot.
+OPTIONAL_IMPORTS = {'tensorflow': 'tf', 'torch': 'torch', 'matplotlib': 'plot'}
 
 
 def _run(command, cwd, timeout=600):
@@ -119,22 +120,32 @@ def _normalized(name):
   return re.sub(r'[-_.]+', '-', name).lower()
 
 
+def _requirement(requires_dist: str) -> str:
+  """The normalized distribution name of a METADATA Requires-Dist line."""
+  return _normalized(re.split(r'[ =<>\[;]',
+                              requires_dist[len('Requires-Dist: '):])[0])
+
+
 def test_install_requires_covers_every_import(venv):
   (metadata,) = glob.glob(os.path.join(venv['site_packages'],
                                        'sftbeam-*.dist-info', 'METADATA'))
   with open(metadata, encoding='utf-8') as handle:
-    required = {_normalized(re.split(r'[ =<>\[;]', line[len(
-        'Requires-Dist: '):])[0]) for line in handle
-                if line.startswith('Requires-Dist:') and 'extra ==' not in line}
+    requires = [line for line in handle if line.startswith('Requires-Dist:')]
+  required = {_requirement(line) for line in requires
+              if 'extra ==' not in line}
   distributions = importlib.metadata.packages_distributions()
   imported = set()
   for package in PACKAGES.values():
     imported |= _imported_top_level_names(
         os.path.join(venv['site_packages'], package))
   third_party = imported - set(sys.stdlib_module_names) - {
-      'sftbeam'} - OPTIONAL_IMPORTS
-  assert {'apache_beam', 'numpy', 'tensorflow', 'transformers',
-          'yaml'} <= third_party
+      'sftbeam'} - set(OPTIONAL_IMPORTS)
+  assert {'apache_beam', 'numpy', 'transformers', 'yaml'} <= third_party
+  for module, extra in OPTIONAL_IMPORTS.items():
+    owners = {_normalized(name) for name in distributions.get(module, ())} or {
+        _normalized(module)}  # not installed here: named as it imports
+    assert any(_requirement(line) in owners and
+               f'extra == "{extra}"' in line for line in requires), module
   for module in sorted(third_party):
     owners = {_normalized(name) for name in distributions.get(module, ())}
     assert owners & required, f'{module} (from {owners}) not in install_requires'

@@ -1,5 +1,5 @@
 """A run killed part-way leaves nothing a reader accepts; --overwrite then
-gives the complete result (issue 3, safe outputs).
+gives the complete result (docs/safety.md).
 
 The CLI runs as a subprocess in its own process group (and network
 namespace) on gsm8k_train replicated twice, and is killed with SIGKILL
@@ -152,7 +152,8 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
   assert counts['records_in'] == counts['records_written'] == len(expected)
   assert counts['records_rejected'] == 0 and counts['reconciled'] is True
   assert sorted(fnmatch.filter(os.listdir(output_dir),
-                               schema.SHARD_PREFIX + '-*')) == info['shards']
+                               schema.SHARD_PREFIX + '-*')) == [
+                                   shard['name'] for shard in info['shards']]
   assert not fnmatch.filter(os.listdir(output_dir),
                             manifest.WORK_DIR_PREFIX + '*')
   rows = rows_by_id(str(output_dir))

@@ -254,8 +254,8 @@ def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
   info = load_dataset_info(str(output_dir))
   second = read_record(output_dir)
   assert second['run_id'] != first['run_id']
-  written = sorted(info['shards'] + info['rejected_files'] +
-                   [schema.INFO_FILE])
+  written = sorted([shard['name'] for shard in info['shards']] +
+                   info['rejected_files'] + [schema.INFO_FILE])
   assert second['files'] == written
   # The first run's 4 shards are gone, the second's 2 are all there is.
   assert sorted(set(after) - set(USER_FILES)) == sorted(

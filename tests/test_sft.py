@@ -14,7 +14,7 @@ F, T = False, True
 
 
 def test_spec_example_tables_literally():
-  """visual_guide.md: [10,20,30,40] + [50,60,70,80]."""
+  """docs/spec.md's table: [10,20,30,40] + [50,60,70,80]."""
   result = tokenize_prompt_and_output(['w10 w20 w30 w40'],
                                       ['w50 w60 w70 w80'], WordIdTokenizer())
   assert result['input_ids'].tolist() == [[10, 20, 30, 40, 50, 60, 70]]
@@ -23,7 +23,7 @@ def test_spec_example_tables_literally():
 
 
 def test_spec_hello_world_walkthrough():
-  """tokenize_prompt_and_output.md: [100, 200] + [300, 400]."""
+  """docs/spec.md's walkthrough: [100, 200] + [300, 400]."""
   result = tokenize_prompt_and_output(['w100 w200'], ['w300 w400'],
                                       WordIdTokenizer())
   assert result['input_ids'].tolist() == [[100, 200, 300]]

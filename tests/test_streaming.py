@@ -201,9 +201,12 @@ def test_restart_continues_a_streaming_output(tmp_path):
       'schema_version': schema.SCHEMA_VERSION, 'config': config.to_dict()})
   for name, written in (('a', 3), ('b', 4)):
     _write_json(tmp_path / f'{schema.WINDOW_STATS_PREFIX}-{name}.json',
-                {'stats': {'records_written': written, 'lines': 5}})
-  assert streaming.prepare_output(config) == {'records_written': 7,
-                                              'lines': 10}
+                {'stats': {'records_written': written, 'lines': 5},
+                 'shards': [{'name': f'batches-{name}.tfrecord'}]})
+  earlier = streaming.prepare_output(config)
+  assert earlier.stats == {'records_written': 7, 'lines': 10}
+  assert sorted(entry['name'] for entry in earlier.shards) == [
+      'batches-a.tfrecord', 'batches-b.tfrecord']
   changed = _config(streaming=True, output=str(tmp_path), batch_size=9,
                     input_subscription='projects/p/subscriptions/s')
   with pytest.raises(ConfigError, match=r'other options \(batch_size\)'):

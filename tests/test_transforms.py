@@ -320,10 +320,11 @@ def test_tfrecord_sink_gzip_round_trip(tmp_path):
 
 def test_write_batches_in_pipeline(tmp_path):
   with beam_test_pipeline() as root:
-    paths = (root | beam.Create([b'a', b'b', b'c'])
-             | WriteBatches(str(tmp_path), num_shards=1, compression='none'))
-    assert_that(paths | beam.Map(os.path.basename),
-                equal_to(['batches-00000-of-00001.tfrecord']))
+    results = (root | beam.Create([b'a', b'b', b'c'])
+               | WriteBatches(str(tmp_path), num_shards=1, compression='none'))
+    assert_that(results | beam.Map(lambda entry: (entry['name'],
+                                                  entry['records'])),
+                equal_to([('batches-00000-of-00001.tfrecord', 3)]))
   written = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
   assert written == ['batches-00000-of-00001.tfrecord']
   records = tf.data.TFRecordDataset([str(tmp_path / n) for n in written])

@@ -140,9 +140,11 @@ class _BatchPerBucketFn(beam.DoFn):
   WINDOW_END = userstate.TimerSpec('window_end', TimeDomain.WATERMARK)
   BUFFERING_END = userstate.TimerSpec('buffering_end', TimeDomain.REAL_TIME)
 
-  def __init__(self, shape: BatchShape, max_buffering_seconds=None):
+  def __init__(self, shape: BatchShape, max_buffering_seconds=None,
+               clock=time.time):
     self._shape = shape
     self._max_buffering_seconds = max_buffering_seconds
+    self._clock = clock  # of processing time: tests give a fake one
 
   def process(self, keyed_piece, window=beam.DoFn.WindowParam,
               pieces=beam.DoFn.StateParam(PIECES),
@@ -153,7 +155,7 @@ class _BatchPerBucketFn(beam.DoFn):
     window_end.set(window.end)
     held = records.read() or 0
     if not held and self._max_buffering_seconds:
-      buffering_end.set(time.time() + self._max_buffering_seconds)
+      buffering_end.set(self._clock() + self._max_buffering_seconds)
     pieces.add(piece)
     records.write(held + len(piece))
     if held + len(piece) >= self._shape.rows(bucket):
@@ -186,7 +188,7 @@ class _BatchPerBucketFn(beam.DoFn):
       pieces.add(rest)
       records.write(len(rest))
       if self._max_buffering_seconds:
-        buffering_end.set(time.time() + self._max_buffering_seconds)
+        buffering_end.set(self._clock() + self._max_buffering_seconds)
     elif rest is not None:
       batches.append(rest)
     for batch in batches:
@@ -201,13 +203,15 @@ class BatchByBucket(beam.PTransform):
   """
 
   def __init__(self, shape: BatchShape, batching: str = 'global',
-               max_buffering_seconds: Optional[float] = None):
+               max_buffering_seconds: Optional[float] = None,
+               clock=time.time):
     super().__init__()
     if batching not in BATCHING_STRATEGIES:
       raise ValueError(f'unknown batching {batching!r}')
     self._shape = shape
     self._batching = batching
     self._max_buffering_seconds = max_buffering_seconds
+    self._clock = clock
 
   def expand(self, chunks):
     if self._batching == 'bundle':
@@ -217,7 +221,7 @@ class BatchByBucket(beam.PTransform):
             | 'ByBucket' >> beam.ParDo(_ByBucketFn(self._shape))
             .with_output_types(Tuple[int, TokenChunk])
             | 'BatchPerBucket' >> beam.ParDo(_BatchPerBucketFn(
-                self._shape, self._max_buffering_seconds)))
+                self._shape, self._max_buffering_seconds, self._clock)))
 
 
 class PackedRows(NamedTuple):
@@ -333,9 +337,11 @@ class _PackPerFlushFn(beam.DoFn):
   WINDOW_END = userstate.TimerSpec('window_end', TimeDomain.WATERMARK)
   BUFFERING_END = userstate.TimerSpec('buffering_end', TimeDomain.REAL_TIME)
 
-  def __init__(self, shape: PackShape, max_buffering_seconds: float):
+  def __init__(self, shape: PackShape, max_buffering_seconds: float,
+               clock=time.time):
     self._shape = shape
     self._max_buffering_seconds = max_buffering_seconds
+    self._clock = clock  # of processing time: tests give a fake one
 
   def process(self, keyed_chunk, window=beam.DoFn.WindowParam,
               pieces=beam.DoFn.StateParam(PIECES),
@@ -346,7 +352,7 @@ class _PackPerFlushFn(beam.DoFn):
     window_end.set(window.end)
     held = records.read() or 0
     if not held:
-      buffering_end.set(time.time() + self._max_buffering_seconds)
+      buffering_end.set(self._clock() + self._max_buffering_seconds)
     pieces.add(chunk)
     records.write(held + len(chunk))
     if held + len(chunk) >= self._shape.pack_window:
@@ -386,10 +392,12 @@ class PackIntoRows(beam.PTransform):
   """
 
   def __init__(self, shape: PackShape,
-               max_buffering_seconds: Optional[float] = None):
+               max_buffering_seconds: Optional[float] = None,
+               clock=time.time):
     super().__init__()
     self._shape = shape
     self._max_buffering_seconds = max_buffering_seconds
+    self._clock = clock
 
   def expand(self, chunks):
     if self._max_buffering_seconds is None:
@@ -399,4 +407,4 @@ class PackIntoRows(beam.PTransform):
             | 'OneKey' >> beam.Map(lambda chunk: (0, chunk))
             .with_output_types(Tuple[int, TokenChunk])
             | 'PackPerFlush' >> beam.ParDo(_PackPerFlushFn(
-                self._shape, self._max_buffering_seconds)))
+                self._shape, self._max_buffering_seconds, self._clock)))

@@ -14,7 +14,8 @@ import time
 import apache_beam as beam
 from apache_beam import coders
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.userstate import CombiningValueStateSpec
+from apache_beam.transforms.userstate import (BagStateSpec,
+                                              CombiningValueStateSpec)
 
 from sftbeam.transforms import schema
 from sftbeam.transforms.paths import is_remote
@@ -60,9 +61,12 @@ def _tokenizer_section(config: dict, stats: dict) -> dict:
   return section
 
 
-def build_info(output_dir: str, config: dict, stats: dict, shard_paths,
+def build_info(output_dir: str, config: dict, stats: dict, shard_entries,
                rejected_paths) -> dict:
-  """The dataset_info dict of a run with these summed stats and files."""
+  """The dataset_info dict of a run with these summed stats and files.
+
+  `shard_entries`: one `tfrecord.describe_shard` dict per shard.
+  """
   del output_dir  # names are relative to it
   layout = config['layout']
   return {
@@ -75,7 +79,7 @@ def build_info(output_dir: str, config: dict, stats: dict, shard_paths,
       'config': config,
       'bucket_boundaries': list(config['boundaries']),
       'counts': summarize(stats),
-      'shards': sorted(map(os.path.basename, shard_paths)),
+      'shards': sorted(shard_entries, key=lambda entry: entry['name']),
       'rejected_files': sorted(map(os.path.basename, rejected_paths)),
       'completed_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
   }
@@ -93,9 +97,9 @@ class _WriteDatasetInfoFn(beam.DoFn):
     self._output_dir = output_dir
     self._config = config
 
-  def process(self, unused_trigger, stats, shard_paths, rejected_results):
+  def process(self, unused_trigger, stats, shard_entries, rejected_results):
     yield write_info(self._output_dir, build_info(
-        self._output_dir, self._config, stats, shard_paths,
+        self._output_dir, self._config, stats, shard_entries,
         [result.file_name for result in rejected_results]))
 
 
@@ -103,17 +107,18 @@ class WriteDatasetInfo(beam.PTransform):
   """Writes dataset_info.json after the shards and rejected files are final.
 
   Takes the pipeline root; the summed stats (a one-element PCollection),
-  the final shard paths and the FileResults of the rejected files come in
-  as side inputs, which makes this step wait for them. Gives the info dict.
+  the shard entries of WriteBatches and the FileResults of the rejected
+  files come in as side inputs, which makes this step wait for them. Gives
+  the info dict.
   """
 
-  def __init__(self, output_dir, config: dict, stats, shard_paths,
+  def __init__(self, output_dir, config: dict, stats, shard_entries,
                rejected_results):
     super().__init__()
     self._output_dir = output_dir
     self._config = config
     self._stats = stats
-    self._shard_paths = shard_paths
+    self._shard_entries = shard_entries
     self._rejected_results = rejected_results
 
   def expand(self, pbegin):
@@ -123,34 +128,37 @@ class WriteDatasetInfo(beam.PTransform):
         | 'WriteInfo' >> beam.ParDo(
             _WriteDatasetInfoFn(self._output_dir, self._config),
             stats=beam.pvalue.AsSingleton(self._stats),
-            shard_paths=beam.pvalue.AsList(self._shard_paths),
+            shard_entries=beam.pvalue.AsList(self._shard_entries),
             rejected_results=beam.pvalue.AsList(self._rejected_results)))
 
 
 class UpdateDatasetInfoFn(beam.DoFn):
-  """('', stats of one window firing) -> dataset_info.json, rewritten.
+  """('', {'stats', 'shards'} of one window firing) -> dataset_info.json,
+  rewritten.
 
-  Streaming. One key, so one firing at a time: the running counts (those
-  of an earlier run continued in this directory, plus this run's) and
-  every shard and rejected file in the directory.
+  Streaming. One key, so one firing at a time: the running counts and
+  every shard so far (those of an earlier run continued in this directory,
+  `earlier`, plus this run's), and every rejected file in the directory.
   """
   TOTALS = CombiningValueStateSpec('totals', coders.PickleCoder(),
                                    SumStatsFn())
+  SHARDS = BagStateSpec('shards', coders.PickleCoder())
 
-  def __init__(self, output_dir: str, config: dict, earlier_stats: dict,
-               shard_suffix: str):
+  def __init__(self, output_dir: str, config: dict, earlier):
     self._output_dir = output_dir
     self._config = config
-    self._earlier_stats = earlier_stats
-    self._shard_suffix = shard_suffix
+    self._earlier = earlier
 
-  def process(self, keyed_stats, totals=beam.DoFn.StateParam(TOTALS)):
-    totals.add(keyed_stats[1])
-    stats = collections.Counter(self._earlier_stats)
+  def process(self, keyed_firing, totals=beam.DoFn.StateParam(TOTALS),
+              shards=beam.DoFn.StateParam(SHARDS)):
+    firing = keyed_firing[1]
+    totals.add(firing['stats'])
+    for entry in firing['shards']:
+      shards.add(entry)
+    stats = collections.Counter(self._earlier.stats)
     stats.update(totals.read())
     yield write_info(self._output_dir, build_info(
         self._output_dir, self._config, dict(stats),
-        matching_paths(self._output_dir, schema.SHARD_PREFIX,
-                       self._shard_suffix),
+        list(self._earlier.shards) + list(shards.read()),
         matching_paths(self._output_dir, schema.REJECTED_PREFIX,
                        schema.REJECTED_SUFFIX)))

@@ -15,6 +15,7 @@ code, or (a blank line) a count in the stats. Reason codes:
   empty_output    the output is empty or only whitespace
 """
 
+import functools
 import hashlib
 import json
 from typing import NamedTuple, Optional
@@ -145,6 +146,13 @@ def _quoted(name: str):
   return f'"{name}"'
 
 
+@functools.lru_cache(maxsize=16)
+def _quoted_keys(keys: tuple):
+  """The quoted forms of `keys`, or None when one needs escaping."""
+  quoted = tuple(map(_quoted, keys))
+  return None if None in quoted else quoted
+
+
 def _decode(text: str, keys, id_field: str):
   """The decoded JSON value of a line, with the exact decoder's outcome.
 
@@ -155,8 +163,8 @@ def _decode(text: str, keys, id_field: str):
   matter; anything else goes to the exact decoder, so every accept/reject
   decision is the json module's.
   """
-  quoted = [_quoted(name) for name in keys]
-  if '\\u' in text or None in quoted or any(text.count(q) > 1
+  quoted = _quoted_keys(keys)
+  if quoted is None or '\\u' in text or any(text.count(q) > 1
                                                for q in quoted):
     return _decode_exactly(text)  # a key may repeat, perhaps escaped
   try:

@@ -200,3 +200,177 @@ def parse_batch(serialized, layout: str = 'padded') -> dict:
     batch[name] = tf.cast(tf.sparse.to_dense(parsed[name]), tf.int32)
   batch[ID_FEATURE] = tf.sparse.to_dense(parsed[ID_FEATURE], default_value='')
   return batch
+
+
+# ------------------------------------------------------------------ decoding
+# The inverse of serialize_batch, in numpy, for readers without TensorFlow.
+# It reads any tf.train.Example in the wire format (fields in any order,
+# unknown fields skipped, int64 lists packed or not), decoding each packed
+# int64 list as one vectorized varint decode.
+
+# Packed batches (layout "packed") add these [B*L] features; every other
+# int64 feature but `shape` is 1-D.
+# Features stored as [B, L] matrices, in any layout.
+_MATRIX_NAMES = frozenset(name for layout in LAYOUTS.values()
+                          for name in layout.matrix)
+
+_VARINT, _FIXED64, _DELIMITED, _FIXED32 = 0, 1, 2, 5
+# Feature's oneof: bytes_list = 1, float_list = 2, int64_list = 3.
+_BYTES_LIST, _FLOAT_LIST, _INT64_LIST = 1, 2, 3
+
+
+class DecodeError(ValueError):
+  """The bytes are not a well-formed batch Example."""
+
+
+def _varint_at(data: bytes, position: int):
+  """(value, next position) of the varint starting at `position`."""
+  value = shift = 0
+  while True:
+    if position >= len(data):
+      raise DecodeError('a varint runs past the end of its message')
+    byte = data[position]
+    position += 1
+    value |= (byte & 0x7F) << shift
+    if byte < 0x80:
+      return value, position
+    shift += 7
+    if shift > 63:
+      raise DecodeError('a varint is longer than 10 bytes')
+
+
+def _fields(data: bytes, start: int, end: int):
+  """Yields (field number, wire type, value start, value end) of each field
+  of the message data[start:end]; a varint field's value is its bytes."""
+  position = start
+  while position < end:
+    key, position = _varint_at(data, position)
+    number, wire_type = key >> 3, key & 7
+    if wire_type == _VARINT:
+      _, stop = _varint_at(data, position)
+    elif wire_type == _DELIMITED:
+      length, position = _varint_at(data, position)
+      stop = position + length
+    elif wire_type in (_FIXED64, _FIXED32):
+      stop = position + (8 if wire_type == _FIXED64 else 4)
+    else:
+      raise DecodeError(f'unsupported wire type {wire_type} in field {number}')
+    if stop > end:
+      raise DecodeError(f'field {number} runs past the end of its message')
+    yield number, wire_type, position, stop
+    position = stop
+
+
+def decode_varints(data: bytes, start: int = 0, end: int = None) -> np.ndarray:
+  """int64 values of the packed varints in data[start:end], vectorized.
+
+  A varint ends at its first byte below 0x80; values are assembled one
+  group position at a time (at most 10 rounds, 3 for token ids below
+  2**21). Ten-byte varints are negative numbers, as in protobuf.
+  """
+  end = len(data) if end is None else end
+  groups = np.frombuffer(data, np.uint8, end - start, start)
+  if not groups.size:
+    return np.zeros(0, np.int64)
+  if groups.max() < 0x80:  # one byte each (masks, small numbers)
+    return groups.astype(np.int64)
+  ends = np.flatnonzero(groups < 0x80)
+  if not ends.size or ends[-1] != groups.size - 1:
+    raise DecodeError('packed varints end inside a varint')
+  starts = np.empty_like(ends)
+  starts[0] = 0
+  np.add(ends[:-1], 1, out=starts[1:])
+  width = int((ends - starts).max()) + 1
+  if width > 10:
+    raise DecodeError('a varint is longer than 10 bytes')
+  payload = (groups & 0x7F).astype(np.uint64)
+  values = payload[starts]
+  for group in range(1, width):
+    # Every value's group `group`, or 0 past its end: no subsets to index.
+    at = starts + group
+    present = np.where(at <= ends, payload[np.minimum(at, ends)], 0)
+    values |= present << np.uint64(7 * group)
+  return values.view(np.int64)
+
+
+def _decode_feature(data: bytes, start: int, end: int):
+  """One Feature message -> int64 array, float32 array or list of bytes."""
+  int64_parts, float_parts, byte_values = [], [], []
+  for kind, _, kind_start, kind_end in _fields(data, start, end):
+    for number, wire_type, value_start, value_end in _fields(
+        data, kind_start, kind_end):
+      if number != 1:
+        continue
+      if kind == _BYTES_LIST:
+        byte_values.append(data[value_start:value_end])
+      elif kind == _INT64_LIST:
+        int64_parts.append(decode_varints(data, value_start, value_end))
+      elif kind == _FLOAT_LIST and wire_type == _DELIMITED:
+        float_parts.append(np.frombuffer(
+            data, '<f4', (value_end - value_start) // 4, value_start))
+      elif kind == _FLOAT_LIST:
+        float_parts.append(np.frombuffer(data, '<f4', 1, value_start))
+    if kind == _BYTES_LIST:
+      return byte_values
+    if kind == _FLOAT_LIST:
+      return np.concatenate(float_parts or [np.zeros(0, np.float32)])
+    if kind == _INT64_LIST:
+      return np.concatenate(int64_parts or [np.zeros(0, np.int64)])
+  return np.zeros(0, np.int64)  # an empty Feature: no values
+
+
+def decode_example(serialized: bytes, names=None) -> dict:
+  """The features of one serialized tf.train.Example, as flat values.
+
+  Gives {name: int64 array | float32 array | list of bytes}; with `names`,
+  only those features are decoded (the others are skipped unread).
+  """
+  serialized = bytes(serialized)
+  features = {}
+  for number, _, start, end in _fields(serialized, 0, len(serialized)):
+    if number != 1:  # Example.features
+      continue
+    for entry_number, _, entry_start, entry_end in _fields(
+        serialized, start, end):
+      if entry_number != 1:  # Features.feature (map entries)
+        continue
+      name, value = None, (entry_start, entry_start)
+      for part, _, part_start, part_end in _fields(
+          serialized, entry_start, entry_end):
+        if part == 1:
+          name = serialized[part_start:part_end].decode('utf-8')
+        elif part == 2:
+          value = (part_start, part_end)
+      if name is not None and (names is None or name in names):
+        features[name] = _decode_feature(serialized, *value)
+  return features
+
+
+def decode_batch(serialized: bytes, names=None) -> dict:
+  """One batch Example's bytes -> dict of numpy arrays, no TensorFlow.
+
+  Matrix features (`input_ids`, `labels`, `response_mask`, and packed
+  batches' `segment_ids`, `positions`) are reshaped to `shape` [B, L];
+  `response_mask` is bool, the other int64 features stay int64 (1-D:
+  per row, or per example in packed batches); `example_ids` is a list of
+  str. With `names`, only those features are decoded.
+  """
+  wanted = None if names is None else set(names) | {SHAPE_FEATURE}
+  features = decode_example(serialized, wanted)
+  if SHAPE_FEATURE not in features or features[SHAPE_FEATURE].size != 2:
+    raise DecodeError(f'a batch Example needs a 2-value `{SHAPE_FEATURE}`')
+  rows, width = (int(value) for value in features.pop(SHAPE_FEATURE))
+  batch = {}
+  for name, values in features.items():
+    if name == ID_FEATURE:
+      batch[name] = [value.decode('utf-8') for value in values]
+    elif name in _MATRIX_NAMES:
+      if values.size != rows * width:
+        raise DecodeError(f'`{name}` holds {values.size} values; shape '
+                          f'[{rows}, {width}] needs {rows * width}')
+      batch[name] = values.reshape(rows, width)
+    else:
+      batch[name] = values
+  if 'response_mask' in batch:
+    batch['response_mask'] = batch['response_mask'].astype(bool)
+  return batch

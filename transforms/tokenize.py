@@ -22,7 +22,7 @@ import numpy as np
 
 from sftbeam.transforms import chat, sft
 from sftbeam.transforms.records import RecordChunk, TokenChunk
-from sftbeam.transforms.tokenizer_backend import EncodeMode
+from sftbeam.transforms.tokenizer_backend import EncodeMode, ids_per_text
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
 
 # Why a record does not fit, by the code `fit_lengths` gives (0: it fits).
@@ -246,10 +246,8 @@ class TokenizeRecords(beam.DoFn):
 
   def _encode_segments(self, texts, split_special_tokens: bool):
     """chat.tokenize_conversations' `encode`: ids per text."""
-    ids, offsets = self._tokenizer.encoder.encode(
-        texts, EncodeMode(False, split_special_tokens))
-    return [ids[start:end].tolist()
-            for start, end in zip(offsets[:-1], offsets[1:])]
+    return ids_per_text(self._tokenizer.encoder, texts,
+                        EncodeMode(False, split_special_tokens))
 
   def _tokenize_chats(self, records: RecordChunk):
     """(TokenChunk of the conversations that fit, Rejecteds, stats)."""

@@ -60,7 +60,23 @@ def _flat(id_lists) -> Tuple[np.ndarray, np.ndarray]:
   return ids, offsets
 
 
-class HfEncoder:
+class Encoder:
+  """Encodes many texts at once: `encode(texts, mode) -> (ids, offsets)`.
+
+  `name` is the backend that encodes, `reason` why that one.
+  """
+  name = ''
+  reason = ''
+
+  def check(self, modes):
+    """Makes sure the encoder can be trusted in `modes` (see AutoEncoder)."""
+    del modes  # a backend chosen by name is trusted as it is
+
+  def encode(self, texts: Sequence[str], mode: EncodeMode):
+    raise NotImplementedError
+
+
+class HfEncoder(Encoder):
   """HuggingFace's encoder: a fast tokenizer's Rust backend, or, for any
   other tokenizer object, its `__call__`."""
   name = 'hf'
@@ -91,7 +107,7 @@ class HfEncoder:
     return _flat(self._tokenizer(list(texts), **kwargs)['input_ids'])
 
 
-class FastokensEncoder:
+class FastokensEncoder(Encoder):
   """fastokens, built from the tokenizer's own `tokenizer.json` content."""
   name = 'fastokens'
 
@@ -116,6 +132,13 @@ class FastokensEncoder:
             np.frombuffer(offsets, '<u8').astype(np.int64))
 
 
+def ids_per_text(encoder, texts: Sequence[str], mode: EncodeMode) -> list:
+  """`encoder`'s ids for each text, as lists."""
+  ids, offsets = encoder.encode(texts, mode)
+  return [ids[start:end].tolist()
+          for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
 def first_difference(reference, candidate, texts, mode: EncodeMode):
   """Index of the first text the two encoders encode differently, or None."""
   expected = reference.encode(texts, mode)
@@ -131,7 +154,7 @@ def first_difference(reference, candidate, texts, mode: EncodeMode):
   return None
 
 
-class AutoEncoder:
+class AutoEncoder(Encoder):
   """fastokens while it agrees with hf, else hf.
 
   Each mode of encoding is checked before its first use: the probe texts,

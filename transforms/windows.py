@@ -38,30 +38,37 @@ ALLOWED_LATENESS_SECONDS = 3600
 _TIME_FORMAT = '%Y%m%dT%H%M%SZ'
 
 
-def _stamp_now(element):
-  return window.TimestampedValue(element, time.time())
+def write_windows(window_seconds: int) -> beam.WindowInto:
+  """Fixed windows that fire once when the watermark passes their end, and
+  again for each late element (within ALLOWED_LATENESS_SECONDS), each
+  firing holding only what came since the last (discarding)."""
+  return beam.WindowInto(
+      window.FixedWindows(window_seconds),
+      trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+      allowed_lateness=ALLOWED_LATENESS_SECONDS,
+      accumulation_mode=trigger.AccumulationMode.DISCARDING)
 
 
 class IntoWriteWindows(beam.PTransform):
   """Elements -> the same, stamped with the wall-clock time, in fixed windows.
 
   Each window fires when the watermark passes its end; a late element would
-  fire a late pane of its own (nothing is dropped within an hour).
+  fire a late pane of its own (nothing is dropped within an hour). `clock`
+  (seconds since the epoch) is for tests.
   """
 
-  def __init__(self, window_seconds: int):
+  def __init__(self, window_seconds: int, clock=time.time):
     super().__init__()
     self._window_seconds = window_seconds
+    self._clock = clock
 
   def expand(self, pcoll):
+    clock = self._clock
     return (
         pcoll
-        | 'StampNow' >> beam.Map(_stamp_now)
-        | 'FixedWindows' >> beam.WindowInto(
-            window.FixedWindows(self._window_seconds),
-            trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
-            allowed_lateness=ALLOWED_LATENESS_SECONDS,
-            accumulation_mode=trigger.AccumulationMode.DISCARDING))
+        | 'StampNow' >> beam.Map(
+            lambda element: window.TimestampedValue(element, clock()))
+        | 'FixedWindows' >> write_windows(self._window_seconds))
 
 
 def _utc(timestamp) -> str:
@@ -105,11 +112,13 @@ class WriteWindowedFiles(beam.PTransform):
 
 
 class WriteWindowStats(beam.DoFn):
-  """('', {'shards', 'rejected_files', 'stats'}) of a window firing -> stats.
+  """('', {'shards', 'rejected_files', 'stats'}) of a window firing ->
+  ('', {'stats', 'shards'}).
 
-  Writes the firing's `window-stats-<start>-<end>-<pane>-<random>.json`
-  (window, pane, counts, summed stats, files) and gives ('', the summed
-  stats).
+  `shards` are the firing's shard entries (tfrecord.describe_shard). Writes
+  the firing's `window-stats-<start>-<end>-<pane>-<random>.json` (window,
+  pane, counts, summed stats, shard entries, rejected files) and gives its
+  summed stats and shard entries.
   """
 
   def __init__(self, output_dir: str):
@@ -127,7 +136,7 @@ class WriteWindowStats(beam.DoFn):
                  'timing': PaneInfoTiming.to_string(pane.timing)},
         'counts': summarize(stats),
         'stats': dict(stats),
-        'shards': sorted(map(os.path.basename, groups['shards'])),
+        'shards': sorted(groups['shards'], key=lambda entry: entry['name']),
         'rejected_files': sorted(map(os.path.basename,
                                      groups['rejected_files'])),
         'written_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
@@ -135,4 +144,4 @@ class WriteWindowStats(beam.DoFn):
     name = window_file_name(schema.WINDOW_STATS_PREFIX,
                             schema.WINDOW_STATS_SUFFIX, window_, pane)
     write_json_atomically(FileSystems.join(self._output_dir, name), record)
-    yield '', dict(stats)
+    yield '', {'stats': dict(stats), 'shards': record['shards']}

@@ -27,10 +27,10 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.options.value_provider import StaticValueProvider
 
 from sftbeam.transforms import manifest, schema
+from sftbeam.transforms.tfrecord import describe_shard, write_record
 
 
 class TFRecordSink(fileio.FileSink):
@@ -51,7 +51,7 @@ class TFRecordSink(fileio.FileSink):
                     if self._compression == 'gzip' else fh)
 
   def write(self, record: bytes):
-    _TFRecordUtil.write_record(self._handle, record)
+    write_record(self._handle, record)
 
   def flush(self):
     # fileio calls flush only right before it closes the file: closing the
@@ -94,7 +94,7 @@ _COPY_BYTES = 8 << 20
 
 
 class _JoinSlotFn(beam.DoFn):
-  """(slot, [FileResult, ...]) -> the slot's final shard name.
+  """(slot, [FileResult, ...]) -> the slot's final shard path.
 
   The slot's files are in the work directory, the shard goes to the output
   directory. Idempotent under retry: when the shard is already in place
@@ -134,24 +134,28 @@ class _JoinSlotFn(beam.DoFn):
 
 def _with_empty_shards(output_dir: str, num_shards: int, suffix: str,
                        written: list) -> list:
-  """Every slot's shard path: `written`, plus an empty shard for each slot
-  that got no batch (so a run has exactly num_shards shards)."""
-  paths = {FileSystems.join(output_dir, shard_name(slot, num_shards, suffix))
-           for slot in range(num_shards)}
+  """Every slot's shard entry: `written` (describe_shard entries), plus an
+  empty shard for each slot that got no batch (so a run has exactly
+  num_shards shards)."""
+  names = {shard_name(slot, num_shards, suffix) for slot in range(num_shards)}
   empty = gzip.compress(b'') if suffix.endswith('.gz') else b''
-  for path in sorted(paths - set(written)):
+  entries = list(written)
+  for name in sorted(names - {entry['name'] for entry in written}):
+    path = FileSystems.join(output_dir, name)
     with FileSystems.create(
         path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
       handle.write(empty)
-  return sorted(paths)
+    entries.append(describe_shard(path))
+  return sorted(entries, key=lambda entry: entry['name'])
 
 
 class WriteBatches(beam.PTransform):
   """Serialized batch Examples -> `num_shards` shards (see the module doc).
 
-  Gives the paths of the final shards, all of them, once they are in
-  place. `work_dir` is the run's work directory (see transforms.manifest);
-  None: a new one, recorded nowhere.
+  Gives the dataset_info.json entry of every final shard (records, bytes,
+  sha256: see tfrecord.describe_shard; each shard described in parallel)
+  once all are in place. `work_dir` is the run's work directory (see
+  transforms.manifest); None: a new one, recorded nowhere.
   """
 
   def __init__(self, output_dir: str, num_shards: int, compression: str,
@@ -179,6 +183,7 @@ class WriteBatches(beam.PTransform):
         | 'BySlot' >> beam.GroupBy(lambda result: result.destination)
         | 'JoinSlots' >> beam.ParDo(
             _JoinSlotFn(work_dir, self._output_dir, num_shards, suffix))
+        | 'DescribeShards' >> beam.Map(describe_shard)
         | 'CollectShards' >> beam.combiners.ToList()
         | 'AddEmptyShards' >> beam.FlatMap(
             lambda written: _with_empty_shards(self._output_dir, num_shards,

@@ -1,0 +1,132 @@
+"""The numpy Example decoder against TensorFlow's protobufs and parser."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sftbeam.pipeline.readers import cu_seqlens, numpy_batch
+from sftbeam.transforms import schema
+from sftbeam.transforms.sft import pad_shift_mask
+from token_chunks import pairs_chunk
+
+
+def random_batch(seed, rows=7):
+  rng = np.random.default_rng(seed)
+  prompts = [rng.integers(0, 2**20, size=rng.integers(1, 90))
+             for _ in range(rows)]
+  outputs = [rng.integers(0, 2**20, size=rng.integers(0, 90))
+             for _ in range(rows)]
+  return pad_shift_mask(pairs_chunk(prompts, outputs), 151643), [
+      f'id-{i}-é' for i in range(rows)]
+
+
+def tf_example(features: dict) -> bytes:
+  """An Example built through TensorFlow's protobuf API."""
+  def feature(values):
+    if isinstance(values, list) and all(isinstance(v, bytes) for v in values):
+      return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+    values = np.asarray(values)
+    if values.dtype.kind == 'f':
+      return tf.train.Feature(float_list=tf.train.FloatList(
+          value=values.ravel().tolist()))
+    return tf.train.Feature(int64_list=tf.train.Int64List(
+        value=values.astype(np.int64).ravel().tolist()))
+  return tf.train.Example(features=tf.train.Features(feature={
+      name: feature(values) for name, values in features.items()
+  })).SerializeToString()
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_decode_batch_inverts_serialize_batch(seed):
+  arrays, example_ids = random_batch(seed)
+  batch = schema.decode_batch(schema.serialize_batch(arrays, example_ids))
+  assert batch['example_ids'] == example_ids
+  for name in schema.MATRIX_FEATURES + schema.ROW_FEATURES:
+    np.testing.assert_array_equal(batch[name], arrays[name])
+    assert batch[name].dtype == arrays[name].dtype
+  assert batch['input_ids'].dtype == np.int64
+  assert batch['response_mask'].dtype == np.bool_
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_decode_batch_equals_tensorflow_parse(seed):
+  arrays, example_ids = random_batch(seed, rows=32)
+  serialized = schema.serialize_batch(arrays, example_ids)
+  parsed = schema.parse_batch(tf.constant(serialized))
+  batch = schema.decode_batch(serialized)
+  for name in schema.MATRIX_FEATURES + schema.ROW_FEATURES:
+    np.testing.assert_array_equal(batch[name], parsed[name].numpy())
+  assert batch['example_ids'] == [
+      value.decode() for value in parsed['example_ids'].numpy()]
+
+
+def test_decode_example_reads_any_tensorflow_example():
+  """Negative and 64-bit values (10-byte varints), floats, empty lists,
+  and features in TensorFlow's own order."""
+  values = [0, 1, 127, 128, 300, 2**21, 2**35, 2**63 - 1, -1, -2**63]
+  decoded = schema.decode_example(tf_example({
+      'big': values, 'empty': np.zeros(0, np.int64),
+      'floats': np.array([0.5, -2.0], np.float32),
+      'words': [b'a', b'', b'\xff\x00']}))
+  np.testing.assert_array_equal(decoded['big'], values)
+  assert decoded['big'].dtype == np.int64
+  assert decoded['empty'].size == 0
+  np.testing.assert_array_equal(decoded['floats'], [0.5, -2.0])
+  assert decoded['words'] == [b'a', b'', b'\xff\x00']
+
+
+def test_decode_varints_of_every_table_value():
+  values = np.arange(2**18)
+  encoded = tf.train.Int64List(value=values.tolist()).SerializeToString()
+  np.testing.assert_array_equal(schema.decode_varints(encoded, 4), values)
+
+
+def test_only_the_named_features_are_decoded():
+  arrays, example_ids = random_batch(0)
+  batch = schema.decode_batch(schema.serialize_batch(arrays, example_ids),
+                              names=('prompt_lengths',))
+  assert set(batch) == {'prompt_lengths'}
+
+
+def test_packed_batches_decode_generically():
+  """Matrix features reshaped to `shape`, per-example features 1-D; the
+  readers add FlashAttention's cu_seqlens (each example, each padding tail
+  one sequence)."""
+  segment_ids = np.array([[1, 1, 1, 2, 2, 0], [1, 1, 1, 1, 1, 1]])
+  positions = np.array([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
+  serialized = tf_example({
+      'input_ids': np.arange(12), 'labels': np.arange(12),
+      'response_mask': np.ones(12), 'shape': [2, 6],
+      'segment_ids': segment_ids, 'positions': positions,
+      'examples_per_row': [2, 1], 'prompt_lengths': [2, 1, 3],
+      'output_lengths': [2, 2, 4], 'example_ids': [b'a', b'b', b'c']})
+  batch = numpy_batch(serialized)
+  np.testing.assert_array_equal(batch['segment_ids'], segment_ids)
+  np.testing.assert_array_equal(batch['positions'], positions)
+  assert batch['input_ids'].shape == (2, 6)
+  np.testing.assert_array_equal(batch['examples_per_row'], [2, 1])
+  np.testing.assert_array_equal(batch['prompt_lengths'], [2, 1, 3])
+  assert batch['example_ids'] == ['a', 'b', 'c']
+  np.testing.assert_array_equal(batch['cu_seqlens'], [0, 3, 5, 6, 12])
+  assert batch['cu_seqlens'].dtype == np.int32
+  assert batch['max_seqlen'] == 6
+
+
+def test_cu_seqlens_without_padding_tails():
+  bounds, longest = cu_seqlens(np.array([[1, 2, 2], [1, 1, 2]]))
+  np.testing.assert_array_equal(bounds, [0, 1, 3, 5, 6])
+  assert longest == 2
+
+
+@pytest.mark.parametrize('cut', [1, 10, 100])
+def test_a_cut_example_is_a_decode_error(cut):
+  arrays, example_ids = random_batch(0)
+  serialized = schema.serialize_batch(arrays, example_ids)
+  with pytest.raises(schema.DecodeError):
+    schema.decode_batch(serialized[:-cut])
+
+
+def test_a_matrix_of_the_wrong_size_is_a_decode_error():
+  serialized = tf_example({'input_ids': np.arange(5), 'shape': [2, 3]})
+  with pytest.raises(schema.DecodeError, match='input_ids'):
+    schema.decode_batch(serialized)
