@@ -20,6 +20,9 @@ from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 from sftbeam import tokenize_prompt_and_output
 from sftbeam.transforms.tokenizer_source import embedded_tokenizer_dir
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 SAMPLE_REJECTIONS = {'invalid_json': 1, 'missing_field': 1,
                      'field_not_string': 1, 'empty_prompt': 1,
                      'not_an_object': 1, 'too_long': 1}
@@ -167,3 +170,4 @@ def test_dataset_info_describes_the_run(tmp_path):
   assert sorted(os.listdir(tmp_path)) == sorted(
       [shard['name'] for shard in info['shards']] + info['rejected_files'] +
       ['dataset_info.json'])
+

@@ -29,6 +29,9 @@ from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 from token_chunks import pairs_chunk
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 IM_END = 151645  # <|im_end|> in the Qwen vocabulary
 MAX_REJECTED_LINE_BYTES = 8 * MAX_RAW_CHARS  # "a few KB" per rejected line
 
@@ -282,6 +285,7 @@ def test_truncation_modes_end_to_end(mode, tmp_path, qwen):
       assert row['response_mask'] == expected['response_mask'][0].tolist()
       assert row['prompt_lengths'] == len(prompt_ids)
       assert row['output_lengths'] == len(output_ids)
+
 
 
 # ------------------------------------------------- tokenizer failures
