@@ -301,7 +301,7 @@ def test_a_failing_record_does_not_fail_its_batch():
   records = RecordChunk.empty('f')
   for number, (example_id, prompt) in enumerate(
       [('a', 'fine'), ('b', 'bad \ud800'), ('c', 'fine too')], start=1):
-    records.add(number, example_id, '{}', prompt, 'out')
+    records.add(number, example_id, b'{}', prompt, 'out')
   written, rejected = [], []
   for value in dofn.process(records):
     tag = getattr(value, 'tag', None)
