@@ -15,6 +15,9 @@ import pytest
 from conftest import ROOT, shared_data
 from sftbeam.pipeline.options import OPTIONS_BY_NAME
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 SCRIPT = os.path.join(ROOT, 'benchmarks', 'run_benchmark.py')
 RECORDS = 300  # all from gsm8k_train: none is rejected
 
@@ -96,3 +99,4 @@ def test_datasets_contender_is_skipped_without_the_extra(monkeypatch,
   row = module.run_datasets(str(tmp_path / 'input.jsonl'), str(tmp_path))
   assert row['status'].startswith('skipped: `datasets` is not installed')
   assert "'.[benchmark]'" in module.format_table([row])
+

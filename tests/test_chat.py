@@ -27,6 +27,9 @@ from sftbeam.transforms.tokenizer_source import (EMBEDDED,
                                                  embedded_tokenizer_dir,
                                                  load_tokenizer)
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 END = '<|im_end|>'
 CHAT_SAMPLE = os.path.join(ROOT, 'examples', 'chat_sample.jsonl')
 
@@ -760,3 +763,4 @@ def test_chat_sample(tokenizers_by_mode, encode):
                         tokenizers_by_mode['text'], encode, max_seq_len=4096,
                         truncation='prompt_left')
   assert long_row.truncated
+

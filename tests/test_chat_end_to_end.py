@@ -18,6 +18,9 @@ from output_rows import rejected_lines, rows_by_id
 from sftbeam.pipeline.readers import load_dataset_info
 from test_chat import SAMPLE_REJECTIONS, reference_row, tokenizers_by_mode  # pylint: disable=unused-import
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 CHAT_SAMPLE = os.path.join(ROOT, 'examples', 'chat_sample.jsonl')
 
 
@@ -120,3 +123,4 @@ def test_messages_format_without_a_chat_template_exits_2(tmp_path):
   assert result.returncode == 2
   assert 'has no chat template' in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
+

@@ -37,6 +37,9 @@ from sftbeam.transforms.tokenizer_source import (EMBEDDED, TokenizerNotFound,
                                          embedded_tokenizer_dir,
                                          load_tokenizer)
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 GCS_FLAGS = ('--input', 'gs://my-bucket/data/*.jsonl',
              '--output', 'gs://my-bucket/sft/run1',
              '--project', 'my-project', '--region', 'europe-west4',
@@ -238,3 +241,4 @@ def test_pipeline_copies_a_remote_tokenizer_once(remote_tokenizer, tmp_path,
   assert info['tokenizer']['tokenizer_json_sha256'] == (
       embedded['tokenizer_json_sha256'])
   assert info['counts']['records_written'] > 200
+

@@ -21,6 +21,9 @@ from sftbeam import tokenize_prompt_and_output
 from sftbeam.transforms.manifest import MANIFEST_FILE
 from sftbeam.transforms.tokenizer_source import embedded_tokenizer_dir
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 SAMPLE_REJECTIONS = {'invalid_json': 1, 'missing_field': 1,
                      'field_not_string': 1, 'empty_prompt': 1,
                      'not_an_object': 1, 'too_long': 1}

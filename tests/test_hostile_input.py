@@ -29,6 +29,9 @@ from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 from token_chunks import pairs_chunk
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 IM_END = 151645  # <|im_end|> in the Qwen vocabulary
 MAX_REJECTED_LINE_BYTES = 8 * MAX_RAW_CHARS  # "a few KB" per rejected line
 
@@ -284,6 +287,7 @@ def test_truncation_modes_end_to_end(mode, tmp_path, qwen):
       assert row['output_lengths'] == len(output_ids)
 
 
+
 # ------------------------------------------------- tokenizer failures
 
 def test_a_failing_record_does_not_fail_its_batch():
@@ -297,7 +301,7 @@ def test_a_failing_record_does_not_fail_its_batch():
   records = RecordChunk.empty('f')
   for number, (example_id, prompt) in enumerate(
       [('a', 'fine'), ('b', 'bad \ud800'), ('c', 'fine too')], start=1):
-    records.add(number, example_id, '{}', prompt, 'out')
+    records.add(number, example_id, b'{}', prompt, 'out')
   written, rejected = [], []
   for value in dofn.process(records):
     tag = getattr(value, 'tag', None)

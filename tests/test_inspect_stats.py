@@ -13,6 +13,9 @@ from sftbeam import tokenize_prompt_and_output
 from sftbeam.pipeline import cli
 from sftbeam.readers import iter_numpy_batches, load_dataset_info
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 POSITION_LINE = re.compile(r'^ +(\d+) +(\d+) (.*?) +(\d+) (.*?) +([TF])\b')
 
 
@@ -200,3 +203,4 @@ def test_the_installed_command_runs_inspect(tmp_path):
   result = run_sftbeam('inspect', '--prompt', 'Hi', '--output', 'there',
                        network=False, check=True)
   assert positions(result.stdout.splitlines())
+

@@ -26,6 +26,9 @@ import pytest
 from conftest import ROOT, SAMPLE, offline, run_sftbeam
 from output_rows import record_counts, rejected_lines, rows_by_id
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 # Repository folder -> installed package (setup.py's package_dir).
 PACKAGES = {'sftbeam': 'sftbeam', 'pipeline': 'sftbeam/pipeline',
             'transforms': 'sftbeam/transforms'}
@@ -167,3 +170,4 @@ def test_installed_pipeline_runs_outside_the_checkout(venv, tmp_path):
   assert rows == rows_by_id(checkout_output)
   assert rejected_lines(installed_output) == rejected_lines(checkout_output)
   assert record_counts(installed_output) == record_counts(checkout_output)
+

@@ -25,6 +25,9 @@ from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
                               load_dataset_info, read_tf_dataset)
 from sftbeam.transforms import manifest, schema, sft
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 COPIES = 2
 # The last shard renames and dataset_info.json follow each other within
 # milliseconds: poll often enough to land between them, and try again if a
@@ -166,3 +169,4 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
         reference['input_ids'][0].tolist())
     assert rows[example_id]['response_mask'][:real] == (
         reference['response_mask'][0].tolist())
+

@@ -17,6 +17,9 @@ from conftest import run_sftbeam, shared_data
 from sftbeam import tokenize_prompt_and_output
 from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 SPECIAL_RECORDS = [
     ('im-end-in-output', 'Say goodbye.', 'Goodbye!<|im_end|>'),
     ('rendered-chat', '<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n',
@@ -133,3 +136,4 @@ def test_arrays_are_independent(qwen, return_tensors):
   labels[~batch['response_mask']] = -100
   assert np.array_equal(np.array(batch['input_ids']), before)
   assert (np.array(batch['labels']) == -100).any()
+

@@ -17,6 +17,9 @@ from conftest import run_sftbeam, shared_data
 from sftbeam import tokenize_prompt_and_output
 from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 PACK_LENGTH = 2048
 
 
@@ -143,3 +146,4 @@ def test_token_budget_batches_keep_their_budget(packed_input, tmp_path):
     rows = max(1, 4096 // int(boundary))
     assert bucket['batches'] == -(-bucket['records'] // rows)
   assert info['counts']['batches_written'] == batches
+

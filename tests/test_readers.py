@@ -24,6 +24,9 @@ from sftbeam.transforms import schema
 from sftbeam.transforms.tfrecord import (describe_shard, iter_records,
                                          write_record)
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 
 def run(output_dir, *flags, input_path=SAMPLE):
   run_sftbeam('run', '--config', os.path.join(ROOT, 'configs/local.yaml'),
@@ -345,6 +348,7 @@ def test_torch_order_is_fixed_by_seed_and_epoch(finished):
   assert first == order(0)
   assert first != order(1)
   assert first != order(0, seed=6)
+
 
 
 @pytest.mark.parametrize('suffix, content', [

@@ -98,6 +98,7 @@ def gsm8k_head() -> bytes:
 
 # ------------------------------------------------ compressed input, whole or not
 
+@pytest.mark.slow
 def test_complete_compressed_inputs_are_read_whole(gsm8k_head, tmp_path):
   """Every compression Beam detects by extension, and two gzip members
   joined with cat, give every record."""
@@ -129,6 +130,7 @@ def assert_refused_untouched(line: str, path, output_dir):
   assert os.listdir(output_dir) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('extension', ['gz', 'bz2'])
 def test_cut_compressed_input_fails_the_run(extension, gsm8k_head, tmp_path):
   """The installed CLI on a file cut in half: exit 1 and one line, where it
@@ -145,6 +147,7 @@ CUTS = ([('gz', fraction) for fraction in (0.0, 0.05, 0.999)] +
                                             'zstd')])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('extension, fraction', CUTS,
                          ids=[f'{e}-{f}' for e, f in CUTS])
 def test_cut_points_of_every_compression_fail_the_run(
@@ -158,6 +161,7 @@ def test_cut_points_of_every_compression_fail_the_run(
   assert_refused_untouched(line, path, output_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('extension', ['gz', 'bz2', 'xz', 'zstd'])
 def test_corrupt_compressed_input_fails_the_run(extension, gsm8k_head,
                                                 tmp_path, capsys):
@@ -242,6 +246,7 @@ def copy_of(earlier_run, tmp_path):
   return output_dir
 
 
+@pytest.mark.slow
 def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
   output_dir = copy_of(earlier_run, tmp_path)
   first = read_record(output_dir)
@@ -262,6 +267,7 @@ def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
       written + [manifest.MANIFEST_FILE])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('input_name', ['data.jsonl', '*.jsonl',
                                         'rejected-00000-of-00001.jsonl'])
 def test_output_holding_an_input_is_refused(input_name, earlier_run, tmp_path,
@@ -338,6 +344,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_a_locked_output_is_refused_until_its_owner_dies(tmp_path, capsys):
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
@@ -358,6 +365,7 @@ def test_a_locked_output_is_refused_until_its_owner_dies(tmp_path, capsys):
   assert run_lock.LOCK_FILE not in os.listdir(output_dir)
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_one_writes(tmp_path):
   """Started together on one directory: one run writes it whole, the other
   is refused (locked, or no longer empty), whatever the timing."""
@@ -509,6 +517,7 @@ def evil_tokenizer_dir(tmp_path):
   return directory, marker
 
 
+@pytest.mark.slow
 def test_tokenizer_with_its_own_code_is_refused(tmp_path):
   """Refused with one line, exit 2, even with "y" waiting on stdin (where
   transformers would ask); the code never runs, in the CLI or the library."""

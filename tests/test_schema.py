@@ -55,6 +55,8 @@ def test_varints_of_every_table_value_match_the_protobuf_encoding():
   assert schema._varints(values) == expected[4:]  # key, 3-byte length
 
 
-def test_negative_values_are_refused():
-  with pytest.raises(ValueError, match='non-negative'):
-    schema._int64_feature(np.array([-1]))  # pylint: disable=protected-access
+def test_negative_values_are_encoded_as_protobuf_does():
+  """Ten bytes of the two's complement, as Int64List writes them."""
+  values = [-1, -2**63, 7, -300]
+  expected = tf.train.Int64List(value=values).SerializeToString()
+  assert schema._varints(np.array(values)) == expected[2:]  # pylint: disable=protected-access

@@ -24,6 +24,9 @@ from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 from pubsub_emulator import PubSubEmulator, missing
 from sftbeam.transforms import schema
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 OPTIONS = ['--batch_size', '8', '--num_shards', '2']
 STREAMING_OPTIONS = ['--window_seconds', '2', '--max_buffering_seconds', '1']
 # The run waits for every message; a stalled one fails the test after this.
@@ -153,8 +156,9 @@ def test_streaming_matches_batch_and_loses_nothing(emulator, tmp_path):
                 for m in dead_letters) == sorted(
                     (r['raw'], r['reason']) for r in batch_rejected)
 
-  assert all(WINDOW_FILE.search(name)
-             for name in info['shards'] + info['rejected_files'])
+  assert all(WINDOW_FILE.search(name) for name in
+             [entry['name'] for entry in info['shards']] +
+             info['rejected_files'])
   window_stats = [name for name in os.listdir(output_dir)
                   if name.startswith(schema.WINDOW_STATS_PREFIX)]
   assert window_stats and all(WINDOW_FILE.search(name)
@@ -227,3 +231,4 @@ def test_dataflow_streaming_job_builds_offline():
   for step in ('ReadPubSub', 'LinesToBatches', 'WindowBatches', 'WriteShards',
                'WriteRejected', 'UpdateDatasetInfo'):
     assert step in steps
+

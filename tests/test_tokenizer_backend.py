@@ -23,6 +23,9 @@ from sftbeam.transforms.tokenizer_backend import (AutoEncoder, EncodeMode,
                                                   HfEncoder, make_encoder)
 from sftbeam.transforms.probe_texts import probe_texts
 
+# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+pytestmark = pytest.mark.slow
+
 MODES = [EncodeMode(add, split) for add in (False, True)
          for split in (False, True)]
 
@@ -199,4 +202,5 @@ def test_rows_are_identical_with_both_backends(tmp_path, name):
   assert fast == hf
   assert rejected_lines(outputs['fastokens']) == rejected_lines(outputs['hf'])
   assert record_counts(outputs['fastokens']) == record_counts(outputs['hf'])
+
 

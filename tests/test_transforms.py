@@ -117,7 +117,7 @@ def _records(*pairs):
   """A RecordChunk of (example_id, prompt, output) on lines 1, 2, ..."""
   chunk = RecordChunk.empty('f')
   for number, (example_id, prompt, output) in enumerate(pairs, start=1):
-    chunk.add(number, example_id, '{}', prompt, output)
+    chunk.add(number, example_id, b'{}', prompt, output)
   return chunk
 
 

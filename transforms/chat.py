@@ -102,6 +102,9 @@ def record_kind(obj, prompt_field: str = 'prompt',
   """
   if not isinstance(obj, dict):
     return None
+  if 'messages' not in obj and 'completion' not in obj:
+    return 'prompt_output' if (prompt_field in obj or
+                               output_field in obj) else None
   if isinstance(obj.get('messages'), list):
     return 'chat'
   if isinstance(obj.get('prompt'), list) and isinstance(

@@ -27,7 +27,7 @@ from sftbeam.transforms import chat
 from sftbeam.transforms.records import (MAX_RAW_CHARS, LineChunk, RecordChunk,
                                         Rejected, cap_raw)
 
-_BOM = '\ufeff'
+_BOM_BYTES = '\ufeff'.encode('utf-8')
 
 
 class FieldNames(NamedTuple):
@@ -148,31 +148,40 @@ def _quoted(name: str):
 
 @functools.lru_cache(maxsize=16)
 def _quoted_keys(keys: tuple):
-  """The quoted forms of `keys`, or None when one needs escaping."""
-  quoted = tuple(map(_quoted, keys))
-  return None if None in quoted else quoted
+  """`keys` quoted as written without escapes, as UTF-8 bytes, or None
+  when one of them would need escaping."""
+  quoted = tuple(dict.fromkeys(map(_quoted, keys)))
+  if None in quoted:
+    return None
+  return tuple(key.encode('utf-8') for key in quoted)
 
 
-def _decode(text: str, keys, id_field: str):
-  """The decoded JSON value of a line, with the exact decoder's outcome.
+def _decode_fast(line: bytes, fields: FieldNames):
+  """The decoded JSON value of a line by orjson, or None when the exact
+  decoder must decide.
 
-  orjson decodes about 5x faster than the json module but differs from it
-  on a few inputs: it keeps the last of repeated keys silently, refuses
-  NaN, lone surrogates, 1e400 and deep nesting, and reads integers beyond
-  64 bits as floats. Its result is used only where none of that can
-  matter; anything else goes to the exact decoder, so every accept/reject
-  decision is the json module's.
+  orjson decodes about 5x faster than the json module, from the bytes,
+  but differs from it on a few inputs: it keeps the last of repeated keys
+  silently, refuses invalid UTF-8, NaN, lone surrogates, 1e400 and deep
+  nesting, and reads integers beyond 64 bits as floats. Its result is used
+  only where none of that can matter, so every accept/reject decision is
+  the json module's. A key the record reads may repeat only if it is
+  written twice, or escaped (a backslash-u escape, or a key that needs
+  escaping).
   """
-  quoted = _quoted_keys(keys)
-  if quoted is None or '\\u' in text or any(text.count(q) > 1
-                                               for q in quoted):
-    return _decode_exactly(text)  # a key may repeat, perhaps escaped
+  if b'\\u' in line:
+    return None
   try:
-    obj = orjson.loads(text)
+    obj = orjson.loads(line)
   except orjson.JSONDecodeError:
-    return _decode_exactly(text)
-  if isinstance(obj, dict) and isinstance(obj.get(id_field), float):
-    return _decode_exactly(text)  # perhaps an integer id beyond 64 bits
+    return None
+  if not isinstance(obj, dict):
+    return obj
+  keys = _quoted_keys(tuple(fields) + _CHAT_KEYS if (
+      'messages' in obj or 'completion' in obj) else tuple(fields))
+  if keys is None or any(line.count(key) > 1 for key in keys) or (
+      isinstance(obj.get(fields.id), float)):  # an int id beyond 64 bits?
+    return None
   return obj
 
 
@@ -186,24 +195,24 @@ class ParsedRecord(NamedTuple):
 
 # Keys a chat record reads (besides the id field).
 _CHAT_KEYS = ('messages', 'prompt', 'completion')
+# The kind of every record, for an input_format that is not "auto".
+_FORMAT_KINDS = {'prompt_output': 'prompt_output', 'messages': 'chat'}
 
 
-def parse_text(text: str, fields: FieldNames,
-               input_format: str = 'auto') -> ParsedRecord:
-  """The record of one JSON line, or raises ParseError.
+def parse_object(obj, fields: FieldNames, input_format: str = 'auto',
+                 escaped: bool = True) -> ParsedRecord:
+  """The record of one decoded JSON line, or raises ParseError.
 
   `input_format` "auto" tells a chat record from a prompt/output one by
   its fields (chat.record_kind); "prompt_output" and "messages" read every
-  line as that kind.
+  line as that kind. `escaped`: whether the line holds a backslash-u
+  escape, the only way a lone surrogate gets into a decoded string.
   """
-  obj = _decode(text, tuple(fields) + _CHAT_KEYS, fields.id)
   if not isinstance(obj, dict):
     raise ParseError('not_an_object',
                      f'expected a JSON object, got {_json_type(obj)}')
-  kind = {'prompt_output': 'prompt_output', 'messages': 'chat'}.get(
-      input_format) or chat.record_kind(obj, fields.prompt, fields.output)
-  # Only a backslash-u escape can put a lone surrogate into a string.
-  escaped = '\\u' in text
+  kind = _FORMAT_KINDS.get(input_format) or chat.record_kind(
+      obj, fields.prompt, fields.output)
   if kind == 'chat':
     return _parse_chat(obj, fields, escaped)
   return _parse_prompt_output(obj, fields, escaped)
@@ -248,30 +257,39 @@ def _parse_chat(obj: dict, fields: FieldNames, escaped: bool) -> ParsedRecord:
 def parse_line(source: str, line_number: int, line: bytes, total_bytes: int,
                fields: FieldNames, max_line_bytes: int,
                input_format: str = 'auto'):
-  """(ParsedRecord, text), a Rejected, or None (blank line).
+  """(ParsedRecord, line), a Rejected, or None (blank line).
 
-  `text` is the decoded line, kept for a rejection by a later step.
+  The `line` given back (bytes, valid UTF-8, without a BOM) is kept for a
+  rejection by a later step.
   """
-  def rejected(reason, message, raw):
-    return Rejected(source, line_number, reason, message, cap_raw(raw))
+  def rejected(reason, message, raw: bytes):
+    return Rejected(source, line_number, reason, message,
+                    cap_raw(raw.decode('utf-8', 'replace')))
 
   if total_bytes > max_line_bytes:
     return rejected('line_too_long',
                     f'{total_bytes} bytes, more than max_line_bytes '
-                    f'{max_line_bytes}',
-                    line[:MAX_RAW_CHARS].decode('utf-8', 'replace'))
-  try:
-    text = line.decode('utf-8')
-  except UnicodeDecodeError as error:
-    return rejected('invalid_utf8', str(error),
-                    line[:MAX_RAW_CHARS].decode('utf-8', 'replace'))
-  text = text.lstrip(_BOM)
-  if not text or text.isspace():
+                    f'{max_line_bytes}', line[:MAX_RAW_CHARS])
+  while line.startswith(_BOM_BYTES):
+    line = line[len(_BOM_BYTES):]
+  if not line or line.isspace():
     return None
+  obj = _decode_fast(line, fields)
+  if obj is None:
+    try:
+      text = line.decode('utf-8')
+    except UnicodeDecodeError as error:
+      return rejected('invalid_utf8', str(error), line[:MAX_RAW_CHARS])
+    if text.isspace():  # Unicode whitespace only (NBSP...)
+      return None
+    try:
+      obj = _decode_exactly(text)
+    except ParseError as error:
+      return rejected(error.reason, str(error), line)
   try:
-    return parse_text(text, fields, input_format), text
+    return parse_object(obj, fields, input_format, b'\\u' in line), line
   except ParseError as error:
-    return rejected(error.reason, str(error), text)
+    return rejected(error.reason, str(error), line)
 
 
 class ParseLines(beam.DoFn):
@@ -301,8 +319,8 @@ class ParseLines(beam.DoFn):
       elif isinstance(parsed, Rejected):
         yield beam.pvalue.TaggedOutput(self.REJECTED, parsed)
       else:
-        record, text = parsed
-        records.add(line_number, record.example_id, text, record.prompt,
+        record, kept_line = parsed
+        records.add(line_number, record.example_id, kept_line, record.prompt,
                     record.output, record.conversation)
     yield beam.pvalue.TaggedOutput(self.STATS, {
         'lines': len(chunk.lines), 'blank_lines': blank_lines,

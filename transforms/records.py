@@ -33,8 +33,8 @@ class RecordChunk(NamedTuple):
 
   A prompt/output record has its `prompts` and `outputs` entries and None
   in `conversations`; a chat record the reverse (a `chat.Conversation`).
-  `texts` are the records' decoded lines, kept (not copied) so that a later
-  step can still show a rejected record's line.
+  `lines` are the records' input lines (UTF-8 bytes), kept (not copied) so
+  that a later step can still show a rejected record's line.
   """
   source: str
   line_numbers: List[Optional[int]]
@@ -42,20 +42,20 @@ class RecordChunk(NamedTuple):
   prompts: List[Optional[str]]
   outputs: List[Optional[str]]
   conversations: list
-  texts: List[str]
+  lines: List[bytes]
 
   @staticmethod
   def empty(source: str) -> 'RecordChunk':
     return RecordChunk(source, [], [], [], [], [], [])
 
-  def add(self, line_number, example_id, text, prompt=None, output=None,
+  def add(self, line_number, example_id, line, prompt=None, output=None,
           conversation=None):
     self.line_numbers.append(line_number)
     self.example_ids.append(example_id)
     self.prompts.append(prompt)
     self.outputs.append(output)
     self.conversations.append(conversation)
-    self.texts.append(text)
+    self.lines.append(line)
 
   def subset(self, indices) -> 'RecordChunk':
     """The records at `indices`, in that order."""
@@ -65,7 +65,7 @@ class RecordChunk(NamedTuple):
   def reject(self, index: int, reason: str, message: str) -> 'Rejected':
     """Record `index` as a Rejected with this reason."""
     return Rejected(self.source, self.line_numbers[index], reason, message,
-                    cap_raw(self.texts[index]))
+                    cap_raw(self.lines[index].decode('utf-8')))
 
 
 class Rejected(NamedTuple):

@@ -86,14 +86,17 @@ class HfEncoder(Encoder):
     self._rust = {}  # split_special_tokens -> a Rust Tokenizer set so
 
   def _rust_backend(self, split_special_tokens: bool):
+    """The Rust tokenizer set to the mode: the tokenizer's own when it is
+    (usually so for "special"), else a copy (the flag is the tokenizer's
+    state, not a call argument, and the caller's tokenizer must stay as it
+    was)."""
     if split_special_tokens not in self._rust:
       import tokenizers  # pylint: disable=import-outside-toplevel
       backend = self._tokenizer.backend_tokenizer
-      # A copy per mode: the flag is the tokenizer's state, not a call
-      # argument, and the caller's tokenizer must stay as it was.
-      copy = tokenizers.Tokenizer.from_str(backend.to_str())
-      copy.encode_special_tokens = split_special_tokens
-      self._rust[split_special_tokens] = copy
+      if backend.encode_special_tokens != split_special_tokens:
+        backend = tokenizers.Tokenizer.from_str(backend.to_str())
+        backend.encode_special_tokens = split_special_tokens
+      self._rust[split_special_tokens] = backend
     return self._rust[split_special_tokens]
 
   def encode(self, texts: Sequence[str], mode: EncodeMode):
@@ -107,22 +110,44 @@ class HfEncoder(Encoder):
     return _flat(self._tokenizer(list(texts), **kwargs)['input_ids'])
 
 
+def load_fastokens(tokenizer_json: str):
+  """A fastokens tokenizer from a `tokenizer.json` path, or the exception
+  that stopped it. Releases the GIL while it loads (seconds), so it can run
+  on a thread while the HuggingFace tokenizer loads."""
+  try:
+    import fastokens  # pylint: disable=import-outside-toplevel
+    return fastokens.Tokenizer.from_file(tokenizer_json)
+  except Exception as error:  # pylint: disable=broad-except
+    return error
+
+
 class FastokensEncoder(Encoder):
-  """fastokens, built from the tokenizer's own `tokenizer.json` content."""
+  """fastokens, built from the tokenizer's own configuration.
+
+  By default from the loaded tokenizer's serialization, which is exactly
+  what HuggingFace encodes with. `loaded` may hand in one built from the
+  tokenizer's `tokenizer.json` file instead (faster to have, as it loads
+  beside the HuggingFace tokenizer; transformers may adjust settings on
+  load, so only AutoEncoder, which checks, takes it), or the exception
+  that stopped that.
+  """
   name = 'fastokens'
 
-  def __init__(self, tokenizer):
+  def __init__(self, tokenizer, loaded=None):
     backend = getattr(tokenizer, 'backend_tokenizer', None)
     if backend is None:
       raise BackendUnavailable(
           f'{type(tokenizer).__name__} is not a HuggingFace fast tokenizer')
-    try:
+    if loaded is None:
       import fastokens  # pylint: disable=import-outside-toplevel
-      self._tokenizer = fastokens.Tokenizer.from_json_str(backend.to_str())
-    except Exception as error:  # pylint: disable=broad-except
+      try:
+        loaded = fastokens.Tokenizer.from_json_str(backend.to_str())
+      except Exception as error:  # pylint: disable=broad-except
+        loaded = error
+    if isinstance(loaded, Exception):
       raise BackendUnavailable(
-          f'fastokens cannot load it: {str(error).splitlines()[0][:200]}'
-      ) from None
+          f'fastokens cannot load it: {str(loaded).splitlines()[0][:200]}')
+    self._tokenizer = loaded
 
   def encode(self, texts: Sequence[str], mode: EncodeMode):
     ids, offsets = self._tokenizer.encode_batch_flat(
@@ -163,14 +188,14 @@ class AutoEncoder(Encoder):
   `check(modes)` runs the probe check up front (a worker's setup).
   """
 
-  def __init__(self, tokenizer):
+  def __init__(self, tokenizer, fastokens_loaded=None):
     self._hf = HfEncoder(tokenizer)
     self._probes = probe_texts(special_token_strings(tokenizer))
     self._unchecked = {}  # mode -> input texts still to compare in it
     self._checked_inputs = 0
     self._fast = None
     try:
-      self._fast = FastokensEncoder(tokenizer)
+      self._fast = FastokensEncoder(tokenizer, fastokens_loaded)
       self.reason = 'fastokens: loaded, not yet checked'
     except BackendUnavailable as error:
       self._fall_back(str(error))
@@ -219,12 +244,14 @@ class AutoEncoder(Encoder):
     return self._fast.encode(texts, mode)
 
 
-def make_encoder(tokenizer, backend: str):
+def make_encoder(tokenizer, backend: str, fastokens_loaded=None):
   """The encoder `backend` names, for `tokenizer`.
 
   `fastokens` raises BackendUnavailable when it cannot load the tokenizer;
   `auto` never raises (it falls back to hf). The encoder's `name` says
-  which backend encodes and `reason` why.
+  which backend encodes and `reason` why. `fastokens_loaded`: for `auto`,
+  a fastokens tokenizer already loaded from the tokenizer's file (see
+  FastokensEncoder).
   """
   if backend == 'hf':
     encoder = HfEncoder(tokenizer)
@@ -235,6 +262,6 @@ def make_encoder(tokenizer, backend: str):
     encoder.reason = 'fastokens: chosen with tokenizer_backend fastokens'
     return encoder
   if backend == 'auto':
-    return AutoEncoder(tokenizer)
+    return AutoEncoder(tokenizer, fastokens_loaded)
   raise ValueError(f'tokenizer_backend must be one of {", ".join(BACKENDS)}, '
                    f'not {backend!r}')

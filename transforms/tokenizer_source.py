@@ -9,6 +9,7 @@ A tokenizer is named by one string:
   anything else       a HuggingFace hub name (network, unless cached).
 """
 
+import concurrent.futures
 import hashlib
 import importlib.util
 import os
@@ -19,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
 from sftbeam.transforms.paths import is_remote
-from sftbeam.transforms.tokenizer_backend import (make_encoder,
+from sftbeam.transforms.tokenizer_backend import (load_fastokens, make_encoder,
                                                   special_token_strings)
 
 EMBEDDED = 'embedded'
@@ -128,8 +129,16 @@ class LoadedTokenizer:
 
   def __init__(self, name: str, backend: str):
     self.name = name
+    fastokens_loading = None
+    tokenizer_json = os.path.join(local_tokenizer_dir(name), 'tokenizer.json')
+    if backend == 'auto' and os.path.isfile(tokenizer_json):
+      # fastokens loads (seconds, without the GIL) while transformers does.
+      fastokens_loading = concurrent.futures.ThreadPoolExecutor(1).submit(
+          load_fastokens, tokenizer_json)
     self.tokenizer = load_tokenizer(name)
-    self.encoder = make_encoder(self.tokenizer, backend)
+    self.encoder = make_encoder(
+        self.tokenizer, backend,
+        fastokens_loading and fastokens_loading.result())
     self.special_tokens = special_token_strings(self.tokenizer)
 
   def identity(self) -> dict:
