@@ -1,5 +1,5 @@
 """Every config and CLI error stops the run before it starts: exit 2, exactly
-one line on stderr saying what is wrong, no traceback (issues 2 and 3).
+one line on stderr saying what is wrong, no traceback (docs/options.md).
 
 Most cases call `sftbeam.pipeline.cli.main` in-process (no pipeline runs); two go
 through the installed `sftbeam` script, offline.
@@ -78,7 +78,7 @@ CASES = [
      'is not empty (1 entries): pass --overwrite'),
     ('output-is-a-file', None, ['--output', '{input}'],
      'is a file, not a directory'),
-    # Issue 13: values that passed the checks, or broke the one line.
+    # Values that once passed the checks, or broke the one line.
     ('pad-id-outside-vocabulary', None, ['--pad_id', '999999999'],
      "pad_id 999999999 is not a token id of tokenizer 'embedded' (its ids "
      'are 0 to 151668)'),

@@ -1,6 +1,6 @@
-"""The readers verify what they read (issue 13) and need no TensorFlow
-(issue 18): end to end on the CLI's output for examples/sample.jsonl, each
-case tampering with a copy of it."""
+"""The readers verify what they read (docs/safety.md) and need no
+TensorFlow (docs/reading.md): end to end on the CLI's output for
+examples/sample.jsonl, each case tampering with a copy of it."""
 
 import collections
 import gzip

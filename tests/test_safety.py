@@ -1,4 +1,4 @@
-"""Nothing lost, nothing clobbered (issue 13).
+"""Nothing lost, nothing clobbered (docs/safety.md).
 
 Input that cannot be read whole fails the run; --overwrite deletes only what
 sftbeam recorded writing; one run at a time per output directory; a
