@@ -44,6 +44,8 @@ setuptools.setup(
         'fastokens==0.3.5',
         'orjson==3.13.0',
         'jinja2==3.1.6',
+        # .zst inputs, decompressed by sftbeam itself to see them end.
+        'zstandard==0.25.0',
     ],
     extras_require={
         'tf': [TENSORFLOW],         # read_tf_dataset

@@ -22,12 +22,13 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from sftbeam.pipeline import config as config_lib
-from sftbeam.pipeline import inspect, remote, report, runners, streaming
+from sftbeam.pipeline import (inspect, progress, remote, report, runners,
+                              streaming)
 from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.output_dir import prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
-from sftbeam.transforms import chat, progress
+from sftbeam.transforms import chat
 from sftbeam.transforms.lines_to_batches import chat_template_text
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.read import CorruptInputError, corrupt_input_message

@@ -1,7 +1,8 @@
 """Assembling the batch job's Beam graph from the transforms.
 
   ReadInput -> LinesToBatches (parse, tokenize, batch, pad) ->
-  WriteBatches, WriteRejected, SumStats -> WriteDatasetInfo
+  WriteBatches, WriteRejected, SumStats -> WriteDatasetInfo (and
+  CountStats: Beam counters and the live progress line)
 
 `LinesToBatches` (transforms/lines_to_batches.py) is the whole computation
 from raw lines to serialized batches; the streaming job
@@ -10,7 +11,7 @@ from raw lines to serialized batches; the streaming job
 
 import apache_beam as beam
 
-from sftbeam.pipeline import runners
+from sftbeam.pipeline import progress, runners
 from sftbeam.transforms.dataset_info import WriteDatasetInfo
 from sftbeam.transforms.lines_to_batches import LinesToBatches
 from sftbeam.transforms.manifest import new_work_dir
@@ -36,6 +37,7 @@ def build_batch_pipeline(root, config, work_dir=None):
       config.output, config.num_shards, config.compression, work_dir)
   rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(
       config.output, work_dir=work_dir)
+  _ = outputs['stats'] | 'CountStats' >> beam.ParDo(progress.CountStats())
   stats = outputs['stats'] | 'SumStats' >> beam.CombineGlobally(SumStatsFn())
   return root | 'WriteDatasetInfo' >> WriteDatasetInfo(
       config.output, config.to_dict(), stats, shard_entries, rejected_results)

@@ -33,7 +33,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from sftbeam.transforms import schema
+from sftbeam.transforms import pack, schema
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.tfrecord import (CorruptRecord, describe_shard,
                                          iter_records)
@@ -220,28 +220,13 @@ def serialized_batches(output_dir: str, shuffle=False, seed=0, epoch=0,
                    np.random.default_rng([seed, epoch, part, parts]))
 
 
-def cu_seqlens(segment_ids: np.ndarray):
-  """(cu_seqlens int32, max_seqlen) over a packed batch's flattened tokens.
-
-  FlashAttention's `flash_attn_varlen_func` convention: every run of equal
-  segment ids within a row is one sequence (each example, and a row's
-  padding tail), so the boundaries tile 0..B*L.
-  """
-  rows, width = segment_ids.shape
-  flat = segment_ids.ravel()
-  starts = np.ones(flat.size, bool)
-  starts[1:] = flat[1:] != flat[:-1]
-  starts[::width] = True  # a row starts a sequence
-  bounds = np.append(np.flatnonzero(starts), rows * width).astype(np.int32)
-  return bounds, int(np.diff(bounds).max()) if flat.size else 0
-
-
 def numpy_batch(serialized: bytes) -> dict:
   """One Example's bytes as the readers give it (schema.decode_batch, plus
   `cu_seqlens`/`max_seqlen` for packed batches)."""
   batch = schema.decode_batch(serialized)
   if 'segment_ids' in batch:
-    batch['cu_seqlens'], batch['max_seqlen'] = cu_seqlens(batch['segment_ids'])
+    batch['cu_seqlens'], batch['max_seqlen'] = pack.cu_seqlens(
+        batch['segment_ids'])
   return batch
 
 

@@ -93,6 +93,11 @@ def _histogram_lines(title: str, values: np.ndarray) -> list:
 def _summary_lines(output_dir: str, info: dict) -> list:
   counts = info['counts']
   efficiency = counts['padding_efficiency']
+  packing = counts.get('packing')
+  packed = [] if not packing else [
+      f'packed rows {packing["packed_rows"]} of {info["pack_length"]} '
+      f'positions, {packing["examples_per_row_mean"]:.1f} records per row on '
+      f'average, at most {packing["examples_per_row_max"]}']
   return [
       f'{output_dir}: {info.get("layout", "padded")} batches, tokenizer '
       f'{info["tokenizer"]["name"]}, sftbeam {info["sftbeam_version"]}',
@@ -101,9 +106,9 @@ def _summary_lines(output_dir: str, info: dict) -> list:
       f'truncated {counts["records_truncated"]}',
       f'batches {counts["batches_written"]} in {len(info["shards"])} shards, '
       f'{counts["real_tokens"]} real of {counts["stored_tokens"]} stored '
-      'tokens, padding efficiency '
+      f'tokens, {"packing" if packing else "padding"} efficiency '
       + ('n/a' if efficiency is None else f'{efficiency:.3f}'),
-  ]
+  ] + packed
 
 
 def _bucket_lines(buckets: dict) -> list:

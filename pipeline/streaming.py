@@ -23,11 +23,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.transforms import window
 
-from sftbeam.pipeline import remote, runners
+from sftbeam.pipeline import progress, remote, run_lock, runners
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.output_dir import STREAMING_NAMES, prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
-from sftbeam.transforms import progress, schema
+from sftbeam.transforms import manifest, schema
 from sftbeam.transforms.dataset_info import (UpdateDatasetInfoFn,
                                              matching_paths)
 from sftbeam.transforms.lines_to_batches import LinesToBatches
@@ -80,6 +80,7 @@ def build_streaming_pipeline(root, config, earlier=None):
       | 'WriteRejected' >> WriteWindowedFiles(
           config.output, schema.REJECTED_PREFIX, schema.REJECTED_SUFFIX,
           lambda _: fileio.TextSink(), 1))
+  _ = outputs['stats'] | 'CountStats' >> beam.ParDo(progress.CountStats())
   window_stats = (
       outputs['stats']
       | 'WindowStats' >> IntoWriteWindows(config.window_seconds)
@@ -135,18 +136,28 @@ def _continues_earlier_run(config) -> bool:
   return True
 
 
-def prepare_output(config) -> EarlierRun:
-  """Claims --output; gives the earlier run it continues.
+def prepare_output(config):
+  """Claims --output: gives (the earlier run it continues, the lock to
+  release when the run ends).
 
-  A directory holding a streaming run of the same options is continued (its
-  shards stay, its counts go on); otherwise the batch rules apply (empty, or
-  --overwrite).
+  The directory is locked first, as a batch run locks it. One holding a
+  streaming run of the same options is continued (its shards stay, its
+  counts go on); otherwise the batch rules apply (empty, or --overwrite).
   """
-  if not config.overwrite and _continues_earlier_run(config):
-    return _earlier_run(config.output)
-  prepare_output_dir(config.output, config.overwrite,
-                     run_names=STREAMING_NAMES)
-  return EarlierRun({}, [])
+  if not config.overwrite and FileSystems.exists(
+      FileSystems.join(config.output, schema.INFO_FILE)):
+    lock = run_lock.acquire(config.output,
+                            run_lock.owner_record(manifest.new_run_id()))
+    try:
+      if _continues_earlier_run(config):
+        return _earlier_run(config.output), lock
+    except BaseException:
+      lock.release()
+      raise
+    lock.release()
+  claim = prepare_output_dir(config.output, config.overwrite,
+                             run_names=STREAMING_NAMES)
+  return EarlierRun({}, []), claim
 
 
 def _describe_progress(tally: dict, elapsed: float) -> str:
@@ -165,7 +176,7 @@ def run(config, beam_args) -> int:
   if remote.is_dry_run(options):
     print(remote.dry_run(config, options, build_streaming_pipeline))
     return 0
-  earlier = prepare_output(config)
+  earlier, lock = prepare_output(config)
   source = config.input_subscription or config.input_topic
   print(f'streaming {source} into {config.output}, windows of '
         f'{config.window_seconds} s; stop with Ctrl-C', flush=True)
@@ -178,5 +189,7 @@ def run(config, beam_args) -> int:
     # Locally the job stops with this process; a Dataflow job keeps running.
     print('stopped. A local run loses the records it received but had not '
           'written yet; a Dataflow job keeps running: drain it with gcloud '
-          'dataflow jobs drain (README: streaming mode)', flush=True)
+          'dataflow jobs drain (docs/streaming.md)', flush=True)
+  finally:
+    lock.release()
   return 0

@@ -8,9 +8,9 @@ TensorFlow when called (extra `sftbeam[tf]`), `torch_dataset` torch (extra
 """
 
 from sftbeam.pipeline.readers import (CorruptOutput, IncompleteOutput,
-                                      cu_seqlens, iter_numpy_batches,
-                                      load_dataset_info, read_tf_dataset,
-                                      torch_dataset)
+                                      iter_numpy_batches, load_dataset_info,
+                                      read_tf_dataset, torch_dataset)
+from sftbeam.transforms.pack import cu_seqlens
 
 __all__ = ['CorruptOutput', 'IncompleteOutput', 'cu_seqlens',
            'iter_numpy_batches', 'load_dataset_info', 'read_tf_dataset',

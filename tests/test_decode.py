@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sftbeam.pipeline.readers import cu_seqlens, numpy_batch
+from sftbeam.pipeline.readers import numpy_batch
+from sftbeam.transforms.pack import cu_seqlens
 from sftbeam.transforms import schema
 from sftbeam.transforms.sft import pad_shift_mask
 from token_chunks import pairs_chunk

@@ -32,7 +32,8 @@ def test_no_file_points_outside_the_repository():
   tracked = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
   for name in tracked:
-    if not name.endswith(('.py', '.md', '.yaml', '.sh', '.txt', '.jsonl')):
+    if name == 'tests/test_docs.py' or not name.endswith(
+        ('.py', '.md', '.yaml', '.sh', '.txt', '.jsonl')):
       continue
     with open(os.path.join(ROOT, name), encoding='utf-8') as handle:
       text = handle.read()

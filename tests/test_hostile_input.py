@@ -24,7 +24,8 @@ from sftbeam.pipeline.options import DEFAULT_BOUNDARIES, OPTIONS_BY_NAME
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import read, sft
 from sftbeam.transforms.records import MAX_RAW_CHARS, RecordChunk, Rejected
-from sftbeam.transforms.stats import CountStats, rejection_stats
+from sftbeam.pipeline.progress import CountStats
+from sftbeam.transforms.stats import rejection_stats
 from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 from token_chunks import pairs_chunk

@@ -15,7 +15,7 @@ from conftest import shared_data
 from sftbeam import tokenize_prompt_and_output
 from sftbeam.transforms.pack import (best_fit_decreasing, packed_arrays,
                                      packing_stats, packing_summary,
-                                     rows_per_batch, varlen_sequences)
+                                     rows_per_batch, cu_seqlens)
 from sftbeam.transforms.records import TokenChunk
 
 EXAMPLES = settings(max_examples=200, deadline=None)
@@ -52,10 +52,10 @@ def reference_varlen(segment_ids):
       lengths.append(row.count(segment))
     if row.count(0):
       lengths.append(row.count(0))
-  cu_seqlens = [0]
+  boundaries = [0]
   for length in lengths:
-    cu_seqlens.append(cu_seqlens[-1] + length)
-  return cu_seqlens, max(lengths)
+    boundaries.append(boundaries[-1] + length)
+  return boundaries, max(lengths)
 
 
 # ------------------------------------------------------------ properties
@@ -147,11 +147,11 @@ def test_packed_examples_are_spec_rows(inputs):
     assert not arrays['response_mask'][tail].any()
     assert (arrays['positions'][tail] == 0).all()
 
-  cu_seqlens, max_seqlen = varlen_sequences(arrays['segment_ids'])
+  bounds, max_seqlen = cu_seqlens(arrays['segment_ids'])
   expected_cu, expected_max = reference_varlen(arrays['segment_ids'])
-  assert cu_seqlens.dtype == np.int32
-  assert cu_seqlens.tolist() == expected_cu
-  assert cu_seqlens[-1] == len(rows) * pack_length
+  assert bounds.dtype == np.int32
+  assert bounds.tolist() == expected_cu
+  assert bounds[-1] == len(rows) * pack_length
   assert max_seqlen == expected_max
 
   stats = packing_stats(arrays)
@@ -219,14 +219,14 @@ def test_packed_arrays_worked_example():
   assert arrays['example_ids'] == ['a', 'c', 'b']
   assert arrays['prompt_lengths'].tolist() == [2, 1, 1]
   assert arrays['output_lengths'].tolist() == [2, 1, 2]
-  cu_seqlens, max_seqlen = varlen_sequences(arrays['segment_ids'])
-  assert cu_seqlens.tolist() == [0, 3, 4, 6, 8, 12]
+  bounds, max_seqlen = cu_seqlens(arrays['segment_ids'])
+  assert bounds.tolist() == [0, 3, 4, 6, 8, 12]
   assert max_seqlen == 4
 
 
 def test_varlen_full_rows_of_one_example_stay_apart():
-  cu_seqlens, max_seqlen = varlen_sequences(np.ones((3, 4), np.int64))
-  assert cu_seqlens.tolist() == [0, 4, 8, 12]
+  bounds, max_seqlen = cu_seqlens(np.ones((3, 4), np.int64))
+  assert bounds.tolist() == [0, 4, 8, 12]
   assert max_seqlen == 4
 
 
@@ -272,11 +272,11 @@ def test_rows_per_batch_errors(width, batch_tokens):
     rows_per_batch(width, batch_tokens)
 
 
-def test_varlen_sequences_errors():
+def test_cu_seqlens_errors():
   with pytest.raises(ValueError, match=r'non-empty \[B, L\] array'):
-    varlen_sequences(np.zeros(8, np.int64))
+    cu_seqlens(np.zeros(8, np.int64))
   with pytest.raises(ValueError, match=r'non-empty \[B, L\] array'):
-    varlen_sequences(np.zeros((0, 8), np.int64))
+    cu_seqlens(np.zeros((0, 8), np.int64))
 
 
 def test_importable_without_beam():
@@ -324,7 +324,7 @@ def test_gsm8k_packed_rows_match_the_spec(qwen):
   # them almost perfectly.
   assert summary['packing_efficiency'] > 0.99
   assert summary['examples_per_row_mean'] > 10
-  cu_seqlens, max_seqlen = varlen_sequences(arrays['segment_ids'])
-  assert len(cu_seqlens) - 1 == len(records) + int(
+  bounds, max_seqlen = cu_seqlens(arrays['segment_ids'])
+  assert len(bounds) - 1 == len(records) + int(
       (arrays['segment_ids'][:, -1] == 0).sum())
   assert max_seqlen <= pack_length

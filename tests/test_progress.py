@@ -8,8 +8,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline
 from sftbeam.pipeline.cli import progress_describer
-from sftbeam.transforms import progress
-from sftbeam.transforms.stats import CountStats
+from sftbeam.pipeline import progress
+from sftbeam.pipeline.progress import CountStats
 
 
 def _describe(tally, elapsed):

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import SAMPLE, SFTBEAM, run_sftbeam, shared_data
-from sftbeam.pipeline import streaming
+from sftbeam.pipeline import run_lock, streaming
 from sftbeam.pipeline.options import ConfigError, defaults, make_config
 from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 from pubsub_emulator import PubSubEmulator, missing
@@ -207,7 +207,11 @@ def test_restart_continues_a_streaming_output(tmp_path):
     _write_json(tmp_path / f'{schema.WINDOW_STATS_PREFIX}-{name}.json',
                 {'stats': {'records_written': written, 'lines': 5},
                  'shards': [{'name': f'batches-{name}.tfrecord'}]})
-  earlier = streaming.prepare_output(config)
+  earlier, lock = streaming.prepare_output(config)
+  # The continued run holds the directory: a second one is refused.
+  with pytest.raises(run_lock.OutputLocked):
+    streaming.prepare_output(config)
+  lock.release()
   assert earlier.stats == {'records_written': 7, 'lines': 10}
   assert sorted(entry['name'] for entry in earlier.shards) == [
       'batches-a.tfrecord', 'batches-b.tfrecord']

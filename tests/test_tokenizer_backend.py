@@ -88,7 +88,7 @@ class _OffByOne:
 def test_auto_falls_back_when_a_probe_text_differs(qwen, monkeypatch, caplog):
   real = FastokensEncoder(qwen)
   monkeypatch.setattr(tokenizer_backend, 'FastokensEncoder',
-                      lambda tokenizer: _OffByOne(real, 'Hello'))
+                      lambda tokenizer, loaded=None: _OffByOne(real, 'Hello'))
   monkeypatch.setattr(tokenizer_backend, 'probe_texts',
                       lambda specials: ['fine', 'Hello'])
   encoder = AutoEncoder(qwen)
@@ -102,7 +102,7 @@ def test_auto_falls_back_when_a_probe_text_differs(qwen, monkeypatch, caplog):
 def test_auto_falls_back_when_an_input_text_differs(qwen, monkeypatch):
   real = FastokensEncoder(qwen)
   monkeypatch.setattr(tokenizer_backend, 'FastokensEncoder',
-                      lambda tokenizer: _OffByOne(real, 'rare input'))
+                      lambda tokenizer, loaded=None: _OffByOne(real, 'rare input'))
   encoder = AutoEncoder(qwen)
   mode = EncodeMode(False, False)
   ids, _ = encoder.encode(['common', 'rare input'], mode)

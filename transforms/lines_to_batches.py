@@ -17,7 +17,7 @@ from sftbeam.transforms.batch import (BatchByBucket, BatchShape,
                                       PackIntoRows, PackShape)
 from sftbeam.transforms.pad import PackedBatches, PadBatches
 from sftbeam.transforms.parse import FieldNames, ParseLines
-from sftbeam.transforms.stats import CountStats, rejection_stats
+from sftbeam.transforms.stats import rejection_stats
 from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
 
 
@@ -59,8 +59,7 @@ class LinesToBatches(beam.PTransform):
   """LineChunks -> {'batches', 'rejected', 'stats'} PCollections.
 
   `batches` are serialized batch Examples (bytes), `rejected` Rejected
-  records, `stats` the stats dicts of every step (see transforms/stats.py;
-  they also reach Beam counters and the live tally here). `config` is the
+  records, `stats` the stats dicts of every step (see transforms/stats.py). `config` is the
   run's resolved options (sftbeam.pipeline.options); `batching` is "bundle"
   or "global" (transforms/batch.py).
   """
@@ -89,7 +88,6 @@ class LinesToBatches(beam.PTransform):
     stats = ((parsed.stats, tokenized.stats, padded.stats,
               rejected | 'RejectionStats' >> beam.Map(rejection_stats))
              | 'AllStats' >> beam.Flatten())
-    _ = stats | 'CountStats' >> beam.ParDo(CountStats())
     return {'batches': padded.batches, 'rejected': rejected, 'stats': stats}
 
   def _to_examples(self, chunks):

@@ -3,7 +3,7 @@
 This module owns the packed layout's arithmetic, apart from Beam: which
 examples share a row (`best_fit_decreasing`), the arrays of a packed batch
 (`packed_arrays`), its stats (`packing_stats`, `packing_summary`), the
-boundaries variable-length attention needs (`varlen_sequences`), and the
+boundaries variable-length attention needs (`cu_seqlens`), and the
 rows of a token-budget batch (`rows_per_batch`). It imports only numpy (and
 the `TokenChunk` it reads), so readers can use it without Beam.
 
@@ -203,7 +203,7 @@ def packing_summary(stats: dict) -> dict:
   }
 
 
-def varlen_sequences(segment_ids: np.ndarray) -> Tuple[np.ndarray, int]:
+def cu_seqlens(segment_ids: np.ndarray) -> Tuple[np.ndarray, int]:
   """`cu_seqlens` and `max_seqlen` of a packed batch for variable-length
   attention (FlashAttention's `flash_attn_varlen_func` convention).
 

@@ -4,9 +4,9 @@ Every step that learns something emits a flat `{name: count}` dict on its
 `stats` output, and nothing else counts. The stats stream then reaches:
   SumStatsFn       the exact totals in dataset_info.json (and, in
                    streaming mode, the window-stats records);
-  CountStats       Beam counters (Dataflow's job page shows them) and this
-                   process's live tally, which the CLI prints while a local
-                   run goes (transforms/progress.py).
+  CountStats       Beam counters (Dataflow's job page shows them) and the
+                   live tally the CLI prints while a local run goes
+                   (pipeline/progress.py).
 Names:
   lines, blank_lines, input_bytes          from the parser, per chunk
   rejected/<reason>                        one per rejected record
@@ -23,9 +23,8 @@ Names:
 import collections
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
-from sftbeam.transforms import pack, progress
+from sftbeam.transforms import pack
 
 
 class SumStatsFn(beam.CombineFn):
@@ -51,19 +50,6 @@ class SumStatsFn(beam.CombineFn):
 def rejection_stats(rejected) -> dict:
   """The stats one rejected record contributes."""
   return {f'rejected/{rejected.reason}': 1}
-
-
-class CountStats(beam.DoFn):
-  """Stats dict -> Beam counters `sftbeam/<name>` and the live tally.
-
-  Runs fused with the steps that emit the stats, so the tally moves while
-  a local run goes.
-  """
-
-  def process(self, stats: dict):
-    for name, count in stats.items():
-      Metrics.counter('sftbeam', name).inc(count)
-    progress.add(stats)
 
 
 def summarize(stats: dict) -> dict:

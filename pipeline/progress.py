@@ -1,11 +1,13 @@
-"""The live tally of a run in this process, and printing it.
+"""The live count of a run, from its stats stream, and printing it.
 
-`stats.CountStats` adds every stats dict of the run to this tally while the
-run goes (Beam's own counters are read only when a run ends). The CLI
-prints it: on a terminal as one line rewritten in place, with an ETA when
-the input's size is known; otherwise as a plain line every PRINT_SECONDS.
-The tally stays empty when the steps run in other processes (Dataflow,
-multi-process runners), where the runner shows its own progress.
+The steps of a run emit stats dicts (transforms/stats.py); `CountStats`,
+attached to that stream by the graph, turns each into Beam counters
+(Dataflow's job page shows them) and adds it to this process's tally while
+the run goes (Beam's own counters are read only when a run ends). The CLI
+prints the tally: on a terminal as one line rewritten in place, with an
+ETA when the input's size is known; otherwise as a plain line every
+PRINT_SECONDS. The tally stays empty when the steps run in other processes
+(Dataflow, multi-process runners), where the runner shows its own progress.
 """
 
 import collections
@@ -13,6 +15,9 @@ import contextlib
 import sys
 import threading
 import time
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 # Plain progress lines (output not a terminal) come this often.
 PRINT_SECONDS = 10
@@ -36,6 +41,19 @@ def snapshot() -> dict:
 def reset():
   with _lock:
     _tally.clear()
+
+
+class CountStats(beam.DoFn):
+  """Stats dict -> Beam counters `sftbeam/<name>` and the live tally.
+
+  Attached to the stats stream next to the steps that emit it (fused with
+  them), so the tally moves while a local run goes.
+  """
+
+  def process(self, stats: dict):
+    for name, count in stats.items():
+      Metrics.counter('sftbeam', name).inc(count)
+    add(stats)
 
 
 def eta_seconds(done: float, total: float, elapsed: float):
