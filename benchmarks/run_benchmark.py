@@ -78,9 +78,10 @@ with Int64List(value=array.ravel().tolist()), 4.2 passing the array itself,
 varint-encoded), 0.47 s encoding each token once as above. Chunks of 1024 to
 8192 records and one call over all texts tokenize alike; orjson per line
 parses at 2.7 us a line (json 8.8, orjson over a chunk joined into one array
-9.5). The reading thread measured no faster on this loaded machine (0.47 s
-at best either way); it stays because fastokens releases the GIL, so with a
-free core it tokenizes beside the Example building, as sftbeam's threads do.
+9.5). The reading thread measured within noise on this loaded machine (best
+runs 0.45 against 0.49 s, 0.47 against 0.47 s) at the same CPU seconds; it
+stays because fastokens releases the GIL, so with a free core it tokenizes
+beside the Example building, as sftbeam's threads do.
 fastokens' segment cache stays off: the input repeats every 13,792 records,
 a cache would measure the repetition, and sftbeam does not use one.
 
@@ -498,8 +499,6 @@ def worker_datasets(input_path, out_dir, tokenizer_dir):
 
 def _varint(value: int) -> bytes:
   """A non-negative int as protobuf varint bytes."""
-  if value < 0x80:
-    return bytes((value,))
   out = bytearray()
   while value > 0x7f:
     out.append(value & 0x7f | 0x80)
@@ -533,8 +532,9 @@ def varints(values):
   return np.compress(keep.ravel(), table.ravel()).tobytes(), counts
 
 
-def _byte_starts(counts):
-  """Where each value's varint starts, and (last) where the bytes end."""
+def _starts(counts):
+  """Where each of `counts` items starts in their concatenation, and (last)
+  where it ends."""
   starts = np.zeros(len(counts) + 1, np.int64)
   np.cumsum(counts, out=starts[1:])
   return starts
@@ -564,6 +564,7 @@ def _feature(name: bytes, kind: int, values: list) -> list:
 
 
 def _int64_feature(name: bytes, packed: bytes) -> list:
+  """A map entry `name` -> an Int64List of `packed` varints."""
   return _feature(name, 3, _nested((1,), [packed]))
 
 
@@ -596,7 +597,7 @@ def read_fast_chunk(lines, tokenizer, parse) -> FastChunk:
       [record['output'] for record in records], add_special_tokens=False))
   prompt_lengths = np.diff(prompt_offsets)
   output_lengths = np.diff(output_offsets)
-  starts = _byte_starts(prompt_lengths + output_lengths)
+  starts = _starts(prompt_lengths + output_lengths)
   tokens = np.empty(starts[-1], np.uint32)
   tokens[np.arange(len(prompt_ids)) + np.repeat(
       starts[:-1] - prompt_offsets[:-1], prompt_lengths)] = prompt_ids
@@ -623,7 +624,7 @@ def fast_examples(chunk: FastChunk, pad_id: int):
   row_widths = np.repeat(
       np.maximum(np.maximum.reduceat(totals, batch_starts), 1), rows)
   token_bytes, counts = varints(chunk.tokens)
-  byte_at = _byte_starts(counts)
+  byte_at = _starts(counts)
   starts = chunk.starts[:-1]
   in_input = np.minimum(totals, row_widths - 1)
   label_skip = np.minimum(totals, 1)
@@ -666,7 +667,7 @@ def fast_examples(chunk: FastChunk, pad_id: int):
 def _cut(values, cuts) -> list:
   """The varints of `values`, as one bytes per slice between `cuts`."""
   data, counts = varints(values)
-  at = _byte_starts(counts)[cuts].tolist()
+  at = _starts(counts)[cuts].tolist()
   return [data[start:end] for start, end in zip(at[:-1], at[1:])]
 
 
@@ -679,8 +680,9 @@ def fast_pad_id(tokenizer_dir, tokenizer) -> int:
   for name in ('pad_token', 'eos_token'):
     token = config.get(name)
     token = token.get('content') if isinstance(token, dict) else token
-    if token is not None and tokenizer.token_to_id(token) is not None:
-      return tokenizer.token_to_id(token)
+    token_id = None if token is None else tokenizer.token_to_id(token)
+    if token_id is not None:
+      return token_id
   raise ValueError(f'{tokenizer_dir}: no pad or eos token')
 
 
@@ -688,11 +690,11 @@ def worker_loop_fast(input_path, out_dir, tokenizer_dir):
   """The loop's output, as fast as a hand-written loop in one process makes
   it: FAST_CHUNK records per tokenizer call, the Example bytes by hand."""
   import orjson  # only in this worker
-  # fastokens loads (seconds, without the GIL) while TensorFlow imports.
-  loading = concurrent.futures.ThreadPoolExecutor(1).submit(
-      fastokens_tokenizer, tokenizer_dir)
-  import tensorflow as tf
-  tokenizer = loading.result()
+  with concurrent.futures.ThreadPoolExecutor(1) as loader:
+    # fastokens loads (seconds, without the GIL) while TensorFlow imports.
+    loading = loader.submit(fastokens_tokenizer, tokenizer_dir)
+    import tensorflow as tf
+    tokenizer = loading.result()
   pad_id = fast_pad_id(tokenizer_dir, tokenizer)
   writer = tf.io.TFRecordWriter(os.path.join(out_dir, 'batches.tfrecord'))
   counts = collections.Counter()
@@ -751,7 +753,7 @@ BASE_ENV = dict(os.environ)
 SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def embedded_dir() -> str:
   """The embedded tokenizer's directory, which every worker loads from."""
   from sftbeam.transforms.tokenizer_source import embedded_tokenizer_dir
