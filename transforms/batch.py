@@ -126,13 +126,15 @@ class _ByBucketFn(beam.DoFn):
     yield from self._shape.by_bucket(chunk)
 
 
-class _BatchPerBucketFn(beam.DoFn):
-  """(bucket, TokenChunk) -> (bucket, TokenChunk of one batch), per key.
+class _BufferPerKeyFn(beam.DoFn):
+  """(key, TokenChunk) -> outputs of what a key's buffer held, per key.
 
-  GroupIntoBatches for pieces that hold many records: state keeps a
-  bucket's pieces and their record count; full batches leave as soon as
-  they fill, the rest when the window ends or, with `max_buffering_seconds`,
-  that long after the first record of a batch arrived.
+  GroupIntoBatches for pieces that hold many records: state keeps a key's
+  pieces and their record count. When they reach `_capacity(key)` they are
+  handed to `_emit(key, chunk, finished=False)`, which gives the outputs
+  and the records to keep buffering; when the window ends or, with
+  `max_buffering_seconds`, that long after the buffer's first record, to
+  `_emit(key, chunk, finished=True)`, which must use them all.
   """
   PIECES = userstate.BagStateSpec('pieces', coders.PickleCoder())
   RECORDS = userstate.ReadModifyWriteStateSpec('records',
@@ -140,59 +142,83 @@ class _BatchPerBucketFn(beam.DoFn):
   WINDOW_END = userstate.TimerSpec('window_end', TimeDomain.WATERMARK)
   BUFFERING_END = userstate.TimerSpec('buffering_end', TimeDomain.REAL_TIME)
 
-  def __init__(self, shape: BatchShape, max_buffering_seconds=None,
-               clock=time.time):
-    self._shape = shape
+  def __init__(self, max_buffering_seconds=None, clock=time.time):
     self._max_buffering_seconds = max_buffering_seconds
     self._clock = clock  # of processing time: tests give a fake one
+
+  def _capacity(self, key) -> int:
+    raise NotImplementedError
+
+  def _emit(self, key, chunk: TokenChunk, finished: bool):
+    """(outputs, TokenChunk to keep buffering or None)."""
+    raise NotImplementedError
+
+  def _start_buffering(self, buffering_end):
+    if self._max_buffering_seconds:
+      buffering_end.set(self._clock() + self._max_buffering_seconds)
 
   def process(self, keyed_piece, window=beam.DoFn.WindowParam,
               pieces=beam.DoFn.StateParam(PIECES),
               records=beam.DoFn.StateParam(RECORDS),
               window_end=beam.DoFn.TimerParam(WINDOW_END),
               buffering_end=beam.DoFn.TimerParam(BUFFERING_END)):
-    bucket, piece = keyed_piece
+    key, piece = keyed_piece
     window_end.set(window.end)
     held = records.read() or 0
-    if not held and self._max_buffering_seconds:
-      buffering_end.set(self._clock() + self._max_buffering_seconds)
+    if not held:
+      self._start_buffering(buffering_end)
     pieces.add(piece)
     records.write(held + len(piece))
-    if held + len(piece) >= self._shape.rows(bucket):
-      yield from self._flush(bucket, pieces, records, buffering_end,
-                             keep_rest=True)
+    if held + len(piece) >= self._capacity(key):
+      yield from self._flush(key, pieces, records, buffering_end, False)
 
   @userstate.on_timer(WINDOW_END)
   def _on_window_end(self, key=beam.DoFn.KeyParam,
                      pieces=beam.DoFn.StateParam(PIECES),
                      records=beam.DoFn.StateParam(RECORDS),
                      buffering_end=beam.DoFn.TimerParam(BUFFERING_END)):
-    yield from self._flush(key, pieces, records, buffering_end, False)
+    yield from self._flush(key, pieces, records, buffering_end, True)
 
   @userstate.on_timer(BUFFERING_END)
   def _on_buffering_end(self, key=beam.DoFn.KeyParam,
                         pieces=beam.DoFn.StateParam(PIECES),
                         records=beam.DoFn.StateParam(RECORDS),
                         buffering_end=beam.DoFn.TimerParam(BUFFERING_END)):
-    yield from self._flush(key, pieces, records, buffering_end, False)
+    yield from self._flush(key, pieces, records, buffering_end, True)
 
-  def _flush(self, bucket, pieces, records, buffering_end, keep_rest):
+  def _flush(self, key, pieces, records, buffering_end, finished):
     held = list(pieces.read())
     pieces.clear()
     records.clear()
     buffering_end.clear()
     if not held:
       return
-    batches, rest = self._shape.cut(bucket, TokenChunk.concat(held))
-    if rest is not None and keep_rest:
+    outputs, rest = self._emit(key, TokenChunk.concat(held), finished)
+    if rest is not None:
       pieces.add(rest)
       records.write(len(rest))
-      if self._max_buffering_seconds:
-        buffering_end.set(self._clock() + self._max_buffering_seconds)
-    elif rest is not None:
-      batches.append(rest)
-    for batch in batches:
-      yield bucket, batch
+      self._start_buffering(buffering_end)
+    yield from outputs
+
+
+class _BatchPerBucketFn(_BufferPerKeyFn):
+  """(bucket, TokenChunk) -> (bucket, TokenChunk of one batch), per key:
+  full batches as soon as they fill, a partial one when the buffer is
+  flushed (see _BufferPerKeyFn)."""
+
+  def __init__(self, shape: BatchShape, max_buffering_seconds=None,
+               clock=time.time):
+    super().__init__(max_buffering_seconds, clock)
+    self._shape = shape
+
+  def _capacity(self, bucket) -> int:
+    return self._shape.rows(bucket)
+
+  def _emit(self, bucket, chunk: TokenChunk, finished: bool):
+    batches, rest = self._shape.cut(bucket, chunk)
+    if finished and rest is not None:
+      batches, rest = batches + [rest], None
+    return [(bucket, batch) for batch in batches], rest
 
 
 class BatchByBucket(beam.PTransform):
@@ -324,63 +350,26 @@ class _PackWithinBundleFn(beam.DoFn):
     self._packer = None
 
 
-class _PackPerFlushFn(beam.DoFn):
-  """('', TokenChunk) -> (pack_length, PackedRows of one batch), streaming.
+class _PackPerFlushFn(_BufferPerKeyFn):
+  """(0, TokenChunk) -> (pack_length, PackedRows of one batch), streaming.
 
-  State holds the records since the last flush; a flush, when they reach
-  pack_window or `max_buffering_seconds` after the first of them, packs
-  what it holds into batches (the last one perhaps partial).
+  The buffer holds the records since the last flush; a flush, when they
+  reach pack_window or `max_buffering_seconds` after the first of them,
+  packs what it holds into batches (the last one perhaps partial).
   """
-  PIECES = userstate.BagStateSpec('pieces', coders.PickleCoder())
-  RECORDS = userstate.ReadModifyWriteStateSpec('records',
-                                               coders.VarIntCoder())
-  WINDOW_END = userstate.TimerSpec('window_end', TimeDomain.WATERMARK)
-  BUFFERING_END = userstate.TimerSpec('buffering_end', TimeDomain.REAL_TIME)
 
   def __init__(self, shape: PackShape, max_buffering_seconds: float,
                clock=time.time):
+    super().__init__(max_buffering_seconds, clock)
     self._shape = shape
-    self._max_buffering_seconds = max_buffering_seconds
-    self._clock = clock  # of processing time: tests give a fake one
 
-  def process(self, keyed_chunk, window=beam.DoFn.WindowParam,
-              pieces=beam.DoFn.StateParam(PIECES),
-              records=beam.DoFn.StateParam(RECORDS),
-              window_end=beam.DoFn.TimerParam(WINDOW_END),
-              buffering_end=beam.DoFn.TimerParam(BUFFERING_END)):
-    _, chunk = keyed_chunk
-    window_end.set(window.end)
-    held = records.read() or 0
-    if not held:
-      buffering_end.set(self._clock() + self._max_buffering_seconds)
-    pieces.add(chunk)
-    records.write(held + len(chunk))
-    if held + len(chunk) >= self._shape.pack_window:
-      yield from self._flush(pieces, records, buffering_end)
+  def _capacity(self, key) -> int:
+    return self._shape.pack_window
 
-  @userstate.on_timer(WINDOW_END)
-  def _on_window_end(self, pieces=beam.DoFn.StateParam(PIECES),
-                     records=beam.DoFn.StateParam(RECORDS),
-                     buffering_end=beam.DoFn.TimerParam(BUFFERING_END)):
-    yield from self._flush(pieces, records, buffering_end)
-
-  @userstate.on_timer(BUFFERING_END)
-  def _on_buffering_end(self, pieces=beam.DoFn.StateParam(PIECES),
-                        records=beam.DoFn.StateParam(RECORDS),
-                        buffering_end=beam.DoFn.TimerParam(BUFFERING_END)):
-    yield from self._flush(pieces, records, buffering_end)
-
-  def _flush(self, pieces, records, buffering_end):
-    held = list(pieces.read())
-    pieces.clear()
-    records.clear()
-    buffering_end.clear()
+  def _emit(self, key, chunk: TokenChunk, finished: bool):
     packer = _Packer(self._shape)
-    for chunk in held:
-      for batch in packer.add(chunk):
-        yield self._shape.pack_length, batch
-    for batch in packer.flush():
-      yield self._shape.pack_length, batch
+    batches = packer.add(chunk) + packer.flush()
+    return [(self._shape.pack_length, batch) for batch in batches], None
 
 
 class PackIntoRows(beam.PTransform):

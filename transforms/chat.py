@@ -168,14 +168,15 @@ def _checked_messages(value, name: str, may_be_empty: bool = False) -> list:
       raise ChatRejected('invalid_messages',
                          f'{where} ({role}) has no string "content" '
                          f'(it is {_json_type(content)})')
-    if not content.isascii() and _has_lone_surrogate(content):
+    if not content.isascii() and has_lone_surrogate(content):
       raise ChatRejected('invalid_unicode',
                          f'{where} ({role}) content holds a lone surrogate')
     checked.append({'role': role, 'content': content})
   return checked
 
 
-def _has_lone_surrogate(text: str) -> bool:
+def has_lone_surrogate(text: str) -> bool:
+  """Whether `text` holds a surrogate without its pair (not UTF-8)."""
   try:
     text.encode('utf-8')
     return False

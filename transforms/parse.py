@@ -64,14 +64,6 @@ def conversation_id(conversation: chat.Conversation) -> str:
   return _hashed([conversation.messages, conversation.supervised_from])
 
 
-def _has_lone_surrogate(text: str) -> bool:
-  try:
-    text.encode('utf-8')
-    return False
-  except UnicodeEncodeError:
-    return True
-
-
 class _JsonObject(dict):
   """A decoded JSON object that remembers the keys it held more than once
   (a plain dict silently keeps the last value)."""
@@ -232,7 +224,8 @@ def _parse_prompt_output(obj: dict, fields: FieldNames,
   prompt = _string_field(obj, fields.prompt)
   output = _string_field(obj, fields.output)
   example_id = _record_id(obj, fields, lambda: content_id(prompt, output))
-  if escaped and any(map(_has_lone_surrogate, (prompt, output, example_id))):
+  if escaped and any(map(chat.has_lone_surrogate,
+                         (prompt, output, example_id))):
     raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
   if not prompt or prompt.isspace():
     raise ParseError('empty_prompt', 'the prompt is empty or whitespace')
@@ -249,7 +242,7 @@ def _parse_chat(obj: dict, fields: FieldNames, escaped: bool) -> ParsedRecord:
     raise ParseError(rejected.reason, str(rejected)) from None
   example_id = _record_id(obj, fields,
                           lambda: conversation_id(conversation))
-  if escaped and _has_lone_surrogate(example_id):
+  if escaped and chat.has_lone_surrogate(example_id):
     raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
   return ParsedRecord(example_id, conversation=conversation)
 
