@@ -31,8 +31,7 @@ picks any of them; all by default):
             "wall time" summary line (records in -> shards and
             dataset_info.json written); the process wall time, which adds
             interpreter start, imports and the config checks, is shown too.
-            Its workers tokenize on a thread per core and set
-            TOKENIZERS_PARALLELISM=false for themselves unless it is set.
+            The default local runner runs every step in this one process.
   sftbeam-hf      the CLI with --tokenizer_backend hf: HuggingFace's encoder,
                   sftbeam's path before fastokens.
   sftbeam-packed  the CLI with --layout packed --pack_length 2048; its pad
@@ -81,7 +80,7 @@ parses at 2.7 us a line (json 8.8, orjson over a chunk joined into one array
 9.5). The reading thread measured within noise on this loaded machine (best
 runs 0.45 against 0.49 s, 0.47 against 0.47 s) at the same CPU seconds; it
 stays because fastokens releases the GIL, so with a free core it tokenizes
-beside the Example building, as sftbeam's threads do.
+beside the Example building.
 fastokens' segment cache stays off: the input repeats every 13,792 records,
 a cache would measure the repetition, and sftbeam does not use one.
 
