@@ -98,6 +98,9 @@ def check_tokenizer(config):
   except BackendUnavailable as error:
     raise ConfigError(f'--tokenizer_backend fastokens: {error} (use '
                       '--tokenizer_backend auto or hf)') from None
+  if config.append_eos and tokenizer.eos_token_id is None:
+    raise ConfigError(f'append_eos: the tokenizer {config.tokenizer!r} has '
+                      'no eos_token_id')
   if config.pad_id is not None and config.pad_id >= len(tokenizer):
     raise ConfigError(f'pad_id {config.pad_id} is not a token id of tokenizer '
                       f'{config.tokenizer!r} (its ids are 0 to '

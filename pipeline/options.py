@@ -10,7 +10,8 @@ import reprlib
 import types
 from typing import Any, Callable, Optional, Tuple
 
-from sftbeam.transforms.batch import BATCHING_STRATEGIES, LAYOUTS
+from sftbeam.transforms import schema
+from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.pack import DEFAULT_PACK_WINDOW
 from sftbeam.transforms.pad import PAD_TO_MODES
 from sftbeam.transforms.chat import INPUT_FORMATS, TRAIN_ON
@@ -132,7 +133,7 @@ OPTIONS = (
            'padded: one record per row, rows of a length bucket padded '
            'alike; packed: whole records end to end in rows of pack_length, '
            'with segment ids and positions (docs/packing.md)',
-           choices=LAYOUTS),
+           choices=tuple(schema.LAYOUTS)),
     Option('pack_length', 'int', 2048,
            'packed layout: positions per row (and the max_seq_len)',
            check=_positive_int, requirement='a positive integer'),

@@ -10,11 +10,10 @@ its long conversation is cut to fit by dropping whole turns.
 import json
 import os
 
-import numpy as np
 import pytest
 
 from conftest import ROOT, SAMPLE, run_sftbeam, shared_data
-from output_rows import rejected_lines, rows_by_id
+from output_rows import rows_by_id
 from sftbeam.pipeline.readers import load_dataset_info
 from test_chat import SAMPLE_REJECTIONS, reference_row, tokenizers_by_mode  # pylint: disable=unused-import
 

@@ -5,12 +5,15 @@ Most cases call `sftbeam.pipeline.cli.main` in-process (no pipeline runs); two g
 through the installed `sftbeam` script, offline.
 """
 
+import json
 import os
+import shutil
 
 import pytest
 
 from conftest import run_sftbeam
 from sftbeam.pipeline import cli
+from sftbeam.transforms.tokenizer_source import embedded_tokenizer_dir
 
 # (case id, YAML config text or None, argv after `run`, part of the message).
 # {input}, {output}, {config} and {tmp} are filled in per test.
@@ -147,6 +150,24 @@ def test_config_error_exits_2_with_one_line(yaml_text, argv, message, paths,
   assert_one_line_error(code, captured.out, captured.err,
                         message.format(**paths))
   assert not os.path.exists(paths['output'])  # nothing ran
+
+
+def test_append_eos_needs_an_eos_token(paths, capsys):
+  """Not silently nothing appended (the library raises too)."""
+  directory = os.path.join(paths['tmp'], 'no-eos')
+  shutil.copytree(embedded_tokenizer_dir(), directory)
+  config_path = os.path.join(directory, 'tokenizer_config.json')
+  with open(config_path, encoding='utf-8') as handle:
+    tokenizer_config = json.load(handle)
+  tokenizer_config['eos_token'] = None
+  with open(config_path, 'w', encoding='utf-8') as handle:
+    json.dump(tokenizer_config, handle)
+  code = cli.main(command_line(
+      None, ['--tokenizer', directory, '--append_eos'], paths))
+  captured = capsys.readouterr()
+  assert_one_line_error(code, captured.out, captured.err,
+                        f"append_eos: the tokenizer '{directory}' has no "
+                        'eos_token_id')
 
 
 @pytest.mark.parametrize('argv, message', [

@@ -1,7 +1,5 @@
 """The spec's function: worked examples, the public API, its errors."""
 
-import json
-
 import numpy as np
 import pytest
 

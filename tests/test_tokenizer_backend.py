@@ -7,7 +7,6 @@ fastokens` and `hf` on all of the shared data and on the hostile input.
 
 import json
 import logging
-import os
 
 import numpy as np
 import pytest

@@ -14,8 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import beam_test_pipeline
 from sftbeam.transforms import schema
 from sftbeam.transforms.batch import (BATCHING_STRATEGIES, BatchByBucket,
-                                      BatchShape, _BatchWithinBundleFn,
-                                      bucket_of)
+                                      BatchShape, _BatchWithinBundleFn)
 from sftbeam.transforms.pad import PadBatches, batch_stats
 from sftbeam.transforms.parse import FieldNames, ParseLines, content_id
 from sftbeam.transforms.read import ReadLineChunks, iter_lines
@@ -184,10 +183,12 @@ def test_tokenize_records_rejects_only_the_record_the_tokenizer_fails_on(
       ('tokenizer_error', 'RuntimeError: boom')]
 
 
-def test_bucket_of_picks_smallest_boundary_at_least_length():
-  assert bucket_of(1, (4, 8)) == 4
-  assert bucket_of(4, (4, 8)) == 4
-  assert bucket_of(5, (4, 8)) == 8
+def test_buckets_pick_smallest_boundary_at_least_model_length():
+  # Records of 2, 5 and 6 tokens: model lengths L = 1, 4 and 5.
+  chunk = TokenChunk.from_sequences(
+      ['a', 'b', 'c'], [[1] * 2, [1] * 5, [1] * 6],
+      [[False, True], [False] * 4 + [True], [False] * 5 + [True]])
+  assert BatchShape((4, 8), 32).buckets(chunk).tolist() == [4, 4, 8]
 
 
 @pytest.mark.parametrize('mode, prompt_start, output_end', [

@@ -21,7 +21,6 @@ Two strategies, one name each (the option `batching`):
 Both move TokenChunks (records as arrays), never one element per record.
 """
 
-import bisect
 import time
 from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
 
@@ -36,12 +35,6 @@ from sftbeam.transforms import pack
 from sftbeam.transforms.records import TokenChunk
 
 BATCHING_STRATEGIES = ('bundle', 'global')
-LAYOUTS = ('padded', 'packed')
-
-
-def bucket_of(length: int, boundaries: Sequence[int]) -> int:
-  """The smallest boundary >= length (callers ensure one exists)."""
-  return boundaries[bisect.bisect_left(boundaries, length)]
 
 
 class BatchShape:
@@ -262,15 +255,22 @@ class PackedRows(NamedTuple):
     return [np.arange(end - count, end)
             for end, count in zip(ends, self.examples_per_row)]
 
-  def split(self, rows: int):
-    """(the first `rows` rows, the rest or None)."""
-    if rows >= len(self.examples_per_row):
-      return self, None
-    records = int(self.examples_per_row[:rows].sum())
-    return (PackedRows(self.chunk.take(np.arange(records)),
-                       self.examples_per_row[:rows]),
-            PackedRows(self.chunk.take(np.arange(records, len(self.chunk))),
-                       self.examples_per_row[rows:]))
+  def cut(self, rows: int, keep_partial: bool):
+    """(batches of `rows` rows each, the rows left over or None). Without
+    `keep_partial` every row goes into a batch, the last one short."""
+    row_count = len(self.examples_per_row)
+    kept = row_count % rows if keep_partial else 0
+    record_ends = np.concatenate([[0], np.cumsum(self.examples_per_row)])
+
+    def between(first: int, end: int) -> 'PackedRows':
+      return PackedRows(
+          self.chunk.take(np.arange(record_ends[first], record_ends[end])),
+          self.examples_per_row[first:end])
+
+    batched = row_count - kept
+    batches = [between(first, min(first + rows, batched))
+               for first in range(0, batched, rows)]
+    return batches, (between(batched, row_count) if kept else None)
 
   @staticmethod
   def concat(parts) -> 'PackedRows':
@@ -320,13 +320,10 @@ class _Packer:
       parts.append(pack_rows(TokenChunk.concat(self._window),
                              self._shape.pack_length))
     self._window, self._held = [], 0
-    rows = PackedRows.concat(parts) if parts else None
-    batches = []
-    while rows is not None and (len(rows.examples_per_row) >=
-                                self._shape.rows or not keep_partial):
-      batch, rows = rows.split(self._shape.rows)
-      batches.append(batch)
-    self._rows = rows
+    if not parts:
+      return []
+    batches, self._rows = PackedRows.concat(parts).cut(self._shape.rows,
+                                                       keep_partial)
     return batches
 
 

@@ -18,8 +18,8 @@ Contents follow `special_tokens_in_text`; template text always maps
 special-token strings to their special ids.
 
 No Beam here: the pipeline's parse step calls `record_kind` and
-`parse_conversation`, its tokenizing step `tokenize_conversations` on a
-slice of records at a time.
+`parse_conversation`, its tokenizing step `tokenize_conversations` on the
+chat records of one chunk at a time.
 
 Reason codes:
   invalid_messages  not a list, empty, a message that is not an object,
@@ -39,7 +39,8 @@ import re
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
-from sftbeam.transforms.tokenizer_backend import special_token_strings
+from sftbeam.transforms.tokenizer_backend import (special_text_pattern,
+                                                  special_token_strings)
 
 ROLES = ('system', 'user', 'assistant', 'tool')
 TRAIN_ON = ('assistant', 'last_assistant')
@@ -53,10 +54,6 @@ _PLACEHOLDER = '[[sftbeam:content:{}]]'
 _PLACEHOLDER_PATTERN = re.compile(r'\[\[sftbeam:content:(\d+)\]\]')
 # The owner of template text that no message owns (never supervised).
 _TEMPLATE = -1
-
-_JSON_TYPES = {dict: 'an object', list: 'an array', str: 'a string',
-               int: 'a number', float: 'a number', bool: 'a boolean',
-               type(None): 'null'}
 
 Encode = Callable[[List[str], bool], List[List[int]]]
 
@@ -139,15 +136,25 @@ def parse_conversation(obj: dict) -> Conversation:
   return conversation
 
 
-def _json_type(value) -> str:
-  return _JSON_TYPES.get(type(value), type(value).__name__)
+def json_type(value) -> str:
+  """The JSON type of a decoded value, for messages ("a number"). By
+  isinstance: the exact decoder gives objects as a dict subclass."""
+  if value is None:
+    return 'null'
+  if isinstance(value, bool):
+    return 'a boolean'
+  if isinstance(value, (int, float)):
+    return 'a number'
+  if isinstance(value, str):
+    return 'a string'
+  return 'an array' if isinstance(value, list) else 'an object'
 
 
 def _checked_messages(value, name: str, may_be_empty: bool = False) -> list:
   """Fresh `{'role', 'content'}` dicts of a messages array, or raises."""
   if not isinstance(value, list):
     raise ChatRejected('invalid_messages',
-                       f'"{name}" is {_json_type(value)}, not an array')
+                       f'"{name}" is {json_type(value)}, not an array')
   if not value and not may_be_empty:
     raise ChatRejected('invalid_messages', f'"{name}" is an empty array')
   checked = []
@@ -155,7 +162,7 @@ def _checked_messages(value, name: str, may_be_empty: bool = False) -> list:
     where = f'{name}[{index}]'
     if not isinstance(message, dict):
       raise ChatRejected('invalid_messages',
-                         f'{where} is {_json_type(message)}, not an object')
+                         f'{where} is {json_type(message)}, not an object')
     if 'role' not in message:
       raise ChatRejected('invalid_messages', f'{where} has no "role"')
     role = message['role']
@@ -167,8 +174,8 @@ def _checked_messages(value, name: str, may_be_empty: bool = False) -> list:
     if not isinstance(content, str):
       raise ChatRejected('invalid_messages',
                          f'{where} ({role}) has no string "content" '
-                         f'(it is {_json_type(content)})')
-    if not content.isascii() and has_lone_surrogate(content):
+                         f'(it is {json_type(content)})')
+    if has_lone_surrogate(content):
       raise ChatRejected('invalid_unicode',
                          f'{where} ({role}) content holds a lone surrogate')
     checked.append({'role': role, 'content': content})
@@ -177,6 +184,8 @@ def _checked_messages(value, name: str, may_be_empty: bool = False) -> list:
 
 def has_lone_surrogate(text: str) -> bool:
   """Whether `text` holds a surrogate without its pair (not UTF-8)."""
+  if text.isascii():  # the common case, without an encoded copy
+    return False
   try:
     text.encode('utf-8')
     return False
@@ -204,16 +213,6 @@ def supervised_messages(conversation: Conversation, train_on: str):
 def has_chat_template(tokenizer) -> bool:
   """Whether `tokenizer` carries a chat template of its own."""
   return bool(getattr(tokenizer, 'chat_template', None))
-
-
-def _special_token_pattern(tokenizer):
-  """A regex finding the first special-token string (the longest where
-  several start at one place), or None for a tokenizer without any."""
-  strings = special_token_strings(tokenizer)
-  if not strings:
-    return None
-  return re.compile('|'.join(
-      map(re.escape, sorted(strings, key=len, reverse=True))))
 
 
 class _Layout(NamedTuple):
@@ -545,7 +544,8 @@ def tokenize_conversations(conversations: Sequence[Conversation], *,
     chat_template: Jinja source of the template to use instead of the
       tokenizer's own.
 
-  Every conversation is rendered first (one template call for all), then
+  Every conversation is rendered first (one template call for the
+  conversations, one for their distinct role sequences' layouts), then
   all template segments and all content segments are encoded in one call
   per mode; only a conversation that must be truncated is rendered again.
   """
@@ -559,7 +559,7 @@ def tokenize_conversations(conversations: Sequence[Conversation], *,
                          'chat_template file is given')] * len(conversations)
   settings = _Settings(tokenizer, encode, chat_template,
                        special_tokens_in_text == 'text', train_on,
-                       _special_token_pattern(tokenizer))
+                       special_text_pattern(special_token_strings(tokenizer)))
   results = _tokenized(settings, conversations)
   for index, (conversation, row) in enumerate(zip(conversations, results)):
     if isinstance(row, ChatRejected):

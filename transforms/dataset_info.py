@@ -61,13 +61,13 @@ def _tokenizer_section(config: dict, stats: dict) -> dict:
   return section
 
 
-def build_info(output_dir: str, config: dict, stats: dict, shard_entries,
+def build_info(config: dict, stats: dict, shard_entries,
                rejected_paths) -> dict:
   """The dataset_info dict of a run with these summed stats and files.
 
-  `shard_entries`: one `tfrecord.describe_shard` dict per shard.
+  `shard_entries`: one `tfrecord.describe_shard` dict per shard; file
+  names are relative to the output directory.
   """
-  del output_dir  # names are relative to it
   layout = config['layout']
   return {
       'schema_version': schema.SCHEMA_VERSION,
@@ -99,7 +99,7 @@ class _WriteDatasetInfoFn(beam.DoFn):
 
   def process(self, unused_trigger, stats, shard_entries, rejected_results):
     yield write_info(self._output_dir, build_info(
-        self._output_dir, self._config, stats, shard_entries,
+        self._config, stats, shard_entries,
         [result.file_name for result in rejected_results]))
 
 
@@ -158,7 +158,7 @@ class UpdateDatasetInfoFn(beam.DoFn):
     stats = collections.Counter(self._earlier.stats)
     stats.update(totals.read())
     yield write_info(self._output_dir, build_info(
-        self._output_dir, self._config, dict(stats),
+        self._config, dict(stats),
         list(self._earlier.shards) + list(shards.read()),
         matching_paths(self._output_dir, schema.REJECTED_PREFIX,
                        schema.REJECTED_SUFFIX)))

@@ -84,26 +84,13 @@ def _object_from_pairs(pairs):
 _DECODER = json.JSONDecoder(object_pairs_hook=_object_from_pairs)
 
 
-def _json_type(value) -> str:
-  """The JSON name of a decoded value's type, for messages."""
-  if value is None:
-    return 'null'
-  if isinstance(value, bool):
-    return 'boolean'
-  if isinstance(value, (int, float)):
-    return 'number'
-  if isinstance(value, str):
-    return 'string'
-  return 'array' if isinstance(value, list) else 'object'
-
-
 def _string_field(obj: dict, field: str) -> str:
   if field not in obj:
     raise ParseError('missing_field', f'no "{field}" field')
   value = obj[field]
   if not isinstance(value, str):
     raise ParseError('field_not_string',
-                     f'"{field}" is {_json_type(value)}, not a string')
+                     f'"{field}" is {chat.json_type(value)}, not a string')
   return value
 
 
@@ -114,7 +101,7 @@ def _record_id(obj: dict, fields: FieldNames, fallback) -> str:
     return fallback()
   if isinstance(value, bool) or not isinstance(value, (str, int)):
     raise ParseError('field_not_string',
-                     f'"{fields.id}" is {_json_type(value)}, '
+                     f'"{fields.id}" is {chat.json_type(value)}, '
                      'not a string or integer')
   return str(value)
 
@@ -202,7 +189,7 @@ def parse_object(obj, fields: FieldNames, input_format: str = 'auto',
   """
   if not isinstance(obj, dict):
     raise ParseError('not_an_object',
-                     f'expected a JSON object, got {_json_type(obj)}')
+                     f'expected a JSON object, got {chat.json_type(obj)}')
   kind = _FORMAT_KINDS.get(input_format) or chat.record_kind(
       obj, fields.prompt, fields.output)
   if kind == 'chat':

@@ -3,7 +3,7 @@
 Lines of input travel as a `LineChunk`, then, parsed, as a `RecordChunk`,
 then, tokenized, as a `TokenChunk` (arrays, not one object per record);
 at any step a line or record may leave as a `Rejected` with a reason code.
-Stats travel as flat `{name: count}` dicts that `SumStats` adds up (see
+Stats travel as flat `{name: count}` dicts that `SumStatsFn` adds up (see
 transforms/stats.py).
 """
 

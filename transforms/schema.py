@@ -51,7 +51,7 @@ ROW_FEATURES = LAYOUTS['padded'].vectors
 
 SHARD_PREFIX = 'batches'
 SHARD_SUFFIX = '.tfrecord'
-# Shards before they are numbered (the last step of a batch run).
+# A slot's files before JoinSlots joins them into its shard (write.py).
 UNFINISHED_SHARD_PREFIX = 'unfinished-batches'
 REJECTED_PREFIX = 'rejected'
 REJECTED_SUFFIX = '.jsonl'
@@ -236,8 +236,6 @@ def parse_batch(serialized, layout: str = 'padded') -> dict:
 # unknown fields skipped, int64 lists packed or not), decoding each packed
 # int64 list as one vectorized varint decode.
 
-# Packed batches (layout "packed") add these [B*L] features; every other
-# int64 feature but `shape` is 1-D.
 # Features stored as [B, L] matrices, in any layout.
 _MATRIX_NAMES = frozenset(name for layout in LAYOUTS.values()
                           for name in layout.matrix)

@@ -14,7 +14,6 @@ Reason codes added here:
 """
 
 import collections
-import re
 from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -22,7 +21,8 @@ import numpy as np
 
 from sftbeam.transforms import chat, sft
 from sftbeam.transforms.records import RecordChunk, TokenChunk
-from sftbeam.transforms.tokenizer_backend import EncodeMode, ids_per_text
+from sftbeam.transforms.tokenizer_backend import (EncodeMode, ids_per_text,
+                                                  special_text_pattern)
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
 
 # Why a record does not fit, by the code `fit_lengths` gives (0: it fits).
@@ -98,14 +98,6 @@ def _why_not(reason: str, prompt_length: int, output_length: int,
           f'{max_seq_len}')
 
 
-def special_text_pattern(special_tokens) -> Optional[re.Pattern]:
-  """A regex finding any of the special-token strings (longest first)."""
-  if not special_tokens:
-    return None
-  return re.compile('|'.join(
-      map(re.escape, sorted(special_tokens, key=len, reverse=True))))
-
-
 def records_with_special_text(pattern, record_texts) -> int:
   """How many records hold a special-token string in one of their texts.
 
@@ -150,7 +142,10 @@ class TokenizeRecords(beam.DoFn):
     self._tokenizer = shared_tokenizer(self._settings.tokenizer,
                                        self._settings.backend)
     if self._settings.append_eos:
+      # The CLI checks a local tokenizer before the run; this, a remote one.
       self._eos_id = self._tokenizer.tokenizer.eos_token_id
+      if self._eos_id is None:
+        raise ValueError('append_eos, but the tokenizer has no eos_token_id')
     self._special_text = special_text_pattern(
         self._tokenizer.special_tokens)
     split = self._settings.special_tokens_in_text == 'text'
@@ -159,13 +154,16 @@ class TokenizeRecords(beam.DoFn):
         EncodeMode(False, split)])
 
   def process(self, records: RecordChunk):
-    is_chat = [conversation is not None
-               for conversation in records.conversations]
-    parts = [self._tokenize_pairs(records.subset(
-        [i for i, chat_record in enumerate(is_chat) if not chat_record]))]
-    if any(is_chat):
-      parts.append(self._tokenize_chats(records.subset(
-          [i for i, chat_record in enumerate(is_chat) if chat_record])))
+    chats = [index for index, conversation in enumerate(records.conversations)
+             if conversation is not None]
+    if not chats:  # the common case: no copy
+      parts = [self._tokenize_pairs(records)]
+    elif len(chats) == len(records.example_ids):
+      parts = [self._tokenize_chats(records)]
+    else:
+      pairs = sorted(set(range(len(records.example_ids))) - set(chats))
+      parts = [self._tokenize_pairs(records.subset(pairs)),
+               self._tokenize_chats(records.subset(chats))]
     stats = collections.Counter()
     for _, rejected, part_stats in parts:
       yield from (beam.pvalue.TaggedOutput(self.REJECTED, r) for r in rejected)

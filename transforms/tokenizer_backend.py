@@ -17,11 +17,13 @@ or with `split_special_tokens` are tokenized as the plain text they are.
 
 import itertools
 import logging
-from typing import NamedTuple, Sequence, Tuple
+import re
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sftbeam.transforms.probe_texts import probe_texts
+from sftbeam.transforms.records import offsets_of
 
 BACKENDS = ('auto', 'fastokens', 'hf')
 # `auto` also compares this many of the first texts it encodes, per kind of
@@ -52,10 +54,17 @@ def special_token_strings(tokenizer) -> list:
   return sorted(getattr(tokenizer, 'all_special_tokens', ()) or ())
 
 
+def special_text_pattern(special_tokens) -> Optional[re.Pattern]:
+  """A regex finding any of the special-token strings (longest first)."""
+  if not special_tokens:
+    return None
+  return re.compile('|'.join(
+      map(re.escape, sorted(special_tokens, key=len, reverse=True))))
+
+
 def _flat(id_lists) -> Tuple[np.ndarray, np.ndarray]:
-  lengths = np.fromiter(map(len, id_lists), np.int64, len(id_lists))
-  offsets = np.zeros(len(id_lists) + 1, np.int64)
-  np.cumsum(lengths, out=offsets[1:])
+  offsets = offsets_of(np.fromiter(map(len, id_lists), np.int64,
+                                   len(id_lists)))
   ids = np.fromiter(itertools.chain.from_iterable(id_lists), np.int64,
                     int(offsets[-1]))
   return ids, offsets

@@ -140,11 +140,14 @@ class LoadedTokenizer:
         self.tokenizer, backend,
         fastokens_loading and fastokens_loading.result())
     self.special_tokens = special_token_strings(self.tokenizer)
+    self._identity = None  # hashing tokenizer.json once, when first asked
 
   def identity(self) -> dict:
     """What dataset_info.json records about the tokenizer."""
-    return dict(tokenizer_identity(self.name, self.tokenizer),
-                backend=self.encoder.name, backend_reason=self.encoder.reason)
+    if self._identity is None:
+      self._identity = tokenizer_identity(self.name, self.tokenizer)
+    return dict(self._identity, backend=self.encoder.name,
+                backend_reason=self.encoder.reason)
 
 
 # One per process: every step of every pipeline in it acquires the same

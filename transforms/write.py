@@ -30,7 +30,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.value_provider import StaticValueProvider
 
 from sftbeam.transforms import manifest, schema
-from sftbeam.transforms.tfrecord import describe_shard, write_record
+from sftbeam.transforms.tfrecord import (describe_shard, is_gzip,
+                                         write_record)
 
 
 class TFRecordSink(fileio.FileSink):
@@ -132,19 +133,19 @@ class _JoinSlotFn(beam.DoFn):
     yield final
 
 
-def _with_empty_shards(output_dir: str, num_shards: int, suffix: str,
+def _with_empty_shards(output_dir: str, num_shards: int, compression: str,
                        written: list) -> list:
   """Every slot's shard entry: `written` (describe_shard entries), plus an
   empty shard for each slot that got no batch (so a run has exactly
   num_shards shards)."""
-  names = {shard_name(slot, num_shards, suffix) for slot in range(num_shards)}
-  empty = gzip.compress(b'') if suffix.endswith('.gz') else b''
   entries = list(written)
-  for name in sorted(names - {entry['name'] for entry in written}):
+  missing = set(shard_names(num_shards, compression)) - {
+      entry['name'] for entry in written}
+  for name in sorted(missing):
     path = FileSystems.join(output_dir, name)
     with FileSystems.create(
         path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-      handle.write(empty)
+      handle.write(gzip.compress(b'') if is_gzip(name) else b'')
     entries.append(describe_shard(path))
   return sorted(entries, key=lambda entry: entry['name'])
 
@@ -186,8 +187,8 @@ class WriteBatches(beam.PTransform):
         | 'DescribeShards' >> beam.Map(describe_shard)
         | 'CollectShards' >> beam.combiners.ToList()
         | 'AddEmptyShards' >> beam.FlatMap(
-            lambda written: _with_empty_shards(self._output_dir, num_shards,
-                                               suffix, written)))
+            lambda written: _with_empty_shards(
+                self._output_dir, num_shards, self._compression, written)))
 
 
 def _publish_rejected(work_dir: str, output_dir: str, file_results):
