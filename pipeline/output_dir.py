@@ -193,11 +193,13 @@ class OutputClaim:
   """An output directory locked for one run, with the run's record.
 
   `work_dir` is the run's own directory for temp files. Use it as a context
-  manager: a run that raises deletes what it wrote (its record included),
-  and the lock is released in any case.
+  manager: a run that raises deletes what it wrote (its record included,
+  and the directory itself if the run made it), and the lock is released
+  in any case.
   """
 
-  def __init__(self, output_dir: str, owner: dict, lock):
+  def __init__(self, output_dir: str, owner: dict, lock,
+               created_dir: bool = False):
     self.output_dir = output_dir
     self.run_id = owner['run_id']
     self.work_dir = FileSystems.join(output_dir,
@@ -205,6 +207,7 @@ class OutputClaim:
     self._owner = owner
     self._lock = lock
     self._completed = False
+    self._created_dir = created_dir  # a local directory this run made
 
   def write_record(self, state: str, files, running: bool):
     """Writes the record: `files` and, while `running`, the work directory
@@ -258,6 +261,11 @@ class OutputClaim:
         self.abandon()
     finally:
       self.release()
+    if self._created_dir and not self._completed:
+      try:
+        os.rmdir(self.output_dir)  # only if empty: as it was, absent
+      except OSError:
+        pass
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
@@ -275,13 +283,14 @@ def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
     raise ConfigError(f'--output {output_dir} is a file, not a directory: '
                       'choose another --output')
   check_output_apart(output_dir, inputs)
-  if not is_remote(output_dir):
-    os.makedirs(output_dir, exist_ok=True)
+  created_dir = not is_remote(output_dir) and not os.path.isdir(output_dir)
+  if created_dir:
+    os.makedirs(output_dir)
   owner = run_lock.owner_record(manifest.new_run_id())
   lock = run_lock.acquire(output_dir, owner)
   try:
     _clear(output_dir, overwrite, run_names)
-    claim = OutputClaim(output_dir, owner, lock)
+    claim = OutputClaim(output_dir, owner, lock, created_dir)
     claim.write_record('running', _FIXED_FILES + tuple(files), running=True)
   except BaseException:
     lock.release()
