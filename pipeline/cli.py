@@ -5,6 +5,7 @@
   sftbeam run --streaming --input_subscription projects/P/subscriptions/S
               --output DIR [--window_seconds N] [...]   (until stopped)
   sftbeam inspect DIR --id ID | DIR --batch N --row I | --prompt P --output O
+                  | --messages JSON
   sftbeam stats DIR [--plot FILE.png]
 
 Exit codes: 0 done; 1 the run failed or rejected more than
@@ -28,10 +29,11 @@ from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.output_dir import prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
-from sftbeam.transforms import chat
+from sftbeam.transforms import chat, pack
 from sftbeam.transforms.lines_to_batches import chat_template_text
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.read import CorruptInputError, corrupt_input_message
+from sftbeam.transforms.stats import rejected_by_reason
 from sftbeam.transforms.tokenizer_backend import BackendUnavailable
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  shared_tokenizer)
@@ -144,8 +146,7 @@ def progress_describer(total_bytes):
   """The progress line of a batch run reading `total_bytes` (or None)."""
   def describe(tally: dict, elapsed: float) -> str:
     lines = tally.get('lines', 0)
-    rejected = sum(count for name, count in tally.items()
-                   if name.startswith('rejected/'))
+    rejected = sum(rejected_by_reason(tally).values())
     line = (f'[{elapsed:5.0f}s] read {lines:,} lines, wrote '
             f'{tally.get("batches_written", 0):,} batches '
             f'({tally.get("records_written", 0):,} records), rejected '
@@ -185,8 +186,7 @@ def _efficiency_rows(counts: dict) -> list:
   packing = counts.get('packing')
   if packing:
     return [('packed rows', f'{packing["packed_rows"]}, '
-             f'{packing["examples_per_row_mean"]:.1f} records per row on '
-             f'average, at most {packing["examples_per_row_max"]}'),
+             f'{pack.records_per_row_text(packing)}'),
             ('packing efficiency', f'{efficiency:.3f} (real / stored tokens)')]
   return [('padding efficiency',
            'n/a' if efficiency is None else f'{efficiency:.3f} (real / stored '
@@ -275,10 +275,9 @@ def _quiet_libraries():
   """Silences import-time chatter that is noise on sftbeam's command line.
 
   transformers advises installing PyTorch (sftbeam needs only its
-  tokenizers); TensorFlow prints CPU features and absl notices.
+  tokenizers).
   """
   os.environ.setdefault('TRANSFORMERS_NO_ADVISORY_WARNINGS', '1')
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   for name in ('apache_beam.runners.common',  # a step in this process
                'apache_beam.runners.portability.local_job_service'):  # workers
     logging.getLogger(name).addFilter(_skip_corrupt_input_logs)

@@ -143,12 +143,14 @@ def _beam_parser() -> argparse.ArgumentParser:
 
 
 def _is_switch(parser: argparse.ArgumentParser, flag: str) -> bool:
-  """Whether `flag` takes no value (`--no_use_public_ips`)."""
+  """Whether `flag` is a Beam flag that takes no value
+  (`--no_use_public_ips`). An unknown flag is not: it goes on as
+  `--flag=False`, which check_beam_args then refuses."""
   try:
-    parser.parse_known_args([flag])
-    return True
+    _, unknown = parser.parse_known_args([flag])
   except argparse.ArgumentError:
     return False
+  return not unknown
 
 
 def check_beam_args(beam_args: list):

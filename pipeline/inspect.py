@@ -26,9 +26,9 @@ from sftbeam.pipeline import readers
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.transforms import chat, schema
 from sftbeam.transforms.lines_to_batches import chat_template_text
-from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, tokenize_prompt_and_output
-from sftbeam.transforms.tokenizer_backend import (EncodeMode, HfEncoder,
-                                                  ids_per_text)
+from sftbeam.transforms.sft import (SPECIAL_TOKEN_MODES,
+                                    tokenize_prompt_and_output)
+from sftbeam.transforms.tokenizer_backend import HfEncoder, segment_encode
 from sftbeam.transforms.tokenizer_source import (EMBEDDED, TokenizerNotFound,
                                                  load_tokenizer)
 
@@ -178,11 +178,9 @@ def _conversation(text: str) -> chat.Conversation:
 def _conversation_lines(args) -> list:
   """inspect --messages: the row of that one conversation."""
   tokenizer = _load(args.tokenizer or EMBEDDED)
-  encoder = HfEncoder(tokenizer)
   [row] = chat.tokenize_conversations(
       [_conversation(args.messages)], tokenizer=tokenizer,
-      encode=lambda texts, split: ids_per_text(encoder, texts,
-                                               EncodeMode(False, split)),
+      encode=segment_encode(HfEncoder(tokenizer)),
       special_tokens_in_text=args.special_tokens_in_text,
       train_on=args.train_on, max_seq_len=1 << 30, truncation='none',
       chat_template=chat_template_text(args.chat_template))

@@ -115,7 +115,8 @@ OPTIONS = (
            requirement='a non-empty, strictly increasing list of positive '
            'integers'),
     Option('max_seq_len', 'optional_int', None,
-           'longest L kept (null: the largest boundary)',
+           'longest L kept (null: the largest boundary; for layout packed, '
+           'pack_length)',
            check=lambda v: v is None or _positive_int(v),
            requirement='a positive integer'),
     Option('truncation', 'str', 'none', 'what to do with records over '
@@ -168,12 +169,14 @@ OPTIONS = (
            'bucket across workers (parallel on Dataflow; a local runner holds '
            'all data between such stages in memory); "bundle" batches within '
            'each bundle, no shuffle, flat memory; null: "bundle" on local '
-           'runners, else "global"', choices=BATCHING_STRATEGIES),
+           'runners, else "global". Batch runs only: a streaming run '
+           'batches globally, a partial batch leaving after '
+           'max_buffering_seconds', choices=BATCHING_STRATEGIES),
     Option('overwrite', 'bool', False,
            'replace the outputs of an earlier run in --output'),
     Option('streaming', 'bool', False,
            'read records from Pub/Sub until cancelled, writing windowed '
-           'shards (see README: streaming mode)'),
+           'shards (docs/streaming.md)'),
     Option('input_subscription', 'str', '',
            'streaming: the Pub/Sub subscription to read, '
            'projects/P/subscriptions/S',
@@ -230,10 +233,11 @@ def _type_ok(option: Option, value) -> bool:
 
 
 _KIND_WORDS = {
-    'str': 'a string', 'optional_str': 'a string or null', 'int': 'an integer', 'optional_int': 'an integer or '
-    'null', 'float': 'a number', 'bool': 'true or false', 'optional_bool':
-    'true, false or null', 'list': 'a list of strings', 'ints': 'a list of '
-    'integers'}
+    'str': 'a string', 'optional_str': 'a string or null',
+    'int': 'an integer', 'optional_int': 'an integer or null',
+    'float': 'a number', 'bool': 'true or false',
+    'optional_bool': 'true, false or null', 'list': 'a list of strings',
+    'ints': 'a list of integers'}
 
 
 def check_value(name: str, value, source: str):

@@ -11,8 +11,9 @@ with anything in it is refused unless --overwrite. With --overwrite, sftbeam
 deletes what the record of the directory's last run names
 (transforms.manifest; dataset_info.json first, so readers stop accepting
 the directory at once), and nothing else: a file this run would write
-under a name that no record names is refused, not replaced. Then this run's
-record is written.
+under a name that no record names (another tool's, an older sftbeam's),
+or a streaming run's window file (no record names those), is refused, not
+replaced or left beside the new run's. Then this run's record is written.
 """
 
 import os
@@ -26,19 +27,30 @@ from sftbeam.pipeline import run_lock
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.transforms import manifest, schema
 from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.windows import WINDOW_NAME_PATTERN
 from sftbeam.transforms.dataset_info import (ATOMIC_TEMP_SUFFIX,
                                            write_json_atomically)
 from sftbeam.version import VERSION
 
 _INFO_NAMES = (rf'{re.escape(schema.INFO_FILE)}'
                rf'(?:{re.escape(ATOMIC_TEMP_SUFFIX)})?')
-# The names a batch run gives its files: one of them already there, but not
-# recorded, is someone else's file, which the run would replace.
+_SHARD_NAME = (rf'{re.escape(schema.SHARD_PREFIX)}-\d{{5}}-of-\d{{5}}'
+               rf'{re.escape(schema.SHARD_SUFFIX)}(?:\.gz)?')
+_REJECTED_NAME = (rf'{re.escape(schema.REJECTED_PREFIX)}-\d{{5}}-of-\d{{5}}'
+                  rf'{re.escape(schema.REJECTED_SUFFIX)}')
+# A streaming run's window files, which its record does not name.
+_WINDOW_FILE_NAME = (
+    rf'(?:{re.escape(schema.SHARD_PREFIX)}|{re.escape(schema.REJECTED_PREFIX)}'
+    rf'|{re.escape(schema.WINDOW_STATS_PREFIX)}){WINDOW_NAME_PATTERN}'
+    rf'(?:{re.escape(schema.SHARD_SUFFIX)}(?:\.gz)?'
+    rf'|{re.escape(schema.REJECTED_SUFFIX)}'
+    rf'|{re.escape(schema.WINDOW_STATS_SUFFIX)})')
+# The names a batch run gives its files, and a streaming run's window files:
+# one of them already there, but not recorded, is someone else's file (which
+# the run would replace) or an earlier streaming run's (which --overwrite
+# would leave beside the new run's files).
 BATCH_NAMES = re.compile(
-    rf'{_INFO_NAMES}|{re.escape(schema.SHARD_PREFIX)}-\d{{5}}-of-\d{{5}}'
-    rf'{re.escape(schema.SHARD_SUFFIX)}(?:\.gz)?|'
-    rf'{re.escape(schema.REJECTED_PREFIX)}-\d{{5}}-of-\d{{5}}'
-    rf'{re.escape(schema.REJECTED_SUFFIX)}')
+    rf'{_INFO_NAMES}|{_SHARD_NAME}|{_REJECTED_NAME}|{_WINDOW_FILE_NAME}')
 # A streaming run also lists every file of these patterns as its own.
 STREAMING_NAMES = re.compile(
     rf'{_INFO_NAMES}|{re.escape(schema.SHARD_PREFIX)}-.*'
@@ -165,7 +177,8 @@ def _delete(output_dir: str, names: list, present: set):
 def _clear(output_dir: str, overwrite: bool, run_names):
   """Refuses a directory holding anything unless overwrite; with it, deletes
   what the last run recorded, after checking that no other file there has
-  a name this run may write (`run_names`, a regex)."""
+  a name this run may write or an earlier streaming run left (`run_names`,
+  a regex)."""
   entries = [name for name in _entries(output_dir)
              if _top_level(name) != run_lock.LOCK_FILE]
   if not entries:
@@ -269,14 +282,16 @@ class OutputClaim:
 
 
 def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
-                       files=(), run_names=BATCH_NAMES) -> OutputClaim:
+                       files=(), lock=None,
+                       run_names=BATCH_NAMES) -> OutputClaim:
   """Claims `output_dir` for a run (see the module docstring).
 
   Raises ConfigError when another run holds it, it holds a file of the
   `inputs` patterns, or it is not empty and overwrite is off. `files`: the
   names of files the run will write that are known now (recorded with the
-  fixed ones); `run_names` matches every name the run may write. The lock
-  is held until the claim is released, or its process ends.
+  fixed ones); `run_names` matches every name the run may write. `lock`:
+  the directory's lock if the caller holds it already.
+  The lock is held until the claim is released, or its process ends.
   """
   if not is_remote(output_dir) and os.path.lexists(output_dir) and (
       not os.path.isdir(output_dir)):
@@ -286,11 +301,12 @@ def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
   created_dir = not is_remote(output_dir) and not os.path.isdir(output_dir)
   if created_dir:
     os.makedirs(output_dir)
-  owner = run_lock.owner_record(manifest.new_run_id())
-  lock = run_lock.acquire(output_dir, owner)
+  if lock is None:
+    lock = run_lock.acquire(output_dir,
+                            run_lock.owner_record(manifest.new_run_id()))
   try:
     _clear(output_dir, overwrite, run_names)
-    claim = OutputClaim(output_dir, owner, lock, created_dir)
+    claim = OutputClaim(output_dir, lock.owner, lock, created_dir)
     claim.write_record('running', _FIXED_FILES + tuple(files), running=True)
   except BaseException:
     lock.release()

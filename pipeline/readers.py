@@ -24,6 +24,7 @@ contiguous, near-equal slices of that sequence, so that parts (DataLoader
 workers, distributed ranks) together read every batch exactly once.
 """
 
+import collections
 import itertools
 import json
 import os
@@ -116,7 +117,8 @@ def verified_shards(output_dir: str, info: dict = None) -> list:
     raise CorruptOutput(f'{output_dir}/{schema.INFO_FILE} has no shard list')
   shards = [_check_entry(output_dir, entry) for entry in entries]
   names = [shard.name for shard in shards]
-  twice = sorted({name for name in names if names.count(name) > 1})
+  twice = sorted(name for name, count in collections.Counter(names).items()
+                 if count > 1)
   if twice:
     raise CorruptOutput(f'{output_dir}/{schema.INFO_FILE} lists shard '
                         f'{twice[0]} more than once: refused')
@@ -271,7 +273,8 @@ def read_tf_dataset(output_dir: str, shuffle: bool = False, seed: int = 0,
   """
   # Imported here: nothing else in sftbeam needs TensorFlow.
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  for shard in verified_shards(output_dir):
+  info = load_dataset_info(output_dir)
+  for shard in verified_shards(output_dir, info):
     _verify_contents(shard)
   passes = itertools.count()
 
@@ -281,6 +284,6 @@ def read_tf_dataset(output_dir: str, shuffle: bool = False, seed: int = 0,
 
   dataset = tf.data.Dataset.from_generator(
       records, output_signature=tf.TensorSpec((), tf.string))
-  layout = load_dataset_info(output_dir)['layout']
+  layout = info['layout']
   return dataset.map(lambda serialized: schema.parse_batch(serialized, layout),
                      num_parallel_calls=tf.data.AUTOTUNE)

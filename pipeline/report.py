@@ -16,7 +16,7 @@ import numpy as np
 
 from sftbeam.pipeline import readers
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.transforms import schema
+from sftbeam.transforms import pack, schema
 
 _LENGTH_FEATURES = ('prompt_lengths', 'output_lengths')
 _BAR_WIDTH = 40
@@ -96,8 +96,7 @@ def _summary_lines(output_dir: str, info: dict) -> list:
   packing = counts.get('packing')
   packed = [] if not packing else [
       f'packed rows {packing["packed_rows"]} of {info["pack_length"]} '
-      f'positions, {packing["examples_per_row_mean"]:.1f} records per row on '
-      f'average, at most {packing["examples_per_row_max"]}']
+      f'positions, {pack.records_per_row_text(packing)}']
   return [
       f'{output_dir}: {info.get("layout", "padded")} batches, tokenizer '
       f'{info["tokenizer"]["name"]}, sftbeam {info["sftbeam_version"]}',
@@ -204,7 +203,8 @@ def plot(output_dir: str, found: dict, path: str):
   efficiency.bar(labels, [totals['real_tokens'] / totals['stored_tokens']
                           for totals in buckets.values()], color='tab:cyan')
   overall = info['counts']['padding_efficiency']
-  efficiency.set_title('Padding efficiency per bucket' + (
+  kind = 'Packing' if info.get('layout') == 'packed' else 'Padding'
+  efficiency.set_title(f'{kind} efficiency per bucket' + (
       '' if overall is None else f'\n(dashed: whole run, {overall:.3f})'))
   if overall is not None:
     efficiency.axhline(overall, color='black', linestyle='--')

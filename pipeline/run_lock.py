@@ -64,6 +64,7 @@ class LocalLock:
   """An flock on DIR/.sftbeam-lock, taken at construction."""
 
   def __init__(self, directory: str, owner: dict):
+    self.owner = owner
     self._path = os.path.join(directory, LOCK_FILE)
     self._fd = self._lock_current_file()
     os.ftruncate(self._fd, 0)
@@ -115,6 +116,7 @@ class GcsLock:
   """
 
   def __init__(self, directory: str, owner: dict, client=None):
+    self.owner = owner
     # Imported here: only gs:// runs need it, and it is slow to import.
     from google.api_core import exceptions  # pylint: disable=import-outside-toplevel
     if client is None:

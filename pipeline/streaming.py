@@ -32,7 +32,7 @@ from sftbeam.transforms.dataset_info import (UpdateDatasetInfoFn,
                                              matching_paths)
 from sftbeam.transforms.lines_to_batches import LinesToBatches
 from sftbeam.transforms.read import message_to_chunk
-from sftbeam.transforms.stats import SumStatsFn
+from sftbeam.transforms.stats import SumStatsFn, rejected_by_reason
 from sftbeam.transforms.tfrecord import describe_shard
 from sftbeam.transforms.windows import (IntoWriteWindows, WriteWindowedFiles,
                                         WriteWindowStats)
@@ -119,9 +119,8 @@ def _earlier_run(output_dir: str) -> EarlierRun:
 
 
 def _continues_earlier_run(config) -> bool:
-  """Whether --output holds a streaming run of this config to continue."""
-  if not FileSystems.exists(FileSystems.join(config.output, schema.INFO_FILE)):
-    return False
+  """Whether --output, which holds a dataset_info.json, holds a streaming
+  run of this config to continue."""
   earlier = dict(load_dataset_info(config.output)['config'], overwrite=False)
   if not earlier.get('streaming'):
     return False
@@ -144,25 +143,27 @@ def prepare_output(config):
   streaming run of the same options is continued (its shards stay, its
   counts go on); otherwise the batch rules apply (empty, or --overwrite).
   """
+  lock = None
   if not config.overwrite and FileSystems.exists(
       FileSystems.join(config.output, schema.INFO_FILE)):
     lock = run_lock.acquire(config.output,
                             run_lock.owner_record(manifest.new_run_id()))
-    try:
-      if _continues_earlier_run(config):
-        return _earlier_run(config.output), lock
-    except BaseException:
+  try:
+    if lock is not None and _continues_earlier_run(config):
+      return _earlier_run(config.output), lock
+    # Not a run to continue: claimed as a batch run claims it (the lock
+    # held throughout, so no other run slips in between).
+    claim = prepare_output_dir(config.output, config.overwrite, lock=lock,
+                               run_names=STREAMING_NAMES)
+  except BaseException:
+    if lock is not None:
       lock.release()
-      raise
-    lock.release()
-  claim = prepare_output_dir(config.output, config.overwrite,
-                             run_names=STREAMING_NAMES)
+    raise
   return EarlierRun({}, []), claim
 
 
 def _describe_progress(tally: dict, elapsed: float) -> str:
-  rejected = sum(count for name, count in tally.items()
-                 if name.startswith('rejected/'))
+  rejected = sum(rejected_by_reason(tally).values())
   return (f'[{elapsed:6.0f}s] received {tally.get("lines", 0)} messages, '
           f'wrote {tally.get("batches_written", 0)} batches '
           f'({tally.get("records_written", 0)} records), rejected '

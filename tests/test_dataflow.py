@@ -163,6 +163,12 @@ def test_yaml_switches_become_bare_flags():
           '--no_use_public_ips', '--max_num_workers=3', '--dry_run=True']
 
 
+def test_misspelled_yaml_switch_set_false_is_refused():
+  """Not dropped as if it were a switch left off."""
+  with pytest.raises(ConfigError, match='unknown flag --no_use_public_ip:'):
+    check_beam_args(beam_options_to_args({'no_use_public_ip': False}))
+
+
 def test_multi_process_run_writes_the_same_rows(tmp_path):
   outputs = {}
   for mode, flags in (('single', ()),

@@ -25,6 +25,7 @@ import zlib
 import pytest
 import zstandard
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.transforms.window import IntervalWindow
 from google.api_core import exceptions as gcs_exceptions
 
 from conftest import ROOT, SAMPLE, run_sftbeam, shared_data
@@ -39,6 +40,7 @@ from sftbeam.transforms.dataset_info import write_json_atomically
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  embedded_tokenizer_dir,
                                                  load_tokenizer)
+from sftbeam.transforms.windows import window_file_name
 
 RECORDS_PER_FILE = 200
 COMPRESSORS = {
@@ -310,6 +312,30 @@ def test_unrecorded_file_under_a_name_sftbeam_writes_is_refused(tmp_path,
                         2)
   assert 'batches-00000-of-00001.tfrecord and 1 more' in line
   assert 'which no sftbeam run recorded writing there' in line
+  assert snapshot(output_dir) == before
+
+
+def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
+  """A streaming run records its fixed files only, not its window files:
+  a batch run's --overwrite refuses them, as a streaming run's does, rather
+  than leave them beside its own shards."""
+  output_dir = tmp_path / 'out'
+  output_dir.mkdir()
+  streaming = output_dir_lib.prepare_output_dir(str(output_dir), False)
+  window = IntervalWindow(1764000000, 1764000060)
+  shard = window_file_name(schema.SHARD_PREFIX, schema.SHARD_SUFFIX, window,
+                           None)
+  (output_dir / shard).write_bytes(b'x')
+  (output_dir / window_file_name(schema.WINDOW_STATS_PREFIX,
+                                 schema.WINDOW_STATS_SUFFIX, window, None)
+   ).write_bytes(b'{}')
+  streaming.complete()
+  streaming.release()
+  before = snapshot(output_dir)
+  with pytest.raises(ConfigError,
+                     match=f'holds {shard} and 1 more, which no sftbeam run '
+                     'recorded'):
+    output_dir_lib.prepare_output_dir(str(output_dir), True)
   assert snapshot(output_dir) == before
 
 

@@ -59,9 +59,9 @@ class LinesToBatches(beam.PTransform):
   """LineChunks -> {'batches', 'rejected', 'stats'} PCollections.
 
   `batches` are serialized batch Examples (bytes), `rejected` Rejected
-  records, `stats` the stats dicts of every step (see transforms/stats.py). `config` is the
-  run's resolved options (sftbeam.pipeline.options); `batching` is "bundle"
-  or "global" (transforms/batch.py).
+  records, `stats` the stats dicts of every step (transforms/stats.py).
+  `config` is the run's resolved options (sftbeam.pipeline.options);
+  `batching` is "bundle" or "global" (transforms/batch.py).
   """
 
   def __init__(self, config, batching: str,

@@ -203,6 +203,12 @@ def packing_summary(stats: dict) -> dict:
   }
 
 
+def records_per_row_text(packing: dict) -> str:
+  """How full rows are, from packing_summary's dict (with rows), in words."""
+  return (f'{packing["examples_per_row_mean"]:.1f} records per row on '
+          f'average, at most {packing["examples_per_row_max"]}')
+
+
 def cu_seqlens(segment_ids: np.ndarray) -> Tuple[np.ndarray, int]:
   """`cu_seqlens` and `max_seqlen` of a packed batch for variable-length
   attention (FlashAttention's `flash_attn_varlen_func` convention).

@@ -47,6 +47,12 @@ class SumStatsFn(beam.CombineFn):
     return dict(accumulator)
 
 
+def rejected_by_reason(stats: dict) -> dict:
+  """{reason: count} of the rejected records in summed stats."""
+  return {name.split('/', 1)[1]: count for name, count in stats.items()
+          if name.startswith('rejected/')}
+
+
 def rejection_stats(rejected) -> dict:
   """The stats one rejected record contributes."""
   return {f'rejected/{rejected.reason}': 1}
@@ -54,8 +60,7 @@ def rejection_stats(rejected) -> dict:
 
 def summarize(stats: dict) -> dict:
   """Structures summed stats into the `counts` section of dataset_info."""
-  rejected = {name.split('/', 1)[1]: count for name, count in stats.items()
-              if name.startswith('rejected/')}
+  rejected = rejected_by_reason(stats)
   buckets = collections.defaultdict(dict)
   for name, count in stats.items():
     if name.startswith('bucket/'):

@@ -21,7 +21,7 @@ import numpy as np
 
 from sftbeam.transforms import chat, sft
 from sftbeam.transforms.records import RecordChunk, TokenChunk
-from sftbeam.transforms.tokenizer_backend import (EncodeMode, ids_per_text,
+from sftbeam.transforms.tokenizer_backend import (EncodeMode, segment_encode,
                                                   special_text_pattern)
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
 
@@ -242,17 +242,12 @@ class TokenizeRecords(beam.DoFn):
 
   # -------------------------------------------------------- chat records
 
-  def _encode_segments(self, texts, split_special_tokens: bool):
-    """chat.tokenize_conversations' `encode`: ids per text."""
-    return ids_per_text(self._tokenizer.encoder, texts,
-                        EncodeMode(False, split_special_tokens))
-
   def _tokenize_chats(self, records: RecordChunk):
     """(TokenChunk of the conversations that fit, Rejecteds, stats)."""
     settings = self._settings
     results = chat.tokenize_conversations(
         records.conversations, tokenizer=self._tokenizer.tokenizer,
-        encode=self._encode_segments,
+        encode=segment_encode(self._tokenizer.encoder),
         special_tokens_in_text=settings.special_tokens_in_text,
         train_on=settings.train_on, max_seq_len=settings.max_seq_len,
         truncation=settings.truncation, chat_template=settings.chat_template)

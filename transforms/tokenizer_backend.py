@@ -174,6 +174,13 @@ def ids_per_text(encoder, texts: Sequence[str], mode: EncodeMode) -> list:
           for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
+def segment_encode(encoder):
+  """The `encode` of chat.tokenize_conversations over `encoder`:
+  (texts, split_special_tokens) -> ids per text, no special tokens added."""
+  return lambda texts, split: ids_per_text(encoder, texts,
+                                           EncodeMode(False, split))
+
+
 def first_difference(reference, candidate, texts, mode: EncodeMode):
   """Index of the first text the two encoders encode differently, or None."""
   expected = reference.encode(texts, mode)

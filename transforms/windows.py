@@ -36,6 +36,8 @@ from sftbeam.transforms.stats import summarize
 # behind the watermark (see the module docstring).
 ALLOWED_LATENESS_SECONDS = 3600
 _TIME_FORMAT = '%Y%m%dT%H%M%SZ'
+# What window_file_name puts between a file's prefix and its suffix.
+WINDOW_NAME_PATTERN = r'-\d{8}T\d{6}Z-\d{8}T\d{6}Z-\d+-[0-9a-f]{12}'
 
 
 def write_windows(window_seconds: int) -> beam.WindowInto:
