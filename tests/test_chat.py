@@ -306,6 +306,20 @@ CASES = {
 
 # ------------------------------------------------------ rows vs reference
 
+def assert_decodes_and_learns_assistants(tokenizer, row, messages, train_on):
+  """The row decodes to the template's rendering and learns exactly the
+  assistant contents `train_on` picks, each with its end-of-turn marker;
+  gives those contents."""
+  assert decode(tokenizer, row.ids) == tokenizer.apply_chat_template(
+      messages, tokenize=False)
+  assistants = [message['content'] for message in messages
+                if message['role'] == 'assistant']
+  if train_on == 'last_assistant':
+    assistants = assistants[-1:]
+  assert learned_texts(tokenizer, row) == [text + END for text in assistants]
+  return assistants
+
+
 @pytest.mark.parametrize('name', sorted(CASES))
 @pytest.mark.parametrize('train_on', chat.TRAIN_ON)
 @pytest.mark.parametrize('special_tokens_in_text', ('text', 'special'))
@@ -319,13 +333,8 @@ def test_rows_equal_reference(name, train_on, special_tokens_in_text,
       messages, tokenizers_by_mode, train_on=train_on,
       special_tokens_in_text=special_tokens_in_text)
   tokenizer = tokenizers_by_mode['text']
-  assert decode(tokenizer, row.ids) == tokenizer.apply_chat_template(
-      messages, tokenize=False)
-  assistants = [message['content'] for message in messages
-                if message['role'] == 'assistant']
-  if train_on == 'last_assistant':
-    assistants = assistants[-1:]
-  assert learned_texts(tokenizer, row) == [text + END for text in assistants]
+  assistants = assert_decodes_and_learns_assistants(tokenizer, row, messages,
+                                                   train_on)
   assert row.assistant_turns == len(assistants)
   assert not row.truncated
 
@@ -437,13 +446,7 @@ def test_random_conversations_decode_and_mask_exactly(
     assert row.reason == 'template_changes_content'
     assert _qwen3_may_rewrite(messages)
     return
-  assert decode(tokenizer, row.ids) == tokenizer.apply_chat_template(
-      messages, tokenize=False)
-  assistants = [message['content'] for message in messages
-                if message['role'] == 'assistant']
-  if train_on == 'last_assistant':
-    assistants = assistants[-1:]
-  assert learned_texts(tokenizer, row) == [text + END for text in assistants]
+  assert_decodes_and_learns_assistants(tokenizer, row, messages, train_on)
 
 
 # ------------------------------------------------------------ gsm8k_chat

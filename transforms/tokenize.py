@@ -154,14 +154,14 @@ class TokenizeRecords(beam.DoFn):
         EncodeMode(False, split)])
 
   def process(self, records: RecordChunk):
-    chats = [index for index, conversation in enumerate(records.conversations)
-             if conversation is not None]
+    chats, pairs = [], []
+    for index, conversation in enumerate(records.conversations):
+      (pairs if conversation is None else chats).append(index)
     if not chats:  # the common case: no copy
       parts = [self._tokenize_pairs(records)]
-    elif len(chats) == len(records.example_ids):
+    elif not pairs:
       parts = [self._tokenize_chats(records)]
     else:
-      pairs = sorted(set(range(len(records.example_ids))) - set(chats))
       parts = [self._tokenize_pairs(records.subset(pairs)),
                self._tokenize_chats(records.subset(chats))]
     stats = collections.Counter()
