@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -39,3 +40,21 @@ def test_no_file_points_outside_the_repository():
       text = handle.read()
     for pattern in ('shared/spec', 'visual_guide', r'\bissue \d+'):
       assert not re.search(pattern, text), (name, pattern)
+
+
+def test_the_readmes_inspect_example_is_what_the_command_prints(capsys):
+  """The front page's token table, line for line (its `...` lines elide)."""
+  from sftbeam.pipeline import cli
+  with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as handle:
+    readme = handle.read()
+  command, shown = re.search(
+      r'```bash\n\.venv/bin/sftbeam (inspect [^\n]*)\n```\n\n```\n(.*?)```',
+      readme, re.S).groups()
+  assert cli.main(shlex.split(command)) == 0
+  printed = capsys.readouterr().out.splitlines()
+  shown = [line for line in shown.splitlines() if line.strip() != '...']
+  assert len(shown) >= 8
+  assert all(line in printed for line in shown), (
+      [line for line in shown if line not in printed])
+  assert [printed.index(line) for line in shown] == sorted(
+      printed.index(line) for line in shown)
