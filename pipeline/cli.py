@@ -180,6 +180,12 @@ def run_pipeline(config, options, work_dir) -> float:
   return time.time() - started
 
 
+def _counted(count: int, noun: str) -> str:
+  """"1 batch", "2 batches"."""
+  plural = noun + ('es' if noun.endswith(('s', 'ch')) else 's')
+  return f'{count} {noun if count == 1 else plural}'
+
+
 def _efficiency_rows(counts: dict) -> list:
   """Summary rows of how much of what was stored is real tokens."""
   efficiency = counts['padding_efficiency']
@@ -213,7 +219,8 @@ def format_summary(info: dict, wall_seconds: float) -> str:
       ('batches written', counts['batches_written']),
   ]
   rows += [(f'  bucket <= {boundary}',
-            f'{bucket["batches"]} batches, {bucket["records"]} records')
+            f'{_counted(bucket["batches"], "batch")}, '
+            f'{_counted(bucket["records"], "record")}')
            for boundary, bucket in sorted(counts['buckets'].items(),
                                           key=lambda item: int(item[0]))]
   rows += _efficiency_rows(counts)

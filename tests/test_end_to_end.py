@@ -119,6 +119,13 @@ def test_sample_end_to_end(tmp_path, qwen, pad_to, flags):
   if pad_to == 'bucket':
     assert {int(b): c['records'] for b, c in counts['buckets'].items()} == (
         dict(rows_per_width))
+    for boundary, bucket in counts['buckets'].items():  # the summary's lines
+      batches, records = bucket['batches'], bucket['records']
+      assert re.search(
+          rf'bucket <= {boundary} +{batches} batch(es)?, {records} records?\n',
+          stdout)
+      assert (batches == 1) != bool(re.search(
+          rf'bucket <= {boundary} +{batches} batches', stdout))
   assert counts['padding_efficiency'] == pytest.approx(real / stored)
   rejected = [json.loads(line) for name in info['rejected_files']
               for line in open(tmp_path / name, encoding='utf-8')]
