@@ -56,5 +56,5 @@ def test_the_readmes_inspect_example_is_what_the_command_prints(capsys):
   assert len(shown) >= 8
   assert all(line in printed for line in shown), (
       [line for line in shown if line not in printed])
-  assert [printed.index(line) for line in shown] == sorted(
-      printed.index(line) for line in shown)
+  where = [printed.index(line) for line in shown]
+  assert where == sorted(where)
