@@ -110,21 +110,31 @@ def check_tokenizer(config):
 
 
 def check_chat_input(config):
-  """A chat_template file must be readable; input_format messages needs a
-  chat template (the tokenizer's own or the file)."""
+  """A chat_template file must be readable, compile, and render a plain
+  conversation; so must the tokenizer's own template when every record is
+  a conversation (input_format messages), which needs one."""
+  template = None
   if config.chat_template:
     try:
-      chat_template_text(config.chat_template)
+      template = chat_template_text(config.chat_template)
     except (OSError, UnicodeDecodeError) as error:
       raise ConfigError(f'--chat_template {config.chat_template}: cannot '
                         f'read it ({error})') from None
-  if (config.input_format == 'messages' and not config.chat_template and
-      not is_remote(config.tokenizer) and not chat.has_chat_template(
-          shared_tokenizer(config.tokenizer,
-                           config.tokenizer_backend).tokenizer)):
+  if is_remote(config.tokenizer) or not (
+      template or config.input_format == 'messages'):
+    return
+  tokenizer = shared_tokenizer(config.tokenizer,
+                               config.tokenizer_backend).tokenizer
+  if not template and not chat.has_chat_template(tokenizer):
     raise ConfigError(f'--input_format messages: the tokenizer '
                       f'{config.tokenizer} has no chat template; pass '
                       '--chat_template FILE.jinja')
+  try:
+    chat.renderer_for(tokenizer, template, config.chat_template_kwargs)
+  except ValueError as error:
+    where = (f'--chat_template {config.chat_template}' if template else
+             f'the chat template of {config.tokenizer}')
+    raise ConfigError(f'{where}: {one_line(error)}') from None
 
 
 def input_size(patterns):
@@ -210,7 +220,9 @@ def format_summary(info: dict, wall_seconds: float) -> str:
            for reason, count in counts['rejected_by_reason'].items()]
   rows += [
       ('  chat records', f'{counts["chat_records"]} ({counts["assistant_turns"]}'
-       ' assistant turns written)'),
+       f' assistant turns learned, {counts["tool_calls_learned"]} tool calls,'
+       f' {counts["reasoning_turns_learned"]} with reasoning; '
+       f'{counts["examples_written"]} rows)'),
       ('  truncated (written)', counts['records_truncated']),
       ('  with special-token text', f'{counts["records_with_special_token_text"]} '
        '(' + ('mapped to special ids' if info['config'][

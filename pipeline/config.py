@@ -6,6 +6,7 @@ else is an error, as is an unknown flag on the command line.
 """
 
 import argparse
+import json
 
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -116,6 +117,8 @@ def _cli_value(option, text):
     return _parse_bool(text)
   if kind == 'ints':
     return [int(item) for item in text.split(',') if item.strip()]
+  if kind == 'object':
+    return json.loads(text)
   return text
 
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from sftbeam.pipeline import readers
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.transforms import chat, schema
+from sftbeam.transforms import chat, chat_records, schema
+from sftbeam.transforms.chat_rows import CHAT_ROWS, TRAIN_ON
 from sftbeam.transforms.lines_to_batches import chat_template_text
 from sftbeam.transforms.sft import (SPECIAL_TOKEN_MODES,
                                     tokenize_prompt_and_output)
@@ -53,15 +54,22 @@ def add_parser(commands):
   parser.add_argument('--append_eos', action='store_true',
                       help='with --prompt: append eos to the output')
   parser.add_argument('--messages',
-                      help='a conversation as JSON: a list of {role, '
-                      'content}, or {"messages": [...]} or {"prompt": [...], '
-                      '"completion": [...]}')
+                      help='a conversation as JSON: a list of messages, or a '
+                      'chat record ({"messages": [...]} or {"prompt": [...], '
+                      '"completion": [...]}, with "tools" and '
+                      '"chat_template_kwargs" if it has them)')
   parser.add_argument('--special_tokens_in_text', choices=SPECIAL_TOKEN_MODES,
                       default='special', help='with --prompt or --messages')
   parser.add_argument('--chat_template', default='',
                       help='with --messages: a Jinja template file')
-  parser.add_argument('--train_on', choices=chat.TRAIN_ON,
+  parser.add_argument('--chat_template_kwargs', type=_json_object,
+                      default={}, help='with --messages: template variables '
+                      'as a JSON object (the record\'s own override them)')
+  parser.add_argument('--train_on', choices=TRAIN_ON,
                       default='assistant', help='with --messages')
+  parser.add_argument('--chat_rows', choices=CHAT_ROWS, default='whole',
+                      help='with --messages: one row, or one per learned '
+                      'turn')
   parser.set_defaults(handler=run)
 
 
@@ -160,39 +168,58 @@ def _record_lines(args) -> list:
                                arrays['labels'][0], mask)
 
 
-def _conversation(text: str) -> chat.Conversation:
+def _json_object(text: str) -> dict:
+  value = json.loads(text)
+  if not isinstance(value, dict):
+    raise ValueError('not a JSON object')
+  return value
+
+
+def _conversation(text: str) -> chat_records.Conversation:
   try:
     value = json.loads(text)
   except ValueError as error:
     raise ConfigError(f'--messages is not JSON: {error}') from None
+  if not isinstance(value, (list, dict)):
+    raise ConfigError('--messages: a JSON array of messages or a chat record '
+                      f'object, not {chat_records.json_type(value)}')
   try:
-    return chat.parse_conversation(
+    return chat_records.parse_conversation(
         {'messages': value} if isinstance(value, list) else value)
-  except chat.ChatRejected as rejected:
+  except chat_records.ChatRejected as rejected:
     raise ConfigError(f'--messages would be rejected ({rejected.reason}): '
                       f'{rejected}') from None
-  except (AttributeError, TypeError) as error:
-    raise ConfigError(f'--messages: {error}') from None
 
 
 def _conversation_lines(args) -> list:
-  """inspect --messages: the row of that one conversation."""
+  """inspect --messages: the rows of that one conversation."""
   tokenizer = _load(args.tokenizer or EMBEDDED)
-  [row] = chat.tokenize_conversations(
-      [_conversation(args.messages)], tokenizer=tokenizer,
+  try:
+    renderer = chat.renderer_for(tokenizer,
+                                 chat_template_text(args.chat_template),
+                                 args.chat_template_kwargs)
+  except ValueError as error:
+    raise ConfigError(f'--messages: {error}') from None
+  outcome = chat.tokenize_conversations(
+      [_conversation(args.messages)], renderer=renderer,
       encode=segment_encode(HfEncoder(tokenizer)),
-      special_tokens_in_text=args.special_tokens_in_text,
-      train_on=args.train_on, max_seq_len=1 << 30, truncation='none',
-      chat_template=chat_template_text(args.chat_template))
-  if isinstance(row, chat.ChatRejected):
-    raise ConfigError(f'--messages would be rejected ({row.reason}): {row}')
-  first = row.supervised.index(True)
-  header = (f'conversation: {len(row.ids)} tokens, learned from token '
-            f'{first} on, {row.assistant_turns} assistant turns learned '
-            f'({args.tokenizer or EMBEDDED})')
-  return [header] + format_row(tokenizer, np.array(row.ids[:-1]),
-                               np.array(row.ids[1:]),
-                               np.array(row.supervised[1:]))
+      settings=chat.ChatSettings(args.special_tokens_in_text, args.train_on,
+                                 args.chat_rows, 1 << 30, 'none'))
+  for _, why in outcome.rejected:
+    raise ConfigError(f'--messages would be rejected ({why.reason}): {why}')
+  stats = outcome.stats
+  lines = [f'conversation: {len(outcome.rows)} row(s), '
+           f'{stats["assistant_turns"]} assistant turn(s) learned, '
+           f'{stats["tool_calls_learned"]} tool call(s), '
+           f'{stats["reasoning_turns_learned"]} with reasoning '
+           f'({args.tokenizer or EMBEDDED})']
+  for row in outcome.rows:
+    first = row.supervised.index(True)
+    lines.append(f'row{row.suffix or ""}: {len(row.ids)} tokens, learned '
+                 f'from token {first} on')
+    lines += format_row(tokenizer, np.array(row.ids[:-1]),
+                        np.array(row.ids[1:]), np.array(row.supervised[1:]))
+  return lines
 
 
 def _load(name: str):

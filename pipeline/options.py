@@ -14,7 +14,9 @@ from sftbeam.transforms import schema
 from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.pack import DEFAULT_PACK_WINDOW
 from sftbeam.transforms.pad import PAD_TO_MODES
-from sftbeam.transforms.chat import INPUT_FORMATS, TRAIN_ON
+from sftbeam.transforms.chat_records import (INPUT_FORMATS,
+                                             RESERVED_TEMPLATE_KWARGS)
+from sftbeam.transforms.chat_rows import CHAT_ROWS, TRAIN_ON
 from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
 from sftbeam.transforms.tokenizer_backend import BACKENDS
 from sftbeam.transforms.tokenizer_source import EMBEDDED
@@ -65,7 +67,7 @@ def _is_pubsub_path(value: str, kind: str) -> bool:
 class Option:
   name: str
   # str, optional_str, int, optional_int, float, bool, optional_bool,
-  # list (of str), ints
+  # list (of str), ints, object (a JSON object; a flag gives its JSON)
   kind: str
   default: Any
   help: str
@@ -92,9 +94,21 @@ OPTIONS = (
     Option('chat_template', 'str', '',
            'a Jinja chat template file for chat records (empty: the '
            'tokenizer\'s own)'),
+    Option('chat_template_kwargs', 'object', {},
+           'chat records: variables for the chat template, as a JSON object '
+           '(e.g. {"enable_thinking": false}); a record\'s own '
+           '"chat_template_kwargs" override them key by key',
+           check=lambda v: not RESERVED_TEMPLATE_KWARGS.intersection(v),
+           requirement='an object without the keys of the template call '
+           f'itself ({", ".join(sorted(RESERVED_TEMPLATE_KWARGS))})'),
     Option('train_on', 'str', 'assistant',
-           'chat records: supervise every assistant message, or only the '
-           'last one', choices=TRAIN_ON),
+           'chat records: learn every assistant message (but those with '
+           'weight 0 or train false), or only the last one', choices=TRAIN_ON),
+    Option('chat_rows', 'str', 'whole',
+           'chat records: whole (one row per conversation) or per_turn (one '
+           'row per learned assistant message, its history as the model '
+           'sees it at that turn; docs/chat.md says when to use which)',
+           choices=CHAT_ROWS),
     Option('add_special_tokens', 'optional_bool', None,
            'add the tokenizer specials to prompts (null: tokenizer default)'),
     Option('append_eos', 'bool', False, 'append the eos token to outputs'),
@@ -229,6 +243,9 @@ def _type_ok(option: Option, value) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
   if kind == 'ints':
     return isinstance(value, (list, tuple)) and all(map(_is_int, value))
+  if kind == 'object':
+    return isinstance(value, dict) and all(isinstance(key, str)
+                                           for key in value)
   raise AssertionError(kind)
 
 
@@ -237,7 +254,7 @@ _KIND_WORDS = {
     'int': 'an integer', 'optional_int': 'an integer or null',
     'float': 'a number', 'bool': 'true or false',
     'optional_bool': 'true, false or null', 'list': 'a list of strings',
-    'ints': 'a list of integers'}
+    'ints': 'a list of integers', 'object': 'a JSON object'}
 
 
 def check_value(name: str, value, source: str):
@@ -295,6 +312,11 @@ def make_config(values: dict) -> Config:
                       'fixed row count, or a token budget per batch)')
   if values['batch_tokens'] is None and values['batch_size'] is None:
     values['batch_size'] = DEFAULT_BATCH_SIZE
+  if values['chat_rows'] == 'per_turn' and values['truncation'] == (
+      'output_right'):
+    raise ConfigError('chat_rows per_turn with truncation output_right: a '
+                      'per_turn row ends at its own turn, so there are no '
+                      'trailing turns to drop; use truncation prompt_left')
   if values['layout'] == 'packed':
     return Config(**_packed(values))
   if values['max_seq_len'] is None:

@@ -1,582 +1,390 @@
-"""Conversations as SFT rows: parsing, rendering with the chat template,
-locating every message's content, and tokenizing segment by segment so that
-the assistant turns are masked exactly (docs/chat.md has the semantics).
+"""Conversations as SFT rows: tokenizing each row's text and fitting it to
+max_seq_len (docs/chat.md has the semantics).
 
-A chat record is `{"messages": [{"role", "content"}, ...]}`, or TRL's
-`{"prompt": [messages], "completion": [messages]}` (only the completion's
-assistant messages are supervised). Its row is the chat template applied to
-the whole conversation. To know which characters of that text are whose,
-the conversation is rendered a second time with a placeholder in place of
-every content; putting the real contents back must give the real text, or
-the record is rejected: a template that edits contents (Qwen3 drops
-`<think>` blocks of earlier turns) is never guessed around.
+The modules of a chat record, in the order they act:
+  chat_records.py   parsing: is it chat, is every field well formed
+  chat_template.py  rendering: the template, as HuggingFace renders it
+  chat_rows.py      what a row says and learns (character spans)
+  chat.py           this module: tokens and flags, truncation, the call
+                    the pipeline's tokenizing step makes per chunk
 
-The text is cut at the start and end of every content and after the first
-special-token string following each assistant content (its end-of-turn
-marker); each segment is tokenized on its own and the ids are joined.
-Contents follow `special_tokens_in_text`; template text always maps
-special-token strings to their special ids.
+A row's text is cut where a learned span begins and where it ends (after
+its end-of-turn token, a special token, so the cut changes nothing), and
+around special-token text that comes from the record; each piece is
+tokenized whole, so context tokens are what a server tokenizing the
+prompt feeds the model, and learned tokens what the model emits after its
+generation prompt. Special-token text from the record follows
+`special_tokens_in_text`: its special id (`special`) or plain text
+(`text`); the template's own special tokens are always special ids.
 
-No Beam here: the pipeline's parse step calls `record_kind` and
-`parse_conversation`, its tokenizing step `tokenize_conversations` on the
-chat records of one chunk at a time.
-
-Reason codes:
-  invalid_messages  not a list, empty, a message that is not an object,
-                    without a role or string content, an unknown role; or
-                    the chat template refused the conversation
-  invalid_unicode   a content holds a lone surrogate
-  no_assistant_turn no assistant message to learn from
+Reason codes added here:
   no_chat_template  the tokenizer has no chat template and none was given
-  template_changes_content  the template does not render every content
-                    verbatim, exactly once
+  invalid_chat_template  the template cannot render a plain conversation
+  no_assistant_turn the learned messages give no token after the first
   too_long          the row does not fit max_seq_len (after truncation)
   tokenizer_error   the tokenizer raised on this record's texts
 """
 
-import collections
+import bisect
+import functools
+import json
 import re
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (Callable, Dict, Iterator, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
+from sftbeam.transforms.chat_records import ChatRejected, Conversation
+from sftbeam.transforms.chat_rows import (CHAT_ROWS, MARK_END, MARK_START,
+                                          TRAIN_ON, Renderer, RowText,
+                                          conversation_rows, row_of, unmarked)
+from sftbeam.transforms.chat_template import REASONING_FIELDS, ChatTemplate
 from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
-from sftbeam.transforms.tokenizer_backend import (special_text_pattern,
-                                                  special_token_strings)
-
-ROLES = ('system', 'user', 'assistant', 'tool')
-TRAIN_ON = ('assistant', 'last_assistant')
-# Which records are conversations: decided per record by its fields, or
-# every record one kind (a record of the other kind is rejected).
-INPUT_FORMATS = ('auto', 'prompt_output', 'messages')
-
-# Stands in for message i's content in the layout rendering. Any text works
-# that templates leave alone; the check after substitution catches the rest.
-_PLACEHOLDER = '[[sftbeam:content:{}]]'
-_PLACEHOLDER_PATTERN = re.compile(r'\[\[sftbeam:content:(\d+)\]\]')
-# The owner of template text that no message owns (never supervised).
-_TEMPLATE = -1
+from sftbeam.transforms.tokenizer_backend import special_token_strings
 
 Encode = Callable[[List[str], bool], List[List[int]]]
+_MARKED = re.compile(f'{MARK_START}([^{MARK_START}{MARK_END}]*){MARK_END}')
 
 
-class ChatRejected(ValueError):
-  """A conversation that cannot become a row; `reason` is its code."""
-
-  def __init__(self, reason: str, message: str):
-    super().__init__(message)
-    self.reason = reason
-
-
-class Conversation(NamedTuple):
-  """Checked messages (`{'role', 'content'}` dicts, nothing else); only
-  assistant messages at `supervised_from` or later are learned (TRL's
-  completion starts there; 0 for a `messages` record)."""
-  messages: List[Dict[str, str]]
-  supervised_from: int = 0
-
-
-class TokenizedConversation(NamedTuple):
-  """A row's token sequence and, token by token, whether it is learned.
-
-  `assistant_turns` counts the supervised assistant messages in the row;
-  `truncated` says whether whole turns were dropped to fit.
-  """
+class ChatRow(NamedTuple):
+  """One row of a conversation: its tokens and, token by token, whether
+  it is learned. `record` is the conversation's index in the call,
+  `suffix` '' or '#i' (per_turn), `truncated` whether whole turns were
+  dropped to fit, `learned` the messages it learns."""
+  record: int
+  suffix: str
   ids: List[int]
   supervised: List[bool]
-  assistant_turns: int
   truncated: bool
+  learned: Tuple[Dict, ...]  # the learned messages
 
 
-# ---------------------------------------------------------------- parsing
-
-def record_kind(obj, prompt_field: str = 'prompt',
-                output_field: str = 'output') -> Optional[str]:
-  """'chat', 'prompt_output' or None (neither) for a decoded JSON value.
-
-  A `messages` array, or TRL's `prompt` and `completion` both arrays, make a
-  chat record; a prompt or output field makes a prompt/output record. A
-  `messages` field of another type counts as chat, so that it is rejected
-  as invalid messages rather than as a missing prompt.
-  """
-  if not isinstance(obj, dict):
-    return None
-  if 'messages' not in obj and 'completion' not in obj:
-    return 'prompt_output' if (prompt_field in obj or
-                               output_field in obj) else None
-  if isinstance(obj.get('messages'), list):
-    return 'chat'
-  if isinstance(obj.get('prompt'), list) and isinstance(
-      obj.get('completion'), list):
-    return 'chat'
-  if prompt_field in obj or output_field in obj:
-    return 'prompt_output'
-  if 'messages' in obj:
-    return 'chat'
-  return None
+class ChatOutcome(NamedTuple):
+  """What a call gives: the rows, the rejected conversations (index,
+  ChatRejected), and stats (`assistant_turns`, `tool_calls_learned`,
+  `reasoning_turns_learned`, `chat_extra_rows`, `truncated`)."""
+  rows: List[ChatRow]
+  rejected: List[Tuple[int, ChatRejected]]
+  stats: Dict[str, int]
 
 
-def parse_conversation(obj: dict) -> Conversation:
-  """The Conversation of a decoded chat record, or raises ChatRejected.
+class ChatSettings(NamedTuple):
+  special_tokens_in_text: str = 'special'
+  train_on: str = 'assistant'
+  chat_rows: str = 'whole'
+  max_seq_len: int = 4096
+  truncation: str = 'none'
 
-  Takes `{"messages": [...]}` or `{"prompt": [...], "completion": [...]}`
-  (`messages` wins when both are there). Other keys of a message (`name`,
-  `tool_calls`, ...) are dropped: the template sees role and content only.
-  """
-  if 'messages' in obj:
-    messages = _checked_messages(obj['messages'], 'messages')
-    supervised_from = 0
-  else:
-    prompt = _checked_messages(obj.get('prompt'), 'prompt', may_be_empty=True)
-    messages = prompt + _checked_messages(obj.get('completion'), 'completion')
-    supervised_from = len(prompt)
-  conversation = Conversation(messages, supervised_from)
-  if not _has_supervised_assistant(conversation):
-    where = 'the completion' if supervised_from else 'the conversation'
-    raise ChatRejected('no_assistant_turn',
-                       f'{where} has no assistant message to learn from')
-  return conversation
-
-
-def json_type(value) -> str:
-  """The JSON type of a decoded value, for messages ("a number"). By
-  isinstance: the exact decoder gives objects as a dict subclass."""
-  if value is None:
-    return 'null'
-  if isinstance(value, bool):
-    return 'a boolean'
-  if isinstance(value, (int, float)):
-    return 'a number'
-  if isinstance(value, str):
-    return 'a string'
-  return 'an array' if isinstance(value, list) else 'an object'
-
-
-def _checked_messages(value, name: str, may_be_empty: bool = False) -> list:
-  """Fresh `{'role', 'content'}` dicts of a messages array, or raises."""
-  if not isinstance(value, list):
-    raise ChatRejected('invalid_messages',
-                       f'"{name}" is {json_type(value)}, not an array')
-  if not value and not may_be_empty:
-    raise ChatRejected('invalid_messages', f'"{name}" is an empty array')
-  checked = []
-  for index, message in enumerate(value):
-    where = f'{name}[{index}]'
-    if not isinstance(message, dict):
-      raise ChatRejected('invalid_messages',
-                         f'{where} is {json_type(message)}, not an object')
-    if 'role' not in message:
-      raise ChatRejected('invalid_messages', f'{where} has no "role"')
-    role = message['role']
-    if not isinstance(role, str) or role not in ROLES:
-      raise ChatRejected('invalid_messages',
-                         f'{where} has role {role!r}, not one of '
-                         f'{", ".join(ROLES)}')
-    content = message.get('content')
-    if not isinstance(content, str):
-      raise ChatRejected('invalid_messages',
-                         f'{where} ({role}) has no string "content" '
-                         f'(it is {json_type(content)})')
-    if has_lone_surrogate(content):
-      raise ChatRejected('invalid_unicode',
-                         f'{where} ({role}) content holds a lone surrogate')
-    checked.append({'role': role, 'content': content})
-  return checked
-
-
-def has_lone_surrogate(text: str) -> bool:
-  """Whether `text` holds a surrogate without its pair (not UTF-8)."""
-  if text.isascii():  # the common case, without an encoded copy
-    return False
-  try:
-    text.encode('utf-8')
-    return False
-  except UnicodeEncodeError:
-    return True
-
-
-def _has_supervised_assistant(conversation: Conversation) -> bool:
-  return any(message['role'] == 'assistant' for message in
-             conversation.messages[conversation.supervised_from:])
-
-
-def supervised_messages(conversation: Conversation, train_on: str):
-  """Indices of the assistant messages whose tokens are learned."""
-  messages, supervised_from = conversation
-  assistants = [index for index in range(supervised_from, len(messages))
-                if messages[index]['role'] == 'assistant']
-  if train_on == 'last_assistant':
-    assistants = assistants[-1:]
-  return frozenset(assistants)
-
-
-# ------------------------------------------------------ rendering, layout
 
 def has_chat_template(tokenizer) -> bool:
   """Whether `tokenizer` carries a chat template of its own."""
   return bool(getattr(tokenizer, 'chat_template', None))
 
 
-class _Layout(NamedTuple):
-  """Where contents sit in a rendering, for one sequence of roles.
+def check_settings(settings: ChatSettings):
+  """Raises ValueError on a setting outside its choices."""
+  for name, allowed in (('special_tokens_in_text', SPECIAL_TOKEN_MODES),
+                        ('train_on', TRAIN_ON), ('chat_rows', CHAT_ROWS),
+                        ('truncation', TRUNCATION_MODES)):
+    if getattr(settings, name) not in allowed:
+      raise ValueError(f'{name} must be one of {", ".join(allowed)}, not '
+                       f'{getattr(settings, name)!r}')
+  if settings.chat_rows == 'per_turn' and settings.truncation == (
+      'output_right'):
+    raise ValueError('truncation output_right drops trailing turns, but a '
+                     'per_turn row ends at its own turn: use prompt_left')
 
-  The rendering is `pieces[0] + content(slots[0]) + pieces[1] + ...`:
-  `pieces` is the template text, `slots` the message index of each content
-  in text order. `segments` cuts the text into what is tokenized apart:
-  `(template text, owner)`, or `(None, message index)` for a content; an
-  assistant's end-of-turn text is owned by that assistant, other template
-  text by _TEMPLATE.
+
+@functools.lru_cache(maxsize=8)
+def _cached_renderer(tokenizer, template_text: str, run_kwargs_json: str):
+  def token_ends(text):
+    return [end for _, end in tokenizer(
+        text, add_special_tokens=False,
+        return_offsets_mapping=True)['offset_mapping']]
+  return Renderer(ChatTemplate(template_text, tokenizer.special_tokens_map),
+                  special_token_strings(tokenizer), token_ends,
+                  json.loads(run_kwargs_json))
+
+
+def renderer_for(tokenizer, chat_template: Optional[str] = None,
+                 chat_template_kwargs: Optional[Dict] = None) -> Renderer:
+  """The Renderer of a tokenizer and an optional template text (default:
+  the tokenizer's own), built once per process. Raises ValueError when
+  there is no template or it cannot be used; jinja2's TemplateSyntaxError
+  (a ValueError too) on a syntax error."""
+  text = chat_template or getattr(tokenizer, 'chat_template', None)
+  if not text:
+    raise ValueError('the tokenizer has no chat template and no '
+                     'chat_template file is given')
+  return _cached_renderer(tokenizer, text, json.dumps(
+      chat_template_kwargs or {}, sort_keys=True))
+
+
+# ------------------------------------------------------------- the call
+
+def tokenize_conversations(conversations: Sequence[Conversation], *,
+                           renderer: Renderer, encode: Encode,
+                           settings: ChatSettings) -> ChatOutcome:
+  """The rows of each conversation, or why it is rejected.
+
+  Args:
+    conversations: from chat_records.parse_conversation.
+    renderer: from renderer_for.
+    encode: `encode(texts, split_special_tokens) -> ids per text`, without
+      the tokenizer's own special tokens (add_special_tokens=False).
+    settings: special-token mode, what is learned, rows per conversation,
+      max_seq_len and truncation.
+
+  Every conversation's rows are rendered first, then all their pieces are
+  encoded in one call per mode; only a row that must be truncated is
+  rendered and encoded again.
   """
-  pieces: Tuple[str, ...]
-  slots: Tuple[int, ...]
-  segments: Tuple[Tuple[Optional[str], int], ...]
-
-
-def _layout(rendering: str, roles: Sequence[str], special_pattern) -> _Layout:
-  """The layout of a placeholder rendering, or raises ChatRejected when a
-  content is missing from it or there more than once."""
-  parts = _PLACEHOLDER_PATTERN.split(rendering)
-  pieces, slots = tuple(parts[0::2]), tuple(map(int, parts[1::2]))
-  counts = collections.Counter(slots)
-  for index, role in enumerate(roles):
-    if counts[index] != 1:
-      raise ChatRejected(
-          'template_changes_content',
-          f'the chat template renders the content of messages[{index}] '
-          f'({role}) {counts[index]} times, not once')
-  if len(slots) != len(roles):
-    raise ChatRejected('template_changes_content',
-                       'the chat template renders a content placeholder of '
-                       'its own')
-  segments = [(pieces[0], _TEMPLATE)]
-  for slot, piece in zip(slots, pieces[1:]):
-    turn_end = 0
-    if roles[slot] == 'assistant' and special_pattern is not None:
-      marker = special_pattern.search(piece)
-      if marker is not None:
-        turn_end = marker.end()
-    segments += [(None, slot), (piece[:turn_end], slot),
-                 (piece[turn_end:], _TEMPLATE)]
-  return _Layout(pieces, slots,
-                 tuple(segment for segment in segments if segment[0] != ''))
-
-
-def _with_contents(layout: _Layout, messages) -> str:
-  """The layout's text with the real contents put back."""
-  parts = [layout.pieces[0]]
-  for slot, piece in zip(layout.slots, layout.pieces[1:]):
-    parts += (messages[slot]['content'], piece)
-  return ''.join(parts)
-
-
-def _where_it_changes(layout: _Layout, messages, rendering: str) -> str:
-  """Where the real rendering first departs from the layout with the
-  contents put back, for the rejection message (rejected records only).
-
-  A difference in template text is put on the content that follows it: a
-  template's text depends mostly on the message it introduces.
-  """
-  expected = _with_contents(layout, messages)
-  position = next((index for index, (want, got) in
-                   enumerate(zip(expected, rendering)) if want != got),
-                  min(len(expected), len(rendering)))
-  end, culprit = 0, layout.slots[-1]
-  for piece, slot in zip(layout.pieces, layout.slots):
-    end += len(piece) + len(messages[slot]['content'])
-    if position < end:
-      culprit = slot
-      break
-  return (f'near messages[{culprit}] ({messages[culprit]["role"]}), at '
-          f'character {position}: {rendering[position:position + 24]!r} '
-          f'where {expected[position:position + 24]!r} was expected')
-
-
-class _Settings(NamedTuple):
-  tokenizer: object
-  encode: Encode
-  template: Optional[str]
-  split_contents: bool  # contents' special-token strings as plain text
-  train_on: str
-  special_pattern: object
-
-
-def _render(settings: _Settings, message_lists) -> list:
-  """The template applied to each messages list: a str, or ChatRejected
-  when the template raises on it. One call for all; one each after a
-  failure, to find the culprits."""
-  def apply(conversations):
-    return settings.tokenizer.apply_chat_template(
-        conversations, tokenize=False, add_generation_prompt=False,
-        chat_template=settings.template)
-
-  try:
-    return apply(list(message_lists))
-  except Exception:  # pylint: disable=broad-except
-    rendered = []
-    for messages in message_lists:
-      try:
-        rendered.append(apply([messages])[0])
-      except Exception as error:  # pylint: disable=broad-except
-        rendered.append(ChatRejected(
-            'invalid_messages', 'the chat template refused the '
-            f'conversation: {type(error).__name__}: {error}'))
-    return rendered
-
-
-def _layouts(settings: _Settings, conversations) -> list:
-  """A _Layout per conversation, or ChatRejected.
-
-  Conversations with the same roles in the same order share a layout: their
-  placeholder renderings are the same text, so each is rendered once.
-  """
-  roles_of = [tuple(message['role'] for message in conversation.messages)
-              for conversation in conversations]
-  distinct = list(dict.fromkeys(roles_of))
-  renderings = _render(settings, [
-      [{'role': role, 'content': _PLACEHOLDER.format(index)}
-       for index, role in enumerate(roles)] for roles in distinct])
-  by_roles = {}
-  for roles, rendering in zip(distinct, renderings):
+  check_settings(settings)
+  texts, rejected = {}, []
+  for index, conversation in enumerate(conversations):
     try:
-      if isinstance(rendering, ChatRejected):
-        raise rendering
-      by_roles[roles] = _layout(rendering, roles, settings.special_pattern)
-    except ChatRejected as rejected:
-      by_roles[roles] = rejected
-  return [by_roles[roles] for roles in roles_of]
+      texts[index] = conversation, conversation_rows(
+          renderer, conversation, settings.train_on, settings.chat_rows)
+    except ChatRejected as why:
+      rejected.append((index, why))
+  rows, failed = _tokenized_rows(texts, encode,
+                                 settings.special_tokens_in_text)
+  rejected += failed
+  fitted, too_long = _fitted_rows(renderer, encode, settings, conversations,
+                                  rows)
+  rejected += too_long
+  rejected.sort(key=lambda item: item[0])
+  return ChatOutcome(fitted, rejected, _learned_stats(fitted))
 
 
-def _checked_layouts(settings: _Settings, conversations) -> list:
-  """A _Layout per conversation whose real rendering is its layout with the
-  contents put back, else the ChatRejected saying why not."""
-  layouts = _layouts(settings, conversations)
-  renderings = _render(settings, [conversation.messages
-                                  for conversation in conversations])
-  checked = []
-  for conversation, layout, rendering in zip(conversations, layouts,
-                                             renderings):
-    if isinstance(rendering, ChatRejected):
-      layout = rendering
-    elif (not isinstance(layout, ChatRejected) and
-          _with_contents(layout, conversation.messages) != rendering):
-      where = _where_it_changes(layout, conversation.messages, rendering)
-      layout = ChatRejected(
-          'template_changes_content',
-          'the chat template does not render the contents verbatim, so '
-          'their tokens cannot be located (Qwen3 drops <think> blocks of '
-          'earlier answers and leading newlines of the last one); it '
-          f'differs {where}')
-    checked.append(layout)
-  return checked
+def _learned_stats(rows: List[ChatRow]) -> Dict[str, int]:
+  records = {row.record for row in rows}
+  learned = [message for row in rows for message in row.learned]
+  return {
+      'chat_extra_rows': len(rows) - len(records),
+      'truncated': len({row.record for row in rows if row.truncated}),
+      'assistant_turns': len(learned),
+      'tool_calls_learned': sum(len(message.get('tool_calls') or ())
+                                for message in learned),
+      'reasoning_turns_learned': sum(map(_reasons, learned)),
+  }
+
+
+def _reasons(message: Dict) -> bool:
+  """Whether an assistant message carries reasoning (a field or an inline
+  `<think>` block)."""
+  return any(str(message.get(key) or '').strip()
+             for key in REASONING_FIELDS) or '</think>' in message['content']
 
 
 # ------------------------------------------------------------- tokenizing
 
-def _segment_texts(conversation: Conversation, layout: _Layout):
-  """(template texts, content texts) of a conversation, in text order;
-  empty contents are left out (they have no tokens)."""
-  templates, contents = [], []
-  for text, owner in layout.segments:
-    if text is not None:
-      templates.append(text)
-    elif conversation.messages[owner]['content']:
-      contents.append(conversation.messages[owner]['content'])
-  return templates, contents
+class _Piece(NamedTuple):
+  text: str
+  record_text: bool  # special-token text from the record
+  learned: bool
 
 
-def _encoded_segments(settings: _Settings, texts):
-  """(ids of each distinct template text, iterator over content ids) for
-  `texts`, (templates, contents) pairs, in one encode call per mode."""
-  templates = list(dict.fromkeys(
-      text for template_texts, _ in texts for text in template_texts))
-  contents = [text for _, content_texts in texts for text in content_texts]
-  if settings.split_contents:
-    template_ids = settings.encode(templates, False)
-    content_ids = settings.encode(contents, True)
-  else:
-    encoded = settings.encode(templates + contents, False)
-    template_ids = encoded[:len(templates)]
-    content_ids = encoded[len(templates):]
-  if len(template_ids) + len(content_ids) != len(templates) + len(contents):
-    raise ValueError('encode gave a different number of id lists than texts')
-  return dict(zip(templates, template_ids)), iter(content_ids)
+def _pieces(row: RowText) -> List[_Piece]:
+  """The row's text cut at learned spans' starts and ends and around the
+  record's special-token text (markers removed), in order."""
+  cuts = sorted({0, len(row.text)} | {at for span in row.learned
+                                      for at in span})
+  pieces = []
+  for start, end in zip(cuts, cuts[1:]):
+    learned = any(first <= start and end <= last
+                  for first, last in row.learned)
+    position = start
+    for match in _MARKED.finditer(row.text, start, end):
+      pieces.append(_Piece(unmarked(row.text[position:match.start()]),
+                           False, learned))
+      pieces.append(_Piece(match.group(1), True, learned))
+      position = match.end()
+    pieces.append(_Piece(unmarked(row.text[position:end]), False, learned))
+  return [piece for piece in pieces if piece.text]
 
 
-def _assembled(conversation: Conversation, layout: _Layout, template_ids,
-               content_ids, train_on: str) -> TokenizedConversation:
-  """The row of one conversation from its segments' ids, or raises
-  ChatRejected when no learned token remains to be a label."""
-  supervised = supervised_messages(conversation, train_on)
-  ids, flags = [], []
-  for text, owner in layout.segments:
-    if text is not None:
-      segment = template_ids[text]
-    elif conversation.messages[owner]['content']:
-      segment = next(content_ids)
-    else:
-      continue
-    ids += segment
-    flags += [owner in supervised] * len(segment)
-  # The first token is never a label: a row needs a learned token after it.
-  if True not in flags[1:]:
-    raise ChatRejected('no_assistant_turn',
-                       'the supervised assistant messages yield no tokens')
-  return TokenizedConversation(ids, flags, len(supervised), False)
+def _encoded(pieces: List[_Piece], encode: Encode,
+             special_tokens_in_text: str) -> Iterator[List[int]]:
+  """The ids of each piece, in order: one encode call per mode."""
+  split = [piece.record_text and special_tokens_in_text == 'text'
+           for piece in pieces]
+  ids = [None] * len(pieces)
+  for mode in (False, True):
+    positions = [index for index, value in enumerate(split) if value == mode]
+    if positions:
+      encoded = encode([pieces[index].text for index in positions], mode)
+      if len(encoded) != len(positions):
+        raise ValueError('encode gave a different number of id lists than '
+                         'texts')
+      for index, piece_ids in zip(positions, encoded):
+        ids[index] = piece_ids
+  return iter(ids)
 
 
-def _tokenized(settings: _Settings, conversations) -> list:
-  """A TokenizedConversation (not yet fitted) or a ChatRejected for each
-  conversation: all rendered first, then all segments encoded at once."""
-  layouts = _checked_layouts(settings, conversations)
-  good = [index for index, layout in enumerate(layouts)
-          if not isinstance(layout, ChatRejected)]
-  texts = [_segment_texts(conversations[index], layouts[index])
-           for index in good]
+def _tokenized_rows(texts: Dict[int, Tuple[Conversation, List[RowText]]],
+                    encode: Encode, special_tokens_in_text: str):
+  """(ChatRows, rejections) for the rows of each record (given with the
+  conversation they render): all pieces in one encode call per mode;
+  record by record after a failure, so that only the culprit is
+  rejected."""
+  pieces = {record: [_pieces(row) for row in rows]
+            for record, (_, rows) in texts.items()}
+  flat = [piece for record in pieces.values() for row in record
+          for piece in row]
   try:
-    template_ids, content_ids = _encoded_segments(settings, texts)
+    ids = _encoded(flat, encode, special_tokens_in_text)
   except Exception as error:  # pylint: disable=broad-except
-    results = list(layouts)
-    for index in good:
-      # Each on its own, so that only the culprit is rejected.
-      results[index] = (
-          ChatRejected('tokenizer_error', f'{type(error).__name__}: {error}')
-          if len(good) == 1 else
-          _tokenized(settings, [conversations[index]])[0])
-    return results
-  results = list(layouts)
-  for index in good:
+    if len(texts) <= 1:
+      return [], [(record, ChatRejected('tokenizer_error',
+                                        f'{type(error).__name__}: {error}'))
+                  for record in texts]
+    rows, rejected = [], []
+    for record, record_texts in texts.items():
+      more_rows, more_rejected = _tokenized_rows({record: record_texts},
+                                                 encode, special_tokens_in_text)
+      rows += more_rows
+      rejected += more_rejected
+    return rows, rejected
+  rows, rejected = [], []
+  for record, (conversation, record_rows) in texts.items():
+    assembled = [_assembled(record, conversation, row, row_pieces, ids)
+                 for row, row_pieces in zip(record_rows, pieces[record])]
+    if all(row.supervised[1:].count(True) for row in assembled):
+      rows += assembled
+    else:
+      rejected.append((record, ChatRejected(
+          'no_assistant_turn',
+          'the learned assistant messages yield no token after the first')))
+  return rows, rejected
+
+
+def _assembled(record: int, conversation: Conversation, row: RowText,
+               pieces: List[_Piece], ids: Iterator[List[int]]) -> ChatRow:
+  tokens, flags = [], []
+  for piece in pieces:
+    piece_ids = next(ids)
+    tokens += piece_ids
+    flags += [piece.learned] * len(piece_ids)
+  return ChatRow(record, row.suffix, tokens, flags, False,
+                 tuple(conversation.messages[index] for index in row.messages))
+
+
+# ------------------------------------------------------------- truncation
+
+def _fitted_rows(renderer, encode, settings: ChatSettings, conversations,
+                 rows: List[ChatRow]):
+  """(rows that fit, rejections): a row longer than max_seq_len is
+  replaced by its truncation, and a record with a row that cannot fit is
+  rejected whole."""
+  fitted, rejected, failed = [], [], set()
+  for row in rows:
+    if row.record in failed:
+      continue
+    if len(row.ids) - 1 <= settings.max_seq_len:
+      fitted.append(row)
+      continue
     try:
-      results[index] = _assembled(conversations[index], layouts[index],
-                                  template_ids, content_ids, settings.train_on)
-    except ChatRejected as rejected:
-      results[index] = rejected
-  return results
+      fitted.append(_truncated(renderer, encode, settings,
+                               conversations[row.record], row))
+    except ChatRejected as why:
+      failed.add(row.record)
+      rejected.append((row.record, why))
+  return [row for row in fitted if row.record not in failed], rejected
 
-
-# -------------------------------------------------------------- truncation
 
 def _turn_starts(messages) -> List[int]:
   """Index of each turn's first message: the first message after the
   leading system messages, then every later user message."""
   head = 0
-  while messages[head]['role'] == 'system':
+  while head < len(messages) and messages[head]['role'] == 'system':
     head += 1
   return [head] + [index for index in range(head + 1, len(messages))
                    if messages[index]['role'] == 'user']
 
 
-def _shorter_conversations(conversation: Conversation,
-                           truncation: str) -> List[Conversation]:
-  """The conversation with one, two, ... whole turns dropped (fewest
-  first), each keeping a supervised assistant message."""
-  messages, supervised_from = conversation
+def _most_drops(conversation: Conversation, truncation: str) -> int:
+  """How many whole turns can be dropped with a learnable message left
+  (fewer drops always leave one too)."""
+  starts = _turn_starts(conversation.messages)
+  if truncation == 'output_right':
+    first = min(conversation.learnable)
+    return len(starts) - bisect.bisect_right(starts, first)
+  return bisect.bisect_right(starts, max(conversation.learnable)) - 1
+
+
+def _shortened(conversation: Conversation, truncation: str,
+               dropped: int) -> Conversation:
+  """The conversation without `dropped` whole turns (prompt_left: the
+  earliest after the leading system messages; output_right: the last
+  ones), keeping a learnable message (dropped <= _most_drops). Builds one
+  candidate: truncation looks at O(log turns) of them."""
+  messages = conversation.messages
   starts = _turn_starts(messages)
   head = starts[0]
   if truncation == 'output_right':
-    shorter = [Conversation(messages[:start], supervised_from)
-               for start in reversed(starts[1:])]
+    cut = starts[len(starts) - dropped]
+    kept = list(range(cut))
   else:
-    # Kept: the leading system messages and the turns from `start` on.
-    shorter = [Conversation(messages[:head] + messages[start:],
-                            min(supervised_from, head) +
-                            max(0, supervised_from - start))
-               for start in starts[1:]]
-  return [candidate for candidate in shorter
-          if _has_supervised_assistant(candidate)]
+    kept = list(range(head)) + list(range(starts[dropped], len(messages)))
+  new_index = {old: new for new, old in enumerate(kept)}
+  learnable = frozenset(new_index[index] for index in conversation.learnable
+                        if index in new_index)
+  return conversation._replace(
+      messages=tuple(messages[index] for index in kept), learnable=learnable)
 
 
-def _fitted(settings: _Settings, conversation: Conversation,
-            row: TokenizedConversation, max_seq_len: int,
-            truncation: str) -> TokenizedConversation:
-  """`row` if it fits (L = len(ids) - 1 <= max_seq_len), else the row of
-  the conversation with the fewest whole turns dropped that fits; raises
-  ChatRejected (too_long) when none does.
+def _row_unit(conversation: Conversation, row: ChatRow) -> Conversation:
+  """The conversation a row renders: all of it (whole), or the messages up
+  to its turn with only that turn learnable (per_turn)."""
+  if not row.suffix:
+    return conversation
+  index = int(row.suffix[1:])
+  return conversation._replace(messages=conversation.messages[:index + 1],
+                               learnable=frozenset([index]))
 
-  Rows grow with the turns kept, so the fewest drops are found by
-  bisection, each candidate rendered and tokenized again from scratch.
-  """
-  length = len(row.ids) - 1
-  if length <= max_seq_len:
-    return row
-  too_long = ChatRejected('too_long', f'L = {length} tokens > max_seq_len '
-                          f'{max_seq_len}')
-  if truncation == 'none':
+
+def _truncated(renderer, encode, settings: ChatSettings,
+               conversation: Conversation, row: ChatRow) -> ChatRow:
+  """The row of the conversation with the fewest whole turns dropped
+  that fits, flagged truncated; raises ChatRejected (too_long) when none
+  does. Rows grow with the turns kept, so the fewest drops are found by
+  bisection, each candidate rendered and tokenized from scratch."""
+  too_long = ChatRejected('too_long', f'L = {len(row.ids) - 1} tokens > '
+                          f'max_seq_len {settings.max_seq_len}')
+  if settings.truncation == 'none':
     raise too_long
-  candidates = _shorter_conversations(conversation, truncation)
-  low, high, fitting = 0, len(candidates), None
+  unit = _row_unit(conversation, row)
+  low, high, fitting = 1, _most_drops(unit, settings.truncation) + 1, None
   while low < high:
     middle = (low + high) // 2
-    shorter = _tokenized(settings, [candidates[middle]])[0]
-    if isinstance(shorter, ChatRejected):
-      raise ChatRejected(shorter.reason,
-                         f'after dropping turns to fit: {shorter}')
-    if len(shorter.ids) - 1 <= max_seq_len:
+    shorter = _candidate_row(renderer, encode, settings,
+                             _shortened(unit, settings.truncation, middle), row)
+    if len(shorter.ids) - 1 <= settings.max_seq_len:
       fitting, high = shorter, middle
     else:
       low = middle + 1
   if fitting is None:
     raise ChatRejected('too_long', f'{too_long}, and dropping whole turns '
-                       f'({truncation}) leaves none that fits with an '
-                       'assistant message to learn')
+                       f'({settings.truncation}) leaves none that fits with '
+                       'an assistant message to learn')
   return fitting._replace(truncated=True)
 
 
-# --------------------------------------------------------------- the call
-
-def tokenize_conversations(conversations: Sequence[Conversation], *,
-                           tokenizer, encode: Encode,
-                           special_tokens_in_text: str, train_on: str,
-                           max_seq_len: int, truncation: str,
-                           chat_template: Optional[str] = None) -> list:
-  """A TokenizedConversation or a ChatRejected for each conversation.
-
-  Args:
-    conversations: from `parse_conversation`.
-    tokenizer: a HuggingFace tokenizer; renders with its
-      `apply_chat_template` and gives the special-token strings.
-    encode: `encode(texts, split_special_tokens) -> ids per text`, without
-      the tokenizer's own special tokens (add_special_tokens=False).
-    special_tokens_in_text: 'text' (special-token strings in contents are
-      plain text) or 'special' (they become special ids).
-    train_on: 'assistant' (every supervised assistant message) or
-      'last_assistant'.
-    max_seq_len: the longest L = len(ids) - 1 kept.
-    truncation: 'none', 'output_right' (drop trailing turns) or
-      'prompt_left' (drop the earliest turns after the system messages).
-    chat_template: Jinja source of the template to use instead of the
-      tokenizer's own.
-
-  Every conversation is rendered first (one template call for the
-  conversations, one for their distinct role sequences' layouts), then
-  all template segments and all content segments are encoded in one call
-  per mode; only a conversation that must be truncated is rendered again.
-  """
-  _check_settings(special_tokens_in_text, train_on, truncation)
-  conversations = list(conversations)
-  if not conversations:
-    return []
-  if chat_template is None and not has_chat_template(tokenizer):
-    return [ChatRejected('no_chat_template',
-                         'the tokenizer has no chat template and no '
-                         'chat_template file is given')] * len(conversations)
-  settings = _Settings(tokenizer, encode, chat_template,
-                       special_tokens_in_text == 'text', train_on,
-                       special_text_pattern(special_token_strings(tokenizer)))
-  results = _tokenized(settings, conversations)
-  for index, (conversation, row) in enumerate(zip(conversations, results)):
-    if isinstance(row, ChatRejected):
-      continue
-    try:
-      results[index] = _fitted(settings, conversation, row, max_seq_len,
-                               truncation)
-    except ChatRejected as rejected:
-      results[index] = rejected
-  return results
-
-
-def _check_settings(special_tokens_in_text, train_on, truncation):
-  for name, value, allowed in (
-      ('special_tokens_in_text', special_tokens_in_text,
-       SPECIAL_TOKEN_MODES), ('train_on', train_on, TRAIN_ON),
-      ('truncation', truncation, TRUNCATION_MODES)):
-    if value not in allowed:
-      raise ValueError(f'{name} must be one of {", ".join(allowed)}, '
-                       f'not {value!r}')
+def _candidate_row(renderer, encode, settings: ChatSettings,
+                   candidate: Conversation, row: ChatRow) -> ChatRow:
+  """The row of a shortened conversation; raises ChatRejected with the
+  reason the shortened conversation fails for."""
+  try:
+    if row.suffix:
+      texts = [row_of(renderer, candidate, sorted(candidate.learnable),
+                      row.suffix)]
+    else:
+      texts = conversation_rows(renderer, candidate, settings.train_on,
+                                'whole')
+    rows, failed = _tokenized_rows({row.record: (candidate, texts)}, encode,
+                                   settings.special_tokens_in_text)
+  except ChatRejected as why:
+    failed = [(row.record, why)]
+  if failed:
+    why = failed[0][1]
+    raise ChatRejected(why.reason, f'after dropping turns to fit: {why}')
+  return rows[0]

@@ -31,7 +31,9 @@ def tokenize_settings(config) -> TokenizeSettings:
       special_tokens_in_text=config.special_tokens_in_text,
       backend=config.tokenizer_backend,
       train_on=config.train_on,
-      chat_template=chat_template_text(config.chat_template))
+      chat_rows=config.chat_rows,
+      chat_template=chat_template_text(config.chat_template),
+      chat_template_kwargs=config.chat_template_kwargs)
 
 
 def chat_template_text(path: str) -> Optional[str]:

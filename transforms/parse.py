@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 import orjson
 
-from sftbeam.transforms import chat
+from sftbeam.transforms import chat_records
 from sftbeam.transforms.records import (MAX_RAW_CHARS, LineChunk, RecordChunk,
                                         Rejected, cap_raw)
 
@@ -57,11 +57,19 @@ def content_id(prompt: str, output: str) -> str:
   return _hashed([prompt, output])
 
 
-def conversation_id(conversation: chat.Conversation) -> str:
+def conversation_id(obj: dict) -> str:
   """The id of a chat record that has none: the first 16 hex digits of
-  sha256 over the JSON array [messages, index of the first supervisable
-  message] (its role/content pairs only)."""
-  return _hashed([conversation.messages, conversation.supervised_from])
+  sha256 over the JSON array [messages, index of the first message that
+  may be learned], with its tools and chat_template_kwargs after them
+  when it has them (messages as given; TRL's prompt + completion)."""
+  if 'messages' in obj:
+    messages, learnable_from = obj['messages'], 0
+  else:
+    messages = obj['prompt'] + obj['completion']
+    learnable_from = len(obj['prompt'])
+  return _hashed([messages, learnable_from] + [
+      obj[key] for key in ('tools', 'chat_template_kwargs')
+      if obj.get(key) is not None])
 
 
 class _JsonObject(dict):
@@ -90,7 +98,7 @@ def _string_field(obj: dict, field: str) -> str:
   value = obj[field]
   if not isinstance(value, str):
     raise ParseError('field_not_string',
-                     f'"{field}" is {chat.json_type(value)}, not a string')
+                     f'"{field}" is {chat_records.json_type(value)}, not a string')
   return value
 
 
@@ -101,7 +109,7 @@ def _record_id(obj: dict, fields: FieldNames, fallback) -> str:
     return fallback()
   if isinstance(value, bool) or not isinstance(value, (str, int)):
     raise ParseError('field_not_string',
-                     f'"{fields.id}" is {chat.json_type(value)}, '
+                     f'"{fields.id}" is {chat_records.json_type(value)}, '
                      'not a string or integer')
   return str(value)
 
@@ -156,7 +164,7 @@ def _decode_fast(line: bytes, fields: FieldNames):
     return None
   if not isinstance(obj, dict):
     return obj
-  keys = _quoted_keys(tuple(fields) + _CHAT_KEYS if (
+  keys = _quoted_keys(tuple(fields) + chat_records.RECORD_KEYS if (
       'messages' in obj or 'completion' in obj) else tuple(fields))
   if keys is None or any(line.count(key) > 1 for key in keys) or (
       isinstance(obj.get(fields.id), float)):  # an int id beyond 64 bits?
@@ -169,11 +177,9 @@ class ParsedRecord(NamedTuple):
   example_id: str
   prompt: Optional[str] = None
   output: Optional[str] = None
-  conversation: Optional[chat.Conversation] = None
+  conversation: Optional[chat_records.Conversation] = None
 
 
-# Keys a chat record reads (besides the id field).
-_CHAT_KEYS = ('messages', 'prompt', 'completion')
 # The kind of every record, for an input_format that is not "auto".
 _FORMAT_KINDS = {'prompt_output': 'prompt_output', 'messages': 'chat'}
 
@@ -183,14 +189,14 @@ def parse_object(obj, fields: FieldNames, input_format: str = 'auto',
   """The record of one decoded JSON line, or raises ParseError.
 
   `input_format` "auto" tells a chat record from a prompt/output one by
-  its fields (chat.record_kind); "prompt_output" and "messages" read every
+  its fields (chat_records.record_kind); "prompt_output" and "messages" read every
   line as that kind. `escaped`: whether the line holds a backslash-u
   escape, the only way a lone surrogate gets into a decoded string.
   """
   if not isinstance(obj, dict):
     raise ParseError('not_an_object',
-                     f'expected a JSON object, got {chat.json_type(obj)}')
-  kind = _FORMAT_KINDS.get(input_format) or chat.record_kind(
+                     f'expected a JSON object, got {chat_records.json_type(obj)}')
+  kind = _FORMAT_KINDS.get(input_format) or chat_records.record_kind(
       obj, fields.prompt, fields.output)
   if kind == 'chat':
     return _parse_chat(obj, fields, escaped)
@@ -211,7 +217,7 @@ def _parse_prompt_output(obj: dict, fields: FieldNames,
   prompt = _string_field(obj, fields.prompt)
   output = _string_field(obj, fields.output)
   example_id = _record_id(obj, fields, lambda: content_id(prompt, output))
-  if escaped and any(map(chat.has_lone_surrogate,
+  if escaped and any(map(chat_records.has_lone_surrogate,
                          (prompt, output, example_id))):
     raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
   if not prompt or prompt.isspace():
@@ -222,14 +228,13 @@ def _parse_prompt_output(obj: dict, fields: FieldNames,
 
 
 def _parse_chat(obj: dict, fields: FieldNames, escaped: bool) -> ParsedRecord:
-  _refuse_duplicates(obj, (fields.id,) + _CHAT_KEYS)
+  _refuse_duplicates(obj, (fields.id,) + chat_records.RECORD_KEYS)
   try:
-    conversation = chat.parse_conversation(obj)  # checks the contents
-  except chat.ChatRejected as rejected:
+    conversation = chat_records.parse_conversation(obj)  # checks it all
+  except chat_records.ChatRejected as rejected:
     raise ParseError(rejected.reason, str(rejected)) from None
-  example_id = _record_id(obj, fields,
-                          lambda: conversation_id(conversation))
-  if escaped and chat.has_lone_surrogate(example_id):
+  example_id = _record_id(obj, fields, lambda: conversation_id(obj))
+  if escaped and chat_records.has_lone_surrogate(example_id):
     raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
   return ParsedRecord(example_id, conversation=conversation)
 

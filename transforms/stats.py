@@ -12,8 +12,10 @@ Names:
   rejected/<reason>                        one per rejected record
   truncated, records_with_special_token_text,
   tokenizer_backend/<name>, chat_records,
-  assistant_turns                          from the tokenizer step
-  records_written, batches_written, real_tokens, stored_tokens,
+  assistant_turns, tool_calls_learned,
+  reasoning_turns_learned, chat_extra_rows from the tokenizer step
+  records_written (examples: rows of one
+  record each), batches_written, real_tokens, stored_tokens,
   supervised_tokens, bucket/<boundary>/records,
   bucket/<boundary>/batches                per padded batch
   packed_rows, examples_per_row/<k>        per packed batch (and the
@@ -67,7 +69,9 @@ def summarize(stats: dict) -> dict:
       _, boundary, what = name.split('/')
       buckets[int(boundary)][what] = count
   records_in = stats.get('lines', 0) - stats.get('blank_lines', 0)
-  written = stats.get('records_written', 0)
+  examples = stats.get('records_written', 0)
+  # A per_turn chat record is written as one example per learned turn.
+  written = examples - stats.get('chat_extra_rows', 0)
   stored = stats.get('stored_tokens', 0)
   packing = pack.packing_summary(stats) if 'packed_rows' in stats else None
   return {
@@ -75,11 +79,14 @@ def summarize(stats: dict) -> dict:
       'blank_lines': stats.get('blank_lines', 0),
       'records_in': records_in,
       'records_written': written,
+      'examples_written': examples,
       'records_rejected': sum(rejected.values()),
       'rejected_by_reason': dict(sorted(rejected.items())),
       'records_truncated': stats.get('truncated', 0),
       'chat_records': stats.get('chat_records', 0),
       'assistant_turns': stats.get('assistant_turns', 0),
+      'tool_calls_learned': stats.get('tool_calls_learned', 0),
+      'reasoning_turns_learned': stats.get('reasoning_turns_learned', 0),
       'records_with_special_token_text': stats.get(
           'records_with_special_token_text', 0),
       'reconciled': records_in == written + sum(rejected.values()),

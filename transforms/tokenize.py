@@ -1,7 +1,7 @@
 """Tokenizing records, prompt and output apart, and fitting them to length.
 
-Chat records go through transforms/chat.py (the chat template, segment by
-segment), with its own reason codes.
+Chat records go through transforms/chat.py (the chat template, piece by
+piece), with its own reason codes.
 
 Reason codes added here:
   too_long        L = prompt+output-1 exceeds max_seq_len (truncation none)
@@ -20,6 +20,7 @@ import apache_beam as beam
 import numpy as np
 
 from sftbeam.transforms import chat, sft
+from sftbeam.transforms.chat_records import ChatRejected, chat_strings
 from sftbeam.transforms.records import RecordChunk, TokenChunk
 from sftbeam.transforms.tokenizer_backend import (EncodeMode, segment_encode,
                                                   special_text_pattern)
@@ -37,8 +38,11 @@ class TokenizeSettings(NamedTuple):
   append_eos: bool = False
   special_tokens_in_text: str = 'special'
   backend: str = 'auto'
-  train_on: str = 'assistant'  # chat records
+  # Chat records:
+  train_on: str = 'assistant'
+  chat_rows: str = 'whole'
   chat_template: Optional[str] = None  # its Jinja text; None: the tokenizer's
+  chat_template_kwargs: Optional[dict] = None
 
 
 class Fit(NamedTuple):
@@ -136,6 +140,7 @@ class TokenizeRecords(beam.DoFn):
     self._tokenizer = None
     self._eos_id = None
     self._special_text = None
+    self._chat_renderer = None
 
   def setup(self):
     # Loaded once per worker process, shared with every other step.
@@ -242,30 +247,46 @@ class TokenizeRecords(beam.DoFn):
 
   # -------------------------------------------------------- chat records
 
+  def _renderer(self):
+    """The chat template's renderer, built at the first chat record; a
+    ChatRejected for every chat record when the template is unusable."""
+    if self._chat_renderer is None:
+      settings = self._settings
+      try:
+        self._chat_renderer = chat.renderer_for(
+            self._tokenizer.tokenizer, settings.chat_template,
+            settings.chat_template_kwargs)
+      except ValueError as error:
+        reason = ('no_chat_template' if not chat.has_chat_template(
+            self._tokenizer.tokenizer) and not settings.chat_template
+                  else 'invalid_chat_template')
+        self._chat_renderer = ChatRejected(reason, str(error))
+    return self._chat_renderer
+
   def _tokenize_chats(self, records: RecordChunk):
-    """(TokenChunk of the conversations that fit, Rejecteds, stats)."""
+    """(TokenChunk of the conversations' rows that fit, Rejecteds, stats)."""
     settings = self._settings
-    results = chat.tokenize_conversations(
-        records.conversations, tokenizer=self._tokenizer.tokenizer,
-        encode=segment_encode(self._tokenizer.encoder),
-        special_tokens_in_text=settings.special_tokens_in_text,
-        train_on=settings.train_on, max_seq_len=settings.max_seq_len,
-        truncation=settings.truncation, chat_template=settings.chat_template)
-    rows = [(index, row) for index, row in enumerate(results)
-            if not isinstance(row, chat.ChatRejected)]
-    rejected = [records.reject(index, row.reason, str(row))
-                for index, row in enumerate(results)
-                if isinstance(row, chat.ChatRejected)]
+    renderer = self._renderer()
+    if isinstance(renderer, ChatRejected):
+      outcome = chat.ChatOutcome([], [(index, renderer) for index in range(
+          len(records.example_ids))], {})
+    else:
+      outcome = chat.tokenize_conversations(
+          records.conversations, renderer=renderer,
+          encode=segment_encode(self._tokenizer.encoder),
+          settings=chat.ChatSettings(
+              settings.special_tokens_in_text, settings.train_on,
+              settings.chat_rows, settings.max_seq_len, settings.truncation))
+    rows = outcome.rows
     chunk = TokenChunk.from_sequences(
-        [records.example_ids[index] for index, _ in rows],
-        [row.ids for _, row in rows], [row.supervised for _, row in rows],
-        [row.truncated for _, row in rows])
+        [records.example_ids[row.record] + row.suffix for row in rows],
+        [row.ids for row in rows], [row.supervised for row in rows],
+        [row.truncated for row in rows])
+    rejected = [records.reject(index, why.reason, str(why))
+                for index, why in outcome.rejected]
     return chunk, rejected, {
+        **outcome.stats,
         'chat_records': len(records.example_ids),
-        'assistant_turns': sum(row.assistant_turns for _, row in rows),
-        'truncated': int(chunk.truncated.sum()),
         'records_with_special_token_text': records_with_special_text(
-            self._special_text,
-            ([message['content'] for message in conversation.messages]
-             for conversation in records.conversations)),
+            self._special_text, map(chat_strings, records.conversations)),
     }
