@@ -1,16 +1,17 @@
-"""The chat core (transforms/chat.py) against a reference written apart.
+"""Chat rows (transforms/chat.py and chat_rows.py) against references
+written apart from them.
 
-`reference_row` below implements docs/chat.md plainly, one record at a
-time: it renders with the HuggingFace tokenizer, finds every content by
-character positions, cuts the text, and calls the HuggingFace tokenizer on
-each piece. chat.py must give the same rows (it batches, shares layouts and
-encodes through the `encode` it is given). Independent checks on top:
-decoding a row gives the rendering back, and its learned tokens decode to
-exactly the assistant contents and their `<|im_end|>`.
+`whole` rows: HuggingFace's `apply_chat_template(..., tokenize=True,
+return_assistant_tokens_mask=True)` with tests/chat_templates/
+qwen3_tagged.jinja, a copy of the embedded Qwen3 template with
+`{% generation %}` tags where docs/chat.md says learning starts and ends.
+`per_turn` rows: the prefix rendering, `apply_chat_template(messages[:i],
+add_generation_prompt=True)` tokenized, then what message i adds through
+`<|im_end|>` (learned), then the rest. `special_tokens_in_text: text`:
+HuggingFace's `sanitize_control_tokens=True` for the ids.
 """
 
 import collections
-import copy
 import functools
 import json
 import os
@@ -18,20 +19,31 @@ import os
 import fastokens
 import pytest
 import tokenizers
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from conftest import ROOT, shared_data
-from sftbeam.transforms import chat
+from sftbeam.transforms import chat, chat_records
+from sftbeam.transforms.chat_records import ChatRejected, parse_conversation
 from sftbeam.transforms.tokenizer_source import (EMBEDDED,
                                                  embedded_tokenizer_dir,
                                                  load_tokenizer)
 
-# Runs the pipeline or large references: `pytest -m "not slow"` skips it.
+# Runs large references: `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
 
 END = '<|im_end|>'
+THINK = '<think>\n\n</think>\n\n'
 CHAT_SAMPLE = os.path.join(ROOT, 'examples', 'chat_sample.jsonl')
+TEMPLATES = os.path.join(ROOT, 'tests', 'chat_templates')
+
+
+def _template(name):
+  with open(os.path.join(TEMPLATES, name), encoding='utf-8') as handle:
+    return handle.read()
+
+
+TAGGED = _template('qwen3_tagged.jinja')
+CHATML = _template('chatml.jinja')
 
 
 # --------------------------------------------------------------- encoders
@@ -52,8 +64,12 @@ def hf_encode(tokenizer):
 
 
 @pytest.fixture(scope='module')
+def encode(qwen):
+  return hf_encode(qwen)
+
+
+@pytest.fixture(scope='module')
 def fast_encode():
-  """`encode` from fastokens (slow to load: once per module)."""
   fast = fastokens.Tokenizer.from_file(
       os.path.join(embedded_tokenizer_dir(), 'tokenizer.json'))
 
@@ -66,663 +82,699 @@ def fast_encode():
 
 @pytest.fixture(scope='module', autouse=True)
 def tokenizer_threads_off():
-  """The Rust tokenizer's own thread pool costs more than it gives on the
-  reference's small calls; the pipeline turns it off too."""
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv('TOKENIZERS_PARALLELISM', 'false')
     yield
 
 
 @pytest.fixture(scope='module')
-def tokenizers_by_mode():
-  """The embedded tokenizer per special_tokens_in_text mode (the reference
-  calls the HuggingFace tokenizer as it is)."""
-  import transformers  # pylint: disable=import-outside-toplevel
-  return {'special': load_tokenizer(EMBEDDED),
-          'text': transformers.AutoTokenizer.from_pretrained(
-              embedded_tokenizer_dir(), split_special_tokens=True)}
-
-
-@pytest.fixture(scope='module')
-def encode(tokenizers_by_mode):
-  return hf_encode(tokenizers_by_mode['special'])
+def sanitizing():
+  """The embedded tokenizer whose `sanitize_control_tokens` keeps exactly
+  the special tokens of the record's text as text (special_tokens_in_text
+  text)."""
+  tokenizer = load_tokenizer(EMBEDDED)
+  tokenizer.chat_control_tokens = []
+  return tokenizer
 
 
 # -------------------------------------------------------------- reference
 
-def reference_tokens(messages, tokenizers_by_mode, special_tokens_in_text):
-  """(ids, owners) of a conversation, or a rejection reason (str).
+def reference_learned(record, train_on):
+  """The indices of the assistant messages a record learns."""
+  if 'messages' in record:
+    messages, first = record['messages'], 0
+  else:
+    messages = record['prompt'] + record['completion']
+    first = len(record['prompt'])
+  learned = [index for index, message in enumerate(messages)
+             if index >= first and message['role'] == 'assistant' and
+             message.get('weight', 1) != 0 and message.get('train', True)]
+  return messages, (learned[-1:] if train_on == 'last_assistant' else learned)
 
-  owners[t] is the index of the assistant message token t learns with (its
-  content or its end-of-turn marker), else -1.
-  """
-  template_tokenizer = tokenizers_by_mode['special']
-  content_tokenizer = tokenizers_by_mode[special_tokens_in_text]
-  text = template_tokenizer.apply_chat_template(
-      messages, tokenize=False, add_generation_prompt=False)
-  marks = [f'\x02mark{index}\x03' for index in range(len(messages))]
-  marked = template_tokenizer.apply_chat_template(
-      [{'role': message['role'], 'content': mark}
-       for message, mark in zip(messages, marks)],
-      tokenize=False, add_generation_prompt=False)
-  if any(marked.count(mark) != 1 for mark in marks):
-    return 'template_changes_content'
-  rebuilt = marked
-  for message, mark in zip(messages, marks):
-    rebuilt = rebuilt.replace(mark, message['content'])
-  if rebuilt != text:
-    return 'template_changes_content'
 
-  # Where each content sits in the real text.
-  spans, shift = {}, 0
-  for position, index in sorted((marked.index(mark), index)
-                                for index, mark in enumerate(marks)):
-    start = position + shift
-    spans[index] = (start, start + len(messages[index]['content']))
-    shift += len(messages[index]['content']) - len(marks[index])
+def _for_template(messages, learned=()):
+  """The messages as HuggingFace gets them: a null content as '', the
+  tagged template told which are learned."""
+  return [{**message, 'content': message.get('content') or '',
+           'learned': index in learned}
+          for index, message in enumerate(messages)]
 
-  specials = set(template_tokenizer.all_special_tokens) | {
-      token.content for token in
-      template_tokenizer.added_tokens_decoder.values() if token.special}
-  cuts = {0, len(text)}
-  end_of_turn = {}  # assistant index -> (start, end) of its marker text
-  for index, (start, end) in spans.items():
-    cuts |= {start, end}
-    if messages[index]['role'] != 'assistant':
-      continue
-    next_start = min([other_start for other, (other_start, _) in spans.items()
-                      if other != index and other_start >= end] +
-                     [len(text)])
-    # The earliest special-token string after the content, the longest
-    # of those starting there.
-    hits = [(text.find(special, end, next_start), -len(special))
-            for special in specials]
-    hits = [hit for hit in hits if hit[0] >= 0]
-    if hits:
-      at, minus_length = min(hits)
-      end_of_turn[index] = (end, at - minus_length)
-      cuts.add(at - minus_length)
 
-  pieces = []  # (text, content?, owner)
-  cuts = sorted(cuts)
+def _tools(record):
+  tools = record.get('tools')
+  if isinstance(tools, str):
+    tools = json.loads(tools)
+  return [json.loads(tool) if isinstance(tool, str) else tool
+          for tool in tools] if tools else None
+
+
+def reference_whole(qwen, record, train_on='assistant', run_kwargs=None):
+  """[(ids, learned flags)] of a whole row from the tagged template: the
+  rendering cut where each generation block starts and ends, each piece
+  tokenized by the HuggingFace tokenizer, the blocks learned."""
+  messages, learned = reference_learned(record, train_on)
+  kwargs = {**(run_kwargs or {}), **record.get('chat_template_kwargs', {})}
+  prepared = _for_template(messages, learned)
+  tools = _tools(record)
+  [text], [blocks] = render_jinja_template(
+      [prepared], tools=tools, chat_template=TAGGED,
+      return_assistant_tokens_mask=True,
+      **{**qwen.special_tokens_map, **kwargs})
+  assert text == qwen.apply_chat_template(prepared, tools=tools,
+                                          tokenize=False, **kwargs)
+  cuts = sorted({0, len(text)} | {at for block in blocks for at in block})
+  ids, flags = [], []
   for start, end in zip(cuts, cuts[1:]):
-    content_of = [index for index, (first, last) in spans.items()
-                  if first <= start and end <= last]
-    if content_of:
-      index = content_of[0]
-      owner = index if messages[index]['role'] == 'assistant' else -1
-    else:
-      owner = next((index for index, (first, last) in end_of_turn.items()
-                    if first <= start and end <= last), -1)
-    pieces.append((text[start:end], bool(content_of), owner))
-  contents = iter(content_tokenizer(
-      [piece for piece, is_content, _ in pieces if is_content] or [''],
-      add_special_tokens=False)['input_ids'])
-  ids, owners = [], []
-  for piece, is_content, owner in pieces:
-    piece_ids = (next(contents) if is_content else
-                 _template_piece_ids(template_tokenizer, piece))
+    piece_ids = qwen(text[start:end], add_special_tokens=False)['input_ids']
     ids += piece_ids
-    owners += [owner] * len(piece_ids)
-  return ids, owners
+    flags += [any(first <= start < last for first, last in blocks)] * len(
+        piece_ids)
+  return [(ids, flags)]
 
 
-@functools.lru_cache(maxsize=None)
-def _template_piece_ids(tokenizer, piece):
-  """Template text recurs in every record: tokenized once per piece."""
-  return tokenizer(piece, add_special_tokens=False)['input_ids']
+def huggingface_whole(qwen, record, train_on='assistant'):
+  """[(ids, learned flags)] as HuggingFace itself gives them: the whole
+  rendering tokenized at once, `return_assistant_tokens_mask=True` with
+  the tagged template. Equal to reference_whole where no learned text
+  starts with characters that merge with the prompt's last token."""
+  messages, learned = reference_learned(record, train_on)
+  out = qwen.apply_chat_template(
+      _for_template(messages, learned), tools=_tools(record),
+      chat_template=TAGGED, tokenize=True, return_dict=True,
+      return_assistant_tokens_mask=True,
+      **record.get('chat_template_kwargs', {}))
+  return [(list(out['input_ids']),
+           [bool(flag) for flag in out['assistant_masks']])]
 
 
-def reference_supervised(messages, supervised_from, train_on):
-  assistants = [index for index, message in enumerate(messages)
-                if message['role'] == 'assistant' and index >= supervised_from]
-  return set(assistants[-1:] if train_on == 'last_assistant' else assistants)
+def reference_per_turn(qwen, record, train_on='assistant', run_kwargs=None):
+  """[(ids, learned flags)] of per_turn rows: each learned message i as
+  the model sees its turn: the prompt of messages[:i], then what message
+  i adds through <|im_end|> (learned), then the rest of its rendering."""
+  messages, learned = reference_learned(record, train_on)
+  kwargs = {**(run_kwargs or {}), **record.get('chat_template_kwargs', {})}
+  prepared = _for_template(messages)
+  tools = _tools(record)
+  rows = []
+  for index in learned:
+    prompt = qwen.apply_chat_template(prepared[:index], tools=tools,
+                                      tokenize=False,
+                                      add_generation_prompt=True, **kwargs)
+    full = qwen.apply_chat_template(prepared[:index + 1], tools=tools,
+                                    tokenize=False, **kwargs)
+    assert full.startswith(prompt)
+    # The template's own <|im_end|> ends the turn (a content may hold one).
+    end = full.rindex(END) + len(END)
+    pieces = [(prompt, False), (full[len(prompt):end], True),
+              (full[end:], False)]
+    ids, flags = [], []
+    for text, flag in pieces:
+      piece_ids = qwen(text, add_special_tokens=False)['input_ids']
+      ids += piece_ids
+      flags += [flag] * len(piece_ids)
+    rows.append((ids, flags))
+  return rows
 
 
-def reference_row(messages, tokenizers_by_mode, *, supervised_from=0,
-                  train_on='assistant', special_tokens_in_text='text'):
-  """(ids, supervised flags) of one conversation, or a rejection reason."""
-  tokens = reference_tokens(messages, tokenizers_by_mode,
-                            special_tokens_in_text)
-  if isinstance(tokens, str):
-    return tokens
-  ids, owners = tokens
-  supervised = reference_supervised(messages, supervised_from, train_on)
-  flags = [owner in supervised for owner in owners]
-  if not any(flags[1:]):
-    return 'no_assistant_turn'
-  return ids, flags
-
-
-def reference_fitted(messages, tokenizers_by_mode, *, max_seq_len,
-                     truncation, supervised_from=0, train_on='assistant'):
-  """(ids, flags, truncated) after dropping whole turns one at a time
-  until the row fits, or a rejection reason."""
-  row = reference_row(messages, tokenizers_by_mode,
-                      supervised_from=supervised_from, train_on=train_on)
-  if isinstance(row, str) or len(row[0]) - 1 <= max_seq_len:
-    return row if isinstance(row, str) else (*row, False)
-  if truncation == 'none':
-    return 'too_long'
-  numbered = list(enumerate(messages))
-  head = 0
-  while messages[head]['role'] == 'system':
-    head += 1
-  turns = []
-  for index, message in numbered[head:]:
-    if not turns or message['role'] == 'user':
-      turns.append([])
-    turns[-1].append((index, message))
-  for dropped in range(1, len(turns)):
-    if truncation == 'output_right':
-      kept_turns = turns[:len(turns) - dropped]
-    else:
-      kept_turns = turns[dropped:]
-    kept = numbered[:head] + [item for turn in kept_turns for item in turn]
-    kept_from = sum(1 for index, _ in kept if index < supervised_from)
-    kept_messages = [message for _, message in kept]
-    if not any(message['role'] == 'assistant'
-               for message in kept_messages[kept_from:]):
-      continue
-    row = reference_row(kept_messages, tokenizers_by_mode,
-                        supervised_from=kept_from, train_on=train_on)
-    if isinstance(row, str):
-      return row
-    if len(row[0]) - 1 <= max_seq_len:
-      return (*row, True)
-  return 'too_long'
+REFERENCES = {'whole': reference_whole, 'per_turn': reference_per_turn}
 
 
 # ---------------------------------------------------------------- helpers
 
-def tokenize(conversations, tokenizer, encode, **options):
-  options = {'special_tokens_in_text': 'text', 'train_on': 'assistant',
-             'max_seq_len': 100_000, 'truncation': 'none', **options}
-  return chat.tokenize_conversations(conversations, tokenizer=tokenizer,
-                                     encode=encode, **options)
+@pytest.fixture(scope='module')
+def renderer(qwen):
+  return chat.renderer_for(qwen)
 
 
-def as_reference(result):
-  """A tokenize_conversations result in the reference's terms."""
-  if isinstance(result, chat.ChatRejected):
-    return result.reason
-  return result.ids, result.supervised
+def rows_of(records, renderer, encode, **settings):
+  """tokenize_conversations on records: ({index: [(ids, flags)]} or
+  {index: reason}, stats)."""
+  results, conversations = {}, {}
+  for index, record in enumerate(records):
+    try:
+      conversations[index] = parse_conversation(record)
+    except ChatRejected as rejected:
+      results[index] = rejected.reason
+  order = list(conversations)
+  outcome = chat.tokenize_conversations(
+      [conversations[index] for index in order], renderer=renderer,
+      encode=encode, settings=chat.ChatSettings(**settings))
+  for position, why in outcome.rejected:
+    results[order[position]] = why.reason
+  for row in outcome.rows:
+    results.setdefault(order[row.record], []).append(
+        (row.ids, row.supervised))
+  return results, outcome
 
 
-def learned_texts(tokenizer, row):
+def one(record, renderer, encode, **settings):
+  results, outcome = rows_of([record], renderer, encode, **settings)
+  return results[0], outcome
+
+
+def learned_texts(qwen, ids, flags):
   """The decoded runs of consecutive learned tokens of a row."""
   runs, run = [], []
-  for token, learned in zip(row.ids, row.supervised):
+  for token, learned in zip(ids, flags):
     if learned:
       run.append(token)
     elif run:
       runs.append(run)
       run = []
   runs += [run] if run else []
-  return [decode(tokenizer, run) for run in runs]
+  return [qwen.decode(run) for run in runs]
 
 
-def decode(tokenizer, ids):
-  return tokenizer.decode(ids, skip_special_tokens=False,
-                          clean_up_tokenization_spaces=False)
+def m(role, content, **keys):
+  return {'role': role, 'content': content, **keys}
 
 
-def m(role, content):
-  return {'role': role, 'content': content}
+def call(name, **arguments):
+  return {'type': 'function',
+          'function': {'name': name, 'arguments': arguments}}
 
 
+WEATHER = {'type': 'function', 'function': {
+    'name': 'weather', 'description': 'Weather of a city.',
+    'parameters': {'type': 'object',
+                   'properties': {'city': {'type': 'string'}},
+                   'required': ['city']}}}
+TIME = {'type': 'function', 'function': {
+    'name': 'local_time', 'parameters': {
+        'type': 'object', 'properties': {'city': {'type': 'string'}}}}}
+
+# name -> (record, {row mode: 'row' or the rejection reason})
+ROWS = {'whole': 'row', 'per_turn': 'row'}
 CASES = {
-    'one_turn': [m('user', 'What is 2+2?'), m('assistant', 'It is 4.')],
-    'multi_turn_system': [
+    'one_turn': ({'messages': [m('user', 'What is 2+2?'),
+                               m('assistant', 'It is 4.')]}, ROWS),
+    'multi_turn_system': ({'messages': [
         m('system', 'You are terse.'), m('user', 'Capital of France?'),
         m('assistant', 'Paris.'), m('user', 'And of Italy?'),
-        m('assistant', 'Rome.')],
-    'unicode': [m('user', 'Übersetze: 猫は可愛い 🐈'),
-                m('assistant', 'Die Katze ist süß. Ça va? Ωμέγα 😀')],
-    'code': [m('user', 'Write a Python loop.\n```\nfor i in range(3):\n'),
-             m('assistant', '```python\nfor i in range(3):\n    print(i)\n'
-               '```\n\tdone {"x": [1, 2]}')],
-    'two_assistants_in_a_row': [
+        m('assistant', 'Rome.')]}, ROWS),
+    'single_tool_call': ({'tools': [WEATHER], 'messages': [
+        m('user', 'Weather in Oslo?'),
+        m('assistant', '', tool_calls=[call('weather', city='Oslo')])]}, ROWS),
+    'parallel_tool_calls': ({'tools': [WEATHER, TIME], 'messages': [
+        m('user', 'Weather and time in Oslo?'),
+        m('assistant', 'Both at once.', tool_calls=[
+            call('weather', city='Oslo'), call('local_time', city='Oslo')])]},
+                            ROWS),
+    'content_null_json_arguments': ({'tools': [json.dumps(WEATHER)],
+                                     'messages': [
+        m('user', 'Weather in Rome?'),
+        {'role': 'assistant', 'content': None, 'tool_calls': [
+            {'id': 'c1', 'type': 'function', 'function': {
+                'name': 'weather', 'arguments': '{"city": "Rome"}'}}]}]},
+                                    ROWS),
+    'multi_step_tools_with_reasoning': ({'tools': [WEATHER], 'messages': [
+        m('system', 'Use tools.'), m('user', 'Weather in Oslo and Bergen?'),
+        m('assistant', '', reasoning_content='Two cities: two calls.',
+          tool_calls=[call('weather', city='Oslo'),
+                      call('weather', city='Bergen')]),
+        m('tool', '{"temp": -3}', tool_call_id='a', name='weather'),
+        m('tool', '{"temp": 4}', tool_call_id='b', name='weather'),
+        m('assistant', 'Oslo -3 C, Bergen 4 C.',
+          reasoning_content='Read both results.')]}, ROWS),
+    'two_user_turns_with_reasoning': ({'messages': [
+        m('user', 'Hi!'), m('assistant', 'Hello.', reasoning_content='Greet.'),
+        m('user', '2+2?'), m('assistant', '4', reasoning_content='Add.')]},
+                                      {'whole': 'template_drops_field',
+                                       'per_turn': 'row',
+                                       # no row for the first answer
+                                       'per_turn/last_assistant':
+                                       'template_drops_field'}),
+    'inline_think_last': ({'messages': [
+        m('user', '2+2?'),
+        m('assistant', '<think>\nAdd them.\n</think>\n\n4')]}, ROWS),
+    'inline_think_in_history': ({'messages': [
+        m('user', '2+2?'), m('assistant', '<think>\nAdd.\n</think>\n\n4'),
+        m('user', 'And 3+3?'), m('assistant', '6')]},
+                                {'whole': 'template_drops_field',
+                                 'per_turn': 'row',
+                                 'per_turn/last_assistant':
+                                 'template_drops_field'}),
+    'enable_thinking_false': ({'chat_template_kwargs': {
+        'enable_thinking': False}, 'messages': [
+        m('user', 'Hi!'), m('assistant', 'Hello.'), m('user', '2+2?'),
+        m('assistant', '4')]}, ROWS),
+    'enable_thinking_false_tools': ({'tools': [WEATHER],
+                                     'chat_template_kwargs': {
+                                         'enable_thinking': False},
+                                     'messages': [
+        m('user', 'Weather in Oslo?'),
+        m('assistant', '', tool_calls=[call('weather', city='Oslo')]),
+        m('tool', '{"temp": -3}'), m('assistant', 'It is -3 C.')]},
+                                    {'whole': 'row',
+                                     # the tool-call turn's prompt ends in
+                                     # an empty think block its row lacks
+                                     'per_turn': 'row'}),
+    'weight_0': ({'messages': [
+        m('user', 'Hi!'), m('assistant', 'Bad answer.', weight=0),
+        m('user', 'Again?'), m('assistant', 'Good answer.')]}, ROWS),
+    'train_false_tool_call': ({'tools': [WEATHER], 'messages': [
+        m('user', 'Weather?'), m('assistant', 'Where?', train=False),
+        m('user', 'Oslo.'),
+        m('assistant', '', tool_calls=[call('weather', city='Oslo')])]},
+                              ROWS),
+    # Qwen3 writes One. with an empty think block when it is the last
+    # message (in the prompt of Two.), without one before Two.
+    'two_assistants_in_a_row': ({'messages': [
         m('user', 'Count to two.'), m('assistant', 'One.'),
-        m('assistant', 'Two.')],
-    'ends_with_user': [
-        m('user', 'Hi'), m('assistant', 'Hello!'), m('user', 'Bye')],
-    'special_text_in_content': [
+        m('assistant', 'Two.')]}, {'whole': 'template_rewrites_history',
+                                   'per_turn': 'template_rewrites_history'}),
+    'ends_with_user': ({'messages': [m('user', 'Hi'), m('assistant', 'Hello!'),
+                                     m('user', 'Bye')]},
+                       {'whole': 'row', 'per_turn': 'template_drops_field'}),
+    'special_text_in_content': ({'messages': [
         m('user', f'Say {END} literally'),
-        m('assistant', f'Here: {END}<|im_start|>user')],
-    'tools': [
-        m('system', 'Use tools.'), m('user', 'Weather in Oslo?'),
-        m('assistant', 'Calling the weather tool.'),
-        m('tool', '{"temp": -3}'), m('tool', '{"wind": 7}'),
-        m('assistant', 'It is -3 C with wind 7 m/s.')],
-    'empty_assistant_content': [m('user', 'Say nothing.'),
-                                m('assistant', '')],
-    'spaces_and_newlines_inside': [
-        m('user', '  leading spaces\n\n'),
-        m('assistant', 'trailing newlines\n\n'), m('user', '\n\nnext'),
-        m('assistant', ' spaced  out ')],
+        m('assistant', f'Here: {END}<|im_start|>user')]}, ROWS),
+    'special_text_in_arguments': ({'tools': [WEATHER], 'messages': [
+        m('user', 'Weather?'),
+        m('assistant', '', tool_calls=[call('weather', city=f'Oslo{END}')])]},
+                                  ROWS),
+    'leading_newlines': ({'messages': [
+        m('user', 'Q1'), m('assistant', '\n\nA1'), m('user', 'Q2'),
+        m('assistant', '\n\nA2')]}, ROWS),
+    'unicode_and_code': ({'messages': [
+        m('user', 'Übersetze: 猫は可愛い 🐈\n```\nfor i in range(3):\n'),
+        m('assistant', '```python\nfor i in range(3):\n    print(i)\n```\n'
+          '\tdone {"x": [1, 2]}')]}, ROWS),
+    'trl_form': ({'prompt': [m('system', 'Be brief.'), m('user', 'Capital?'),
+                             m('assistant', 'Of what?'), m('user', 'France')],
+                  'completion': [m('assistant', 'Paris.')]}, ROWS),
 }
 
 
 # ------------------------------------------------------ rows vs reference
 
-def assert_decodes_and_learns_assistants(tokenizer, row, messages, train_on):
-  """The row decodes to the template's rendering and learns exactly the
-  assistant contents `train_on` picks, each with its end-of-turn marker;
-  gives those contents."""
-  assert decode(tokenizer, row.ids) == tokenizer.apply_chat_template(
-      messages, tokenize=False)
-  assistants = [message['content'] for message in messages
-                if message['role'] == 'assistant']
-  if train_on == 'last_assistant':
-    assistants = assistants[-1:]
-  assert learned_texts(tokenizer, row) == [text + END for text in assistants]
-  return assistants
-
-
 @pytest.mark.parametrize('name', sorted(CASES))
-@pytest.mark.parametrize('train_on', chat.TRAIN_ON)
-@pytest.mark.parametrize('special_tokens_in_text', ('text', 'special'))
-def test_rows_equal_reference(name, train_on, special_tokens_in_text,
-                              tokenizers_by_mode, encode):
-  messages = CASES[name]
-  [row] = tokenize([chat.Conversation(messages)], tokenizers_by_mode['text'],
-                   encode, train_on=train_on,
-                   special_tokens_in_text=special_tokens_in_text)
-  assert as_reference(row) == reference_row(
-      messages, tokenizers_by_mode, train_on=train_on,
-      special_tokens_in_text=special_tokens_in_text)
-  tokenizer = tokenizers_by_mode['text']
-  assistants = assert_decodes_and_learns_assistants(tokenizer, row, messages,
-                                                   train_on)
-  assert row.assistant_turns == len(assistants)
-  assert not row.truncated
-
-
-def test_special_token_text_in_content_follows_the_mode(tokenizers_by_mode,
-                                                        encode):
-  conversation = chat.Conversation(CASES['special_text_in_content'])
-  im_end = tokenizers_by_mode['text'].convert_tokens_to_ids(END)
-  rows = {mode: tokenize([conversation], tokenizers_by_mode['text'], encode,
-                         special_tokens_in_text=mode)[0]
-          for mode in ('text', 'special')}
-  # The template's own markers end two turns; `special` adds one from each
-  # content.
-  assert rows['text'].ids.count(im_end) == 2
-  assert rows['special'].ids.count(im_end) == 4
-  assert len(rows['text'].ids) > len(rows['special'].ids)
-
-
-def test_trl_form_learns_only_the_completion(tokenizers_by_mode, encode):
-  record = {'prompt': CASES['multi_turn_system'][:3] +
-                      [m('user', 'And of Italy?')],
-            'completion': [m('assistant', 'Rome.')]}
-  conversation = chat.parse_conversation(record)
-  assert conversation.supervised_from == 4
-  [row] = tokenize([conversation], tokenizers_by_mode['text'], encode)
-  assert learned_texts(tokenizers_by_mode['text'], row) == ['Rome.' + END]
-  assert as_reference(row) == reference_row(
-      conversation.messages, tokenizers_by_mode, supervised_from=4)
-
-
-# ------------------------------------------------------------ Qwen3 rules
-
-@pytest.mark.parametrize('messages', [
-    [m('user', 'Q1'), m('assistant', '<think>\nhmm\n</think>\n\nA1'),
-     m('user', 'Q2'), m('assistant', 'A2')],
-    [m('user', 'Q1'), m('assistant', '\n\nA1')],
-    [m('user', 'Q1'), m('assistant', '<think>\nhmm\n</think>\n\nA1')],
-], ids=['think_in_history', 'leading_newlines_in_last', 'think_in_last'])
-def test_qwen3_rewrites_are_rejected_not_mismasked(messages,
-                                                   tokenizers_by_mode, encode):
-  [row] = tokenize([chat.Conversation(messages)], tokenizers_by_mode['text'],
-                   encode)
-  assert isinstance(row, chat.ChatRejected)
-  assert row.reason == 'template_changes_content'
-  assert 'messages[1] (assistant)' in str(row)
-  assert reference_row(messages, tokenizers_by_mode) == row.reason
-
-
-def test_leading_newlines_are_fine_before_the_last_query(tokenizers_by_mode,
-                                                         encode):
-  # Only the answer after the last user message is lstripped.
-  messages = [m('user', 'Q1'), m('assistant', '\n\nA1'), m('user', 'Q2'),
-              m('assistant', 'A2')]
-  [row] = tokenize([chat.Conversation(messages)], tokenizers_by_mode['text'],
-                   encode)
-  assert learned_texts(tokenizers_by_mode['text'], row) == [
-      '\n\nA1' + END, 'A2' + END]
-
-
-# ----------------------------------------------------- random conversations
-
-_TEXT = st.lists(st.one_of(
-    st.text(alphabet='ab Z09 \n\t.#<|>`é日🙂', max_size=8),
-    st.sampled_from([END, '<|im_start|>', '<think>', '</think>',
-                     '<tool_response>', '</tool_response>', '\n\n'])),
-    max_size=5).map(''.join)
-
-
-@st.composite
-def conversations(draw):
-  messages = []
-  if draw(st.booleans()):
-    messages.append(m('system', draw(_TEXT)))
-  for _ in range(draw(st.integers(1, 3))):
-    messages.append(m('user', draw(_TEXT)))
-    for role in draw(st.lists(st.sampled_from(['assistant', 'tool']),
-                              max_size=3)):
-      messages.append(m(role, draw(_TEXT)))
-  if not any(message['role'] == 'assistant' for message in messages):
-    messages.append(m('assistant', draw(_TEXT)))
-  return messages
-
-
-def _qwen3_may_rewrite(messages) -> bool:
-  """Whether the embedded template may render these contents otherwise:
-  it splits assistant contents at </think>, lstrips the last answer's
-  newlines, and treats a user turn wrapped in <tool_response> as a tool's."""
-  return any(
-      (message['role'] == 'assistant' and
-       ('</think>' in message['content'] or message['content'][:1] == '\n')) or
-      (message['role'] == 'user' and
-       message['content'].startswith('<tool_response>'))
-      for message in messages)
-
-
-@settings(max_examples=80, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(messages=conversations(), train_on=st.sampled_from(chat.TRAIN_ON),
-       mode=st.sampled_from(['text', 'special']))
-def test_random_conversations_decode_and_mask_exactly(
-    messages, train_on, mode, tokenizers_by_mode, encode):
-  tokenizer = tokenizers_by_mode['text']
-  [row] = tokenize([chat.Conversation(messages)], tokenizer, encode,
-                   train_on=train_on, special_tokens_in_text=mode)
-  assert as_reference(row) == reference_row(
-      messages, tokenizers_by_mode, train_on=train_on,
-      special_tokens_in_text=mode)
-  if isinstance(row, chat.ChatRejected):
-    assert row.reason == 'template_changes_content'
-    assert _qwen3_may_rewrite(messages)
+@pytest.mark.parametrize('chat_rows', ('whole', 'per_turn'))
+@pytest.mark.parametrize('train_on', ('assistant', 'last_assistant'))
+def test_rows_equal_the_reference(name, chat_rows, train_on, qwen, renderer,
+                                  encode):
+  record, expected = CASES[name]
+  got, outcome = one(record, renderer, encode, chat_rows=chat_rows,
+                     train_on=train_on)
+  expected = expected.get(f'{chat_rows}/{train_on}', expected[chat_rows])
+  if expected != 'row':
+    assert got == expected
     return
-  assert_decodes_and_learns_assistants(tokenizer, row, messages, train_on)
+  assert not isinstance(got, str), (got, outcome.rejected)
+  assert got == REFERENCES[chat_rows](qwen, record, train_on)
 
 
-# ------------------------------------------------------------ gsm8k_chat
+def test_learned_text_is_what_the_model_generates(qwen, renderer, encode):
+  """What is learned, said out loud for the cases docs/chat.md works."""
+  def learned(name, **settings):
+    rows, _ = one(CASES[name][0], renderer, encode, **settings)
+    return [learned_texts(qwen, ids, flags) for ids, flags in rows]
+
+  assert learned('single_tool_call') == [[
+      THINK + '<tool_call>\n{"name": "weather", "arguments": {"city": '
+      '"Oslo"}}\n</tool_call>' + END]]
+  assert learned('content_null_json_arguments') == [[
+      THINK + '<tool_call>\n{"name": "weather", "arguments": {"city": '
+      '"Rome"}}\n</tool_call>' + END]]
+  assert learned('multi_step_tools_with_reasoning')[0] == [
+      '<think>\nTwo cities: two calls.\n</think>\n\n<tool_call>\n{"name": '
+      '"weather", "arguments": {"city": "Oslo"}}\n</tool_call>\n<tool_call>\n'
+      '{"name": "weather", "arguments": {"city": "Bergen"}}\n</tool_call>'
+      + END, '<think>\nRead both results.\n</think>\n\nOslo -3 C, Bergen 4 C.'
+      + END]
+  # The empty think block Qwen3 writes before the last answer is learned,
+  # unless the generation prompt holds it (enable_thinking false).
+  assert learned('multi_turn_system') == [['Paris.' + END,
+                                           THINK + 'Rome.' + END]]
+  assert learned('enable_thinking_false') == [['Hello.' + END, '4' + END]]
+  assert learned('enable_thinking_false_tools') == [[
+      '<tool_call>\n{"name": "weather", "arguments": {"city": "Oslo"}}\n'
+      '</tool_call>' + END, 'It is -3 C.' + END]]
+  assert learned('weight_0') == [[THINK + 'Good answer.' + END]]
+  assert learned('two_user_turns_with_reasoning', chat_rows='per_turn') == [
+      ['<think>\nGreet.\n</think>\n\nHello.' + END],
+      ['<think>\nAdd.\n</think>\n\n4' + END]]
+  assert learned('trl_form') == [[THINK + 'Paris.' + END]]
+
+
+def test_per_turn_ids_and_stats(qwen, renderer, encode):
+  record = CASES['two_user_turns_with_reasoning'][0]
+  results, outcome = rows_of([record], renderer, encode, chat_rows='per_turn')
+  assert [row.suffix for row in outcome.rows] == ['#1', '#3']
+  assert outcome.stats == {'chat_extra_rows': 1, 'truncated': 0,
+                           'assistant_turns': 2, 'tool_calls_learned': 0,
+                           'reasoning_turns_learned': 2}
+  first, second = results[0]
+  # Row #3 holds the first answer as the model saw it later: no reasoning.
+  assert 'Greet' not in qwen.decode(second[0])
+  assert 'Greet' in qwen.decode(first[0])
+
+
+def test_stats_count_tool_calls_and_reasoning(renderer, encode):
+  records = [CASES[name][0] for name in (
+      'single_tool_call', 'parallel_tool_calls',
+      'multi_step_tools_with_reasoning', 'weight_0')]
+  _, outcome = rows_of(records, renderer, encode)
+  assert outcome.stats == {'chat_extra_rows': 0, 'truncated': 0,
+                           'assistant_turns': 5, 'tool_calls_learned': 5,
+                           'reasoning_turns_learned': 2}
+
+
+# -------------------------------------------------------- never dropped
+
+def test_drops_name_the_field_and_the_fix(renderer, encode):
+  _, outcome = one(CASES['two_user_turns_with_reasoning'][0], renderer,
+                   encode)
+  [(_, why)] = outcome.rejected
+  assert str(why) == (
+      'the chat template leaves out "reasoning_content" of messages[1] '
+      '(assistant): the row is the same without it; --chat_rows per_turn '
+      'keeps it (one row per learned turn)')
+  _, outcome = one(CASES['ends_with_user'][0], renderer, encode,
+                   chat_rows='per_turn')
+  assert 'no per_turn row holds "content" of messages[2] (user)' in str(
+      outcome.rejected[0][1])
+
 
 @pytest.fixture(scope='module')
-def gsm8k_chat():
-  with open(shared_data('gsm8k_chat.jsonl'), encoding='utf-8') as lines:
-    return [json.loads(line)['messages'] for line in lines]
+def chatml(qwen):
+  return chat.renderer_for(qwen, CHATML)
 
 
-@pytest.fixture(scope='module')
-def gsm8k_reference(gsm8k_chat, tokenizers_by_mode):
-  return [reference_tokens(messages, tokenizers_by_mode, 'text')
-          for messages in gsm8k_chat]
+@pytest.mark.parametrize('name, says', [
+    ('single_tool_call', 'leaves out tools of the record'),
+    ('multi_step_tools_with_reasoning', 'leaves out tools of the record'),
+    ('two_user_turns_with_reasoning',
+     'leaves out "reasoning_content" of messages[1]'),
+])
+def test_a_plain_chatml_template_drops_tools_and_reasoning(name, says, chatml,
+                                                           encode):
+  record = CASES[name][0]
+  for chat_rows in ('whole', 'per_turn'):
+    _, outcome = one(record, chatml, encode, chat_rows=chat_rows)
+    [(_, why)] = outcome.rejected
+    assert why.reason == 'template_drops_field'
+    assert says in str(why)
 
 
-@pytest.fixture(scope='module')
-def gsm8k_rows(gsm8k_chat, tokenizers_by_mode, encode, fast_encode):
-  """rows(train_on, encoder): gsm8k_chat's rows, computed when first asked
-  (HuggingFace's encoder takes 8 s of CPU here, fastokens a fraction)."""
-  encoders = {'hf': encode, 'fastokens': fast_encode}
-  conversations = [chat.Conversation(messages) for messages in gsm8k_chat]
-
-  @functools.cache
-  def rows(train_on, encoder):
-    return tokenize(conversations, tokenizers_by_mode['text'],
-                    encoders[encoder], train_on=train_on)
-  return rows
+def test_a_template_that_ignores_a_role_drops_its_content(qwen, encode):
+  renderer = chat.renderer_for(qwen, CHATML.replace(
+      '{% for message in messages %}',
+      "{% for message in messages if message.role != 'tool' %}"))
+  record = {'messages': [m('user', 'q'), m('assistant', 'calling'),
+                         m('tool', 'result 42'), m('assistant', 'done')]}
+  _, outcome = one(record, renderer, encode)
+  assert 'leaves out "content" of messages[2] (tool)' in str(
+      outcome.rejected[0][1])
 
 
-@pytest.mark.parametrize('train_on, encoder', [('assistant', 'hf'),
-                                               ('last_assistant', 'fastokens')])
-def test_gsm8k_chat_equals_reference(train_on, encoder, gsm8k_chat,
-                                     gsm8k_reference, gsm8k_rows):
-  assert len(gsm8k_chat) == 4108
-  for messages, (ids, owners), row in zip(gsm8k_chat, gsm8k_reference,
-                                          gsm8k_rows(train_on, encoder)):
-    supervised = reference_supervised(messages, 0, train_on)
-    assert row.ids == ids
-    assert row.supervised == [owner in supervised for owner in owners]
-    assert row.assistant_turns == len(supervised)
+def test_whitespace_a_template_trims_is_not_a_drop(qwen, renderer, encode):
+  record = {'messages': [m('user', 'q'), m('assistant', 'a',
+                                           reasoning_content='\n\n')]}
+  rows, _ = one(record, renderer, encode)
+  assert rows == reference_whole(qwen, record)
 
 
-def test_gsm8k_chat_trl_form_equals_reference(gsm8k_chat, gsm8k_reference,
-                                              tokenizers_by_mode, fast_encode):
-  conversations = [chat.parse_conversation(
-      {'prompt': messages[:-1], 'completion': messages[-1:]})
-      for messages in gsm8k_chat]
-  rows = tokenize(conversations, tokenizers_by_mode['text'], fast_encode)
-  for messages, (ids, owners), row in zip(gsm8k_chat, gsm8k_reference, rows):
-    assert row.ids == ids
-    assert row.supervised == [owner == len(messages) - 1 for owner in owners]
-    assert row.assistant_turns == 1
+# ------------------------------------------------------ special-token text
+
+@pytest.mark.parametrize('name', ['special_text_in_content',
+                                  'special_text_in_arguments', 'one_turn'])
+def test_text_mode_ids_are_huggingfaces_sanitized_ids(name, sanitizing,
+                                                      renderer, encode):
+  record = CASES[name][0]
+  rows, _ = one(record, renderer, encode, special_tokens_in_text='text')
+  messages = _for_template(record['messages'])
+  expected = sanitizing.apply_chat_template(
+      messages, tools=_tools(record), tokenize=True, return_dict=True,
+      sanitize_control_tokens=True)['input_ids']
+  assert rows[0][0] == list(expected)
 
 
-def test_fastokens_gives_the_same_rows(gsm8k_rows, tokenizers_by_mode, encode,
-                                       fast_encode):
-  assert gsm8k_rows('assistant', 'fastokens') == gsm8k_rows('assistant', 'hf')
-  cases = [chat.Conversation(messages) for messages in CASES.values()]
-  for mode in ('text', 'special'):
-    assert tokenize(cases, tokenizers_by_mode['text'], fast_encode,
-                    special_tokens_in_text=mode) == tokenize(
-                        cases, tokenizers_by_mode['text'], encode,
-                        special_tokens_in_text=mode)
+def test_special_text_in_content_follows_the_mode(qwen, renderer, encode):
+  record = CASES['special_text_in_content'][0]
+  im_end = qwen.convert_tokens_to_ids(END)
+  rows = {mode: one(record, renderer, encode,
+                    special_tokens_in_text=mode)[0][0]
+          for mode in ('text', 'special')}
+  assert rows['text'][0].count(im_end) == 2
+  assert rows['special'][0].count(im_end) == 4
+  # The answer's own <|im_end|> does not end its learned text.
+  for ids, flags in rows.values():
+    [learned] = learned_texts(qwen, ids, flags)
+    assert learned == THINK + f'Here: {END}<|im_start|>user{END}'
 
 
-# -------------------------------------------------------------- truncation
+# --------------------------------------------------------------- failures
+
+def test_a_template_that_raises_rejects_the_record(qwen, encode):
+  renderer = chat.renderer_for(qwen, CHATML.replace(
+      '{% for message in messages %}',
+      "{% for message in messages %}{% if message.content == 'boom' %}"
+      "{{ raise_exception('no boom') }}{% endif %}"))
+  records = [CASES['one_turn'][0],
+             {'messages': [m('user', 'boom'), m('assistant', 'x')]}]
+  results, _ = rows_of(records, renderer, encode)
+  assert results[1] == 'invalid_messages'
+  assert not isinstance(results[0], str)
+
+
+def test_an_unusable_template_is_refused_when_built(qwen):
+  with pytest.raises(ValueError, match='no special token after'):
+    chat.renderer_for(qwen, '{% for m in messages %}{{ m.content }}\n'
+                      '{% endfor %}')
+  with pytest.raises(ValueError, match='fails on a plain conversation'):
+    chat.renderer_for(qwen, "{{ raise_exception('never') }}")
+  with pytest.raises(ValueError, match='does not compile: line 1'):
+    chat.renderer_for(qwen, '{% for m in messages %}')
+
+
+def test_a_runaway_render_rejects_its_record(qwen, encode):
+  renderer = chat.renderer_for(qwen, CHATML.replace(
+      '{{ message.content }}',
+      "{% if message.content == 'loop' %}{% for i in range(99999) %}"
+      "{% for j in range(99999) %}{% endfor %}{% endfor %}{% endif %}"
+      '{{ message.content }}'))
+  records = [{'messages': [m('user', 'loop'), m('assistant', 'x')]},
+             CASES['one_turn'][0]]
+  results, outcome = rows_of(records, renderer, encode)
+  assert results[0] == 'chat_template_limit'
+  assert 'iterated over more than' in str(outcome.rejected[0][1])
+  assert not isinstance(results[1], str)
+
+
+def test_a_first_assistant_message_has_no_prompt(renderer, encode):
+  rows, outcome = one({'prompt': [], 'completion': [m('assistant', 'x')]},
+                      renderer, encode)
+  assert rows == 'invalid_messages'
+  assert 'no prompt for it to answer' in str(outcome.rejected[0][1])
+
+
+def test_a_failing_encode_rejects_only_its_record(renderer, encode):
+  def picky_encode(texts, split_special_tokens):
+    if any('poison' in text for text in texts):
+      raise RuntimeError('cannot encode poison')
+    return encode(texts, split_special_tokens)
+
+  records = [CASES['one_turn'][0],
+             {'messages': [m('user', 'poison'), m('assistant', 'x')]},
+             CASES['single_tool_call'][0]]
+  results, outcome = rows_of(records, renderer, picky_encode)
+  assert results[1] == 'tokenizer_error'
+  assert 'cannot encode poison' in str(outcome.rejected[0][1])
+  assert results[0] == rows_of(records[:1], renderer, encode)[0][0]
+  assert not isinstance(results[2], str)
+
+
+def test_settings_are_checked(renderer, encode):
+  with pytest.raises(ValueError, match='train_on must be one of'):
+    chat.tokenize_conversations([], renderer=renderer, encode=encode,
+                                settings=chat.ChatSettings(train_on='all'))
+  with pytest.raises(ValueError, match='use prompt_left'):
+    chat.tokenize_conversations([], renderer=renderer, encode=encode,
+                                settings=chat.ChatSettings(
+                                    chat_rows='per_turn',
+                                    truncation='output_right'))
+
+
+# ------------------------------------------------------------- truncation
+
+def _turns(messages):
+  head = 0
+  while messages[head]['role'] == 'system':
+    head += 1
+  turns = []
+  for index in range(head, len(messages)):
+    if not turns or messages[index]['role'] == 'user':
+      turns.append([])
+    turns[-1].append(index)
+  return head, turns
+
+
+def reference_fitted(qwen, record, max_seq_len, truncation, train_on):
+  """A whole row after dropping whole turns one at a time until it fits
+  (the fewest drops), or 'too_long'."""
+  [row] = reference_whole(qwen, record, train_on)
+  if len(row[0]) - 1 <= max_seq_len:
+    return [row], False
+  messages, _ = reference_learned(record, 'assistant')
+  first = len(record['prompt']) if 'prompt' in record else 0
+  head, turns = _turns(messages)
+  for dropped in range(1, len(turns)):
+    kept_turns = (turns[:len(turns) - dropped]
+                  if truncation == 'output_right' else turns[dropped:])
+    kept = list(range(head)) + [index for turn in kept_turns for index in turn]
+    shorter = {'prompt': [messages[index] for index in kept if index < first],
+               'completion': [messages[index] for index in kept
+                              if index >= first]}
+    if not reference_learned(shorter, train_on)[1]:
+      continue
+    [row] = reference_whole(qwen, shorter, train_on)
+    if len(row[0]) - 1 <= max_seq_len:
+      return [row], True
+  return 'too_long'
+
 
 @pytest.mark.parametrize('truncation', ('output_right', 'prompt_left'))
 @pytest.mark.parametrize('train_on, trl', [('assistant', False),
                                            ('last_assistant', False),
                                            ('assistant', True)])
 def test_truncation_drops_whole_turns_like_the_reference(
-    truncation, train_on, trl, gsm8k_chat, tokenizers_by_mode, encode):
+    truncation, train_on, trl, gsm8k_chat, qwen, renderer, encode):
   """Bisection over shorter conversations finds what dropping one turn at
   a time finds."""
   max_seq_len = 300
-  chosen = gsm8k_chat[:40]
-  # TRL: the last answer is the completion.
-  starts = [len(messages) - 1 if trl else 0 for messages in chosen]
-  rows = tokenize([chat.Conversation(messages, start)
-                   for messages, start in zip(chosen, starts)],
-                  tokenizers_by_mode['text'], encode, max_seq_len=max_seq_len,
-                  truncation=truncation, train_on=train_on)
-  outcomes = collections.Counter()
-  for messages, start, row in zip(chosen, starts, rows):
-    expected = reference_fitted(messages, tokenizers_by_mode,
-                                max_seq_len=max_seq_len,
-                                truncation=truncation, train_on=train_on,
-                                supervised_from=start)
-    if isinstance(row, chat.ChatRejected):
-      assert row.reason == expected
+  records = [{'prompt': messages[:-1] if trl else [],
+              'completion': messages[-1:] if trl else messages}
+             for messages in gsm8k_chat[:40]]
+  results, outcome = rows_of(records, renderer, encode,
+                             max_seq_len=max_seq_len, truncation=truncation,
+                             train_on=train_on)
+  truncated = {outcome.rows[position].record for position in range(
+      len(outcome.rows)) if outcome.rows[position].truncated}
+  seen = collections.Counter()
+  for index, record in enumerate(records):
+    expected = reference_fitted(qwen, record, max_seq_len, truncation,
+                                train_on)
+    if expected == 'too_long':
+      assert results[index] == 'too_long'
+      seen['too_long'] += 1
     else:
-      assert (row.ids, row.supervised, row.truncated) == expected
-      assert len(row.ids) - 1 <= max_seq_len
-    outcomes[getattr(row, 'reason', None) or row.truncated] += 1
-  # The setting exercises every outcome; but output_right cannot shorten a
-  # TRL record whose completion is the last turn's answer.
+      assert results[index] == expected[0]
+      assert (index in truncated) == expected[1]
+      seen[expected[1]] += 1
   possible = {True, False, 'too_long'}
   if trl and truncation == 'output_right':
     possible = {False, 'too_long'}
-  assert set(outcomes) == possible, outcomes
+  assert set(seen) == possible, seen
 
 
-def test_truncation_keeps_system_messages_and_the_completion(
-    tokenizers_by_mode, encode):
-  system = m('system', 'Be brief.')
+def test_per_turn_rows_truncate_their_history(qwen, renderer, encode):
   turns = [[m('user', f'Question {i}: ' + 'word ' * 30),
             m('assistant', f'Answer {i}: ' + 'word ' * 30)] for i in range(6)]
-  messages = [system] + [message for turn in turns for message in turn]
-  tokenizer = tokenizers_by_mode['text']
-  full = tokenize([chat.Conversation(messages)], tokenizer, encode)[0]
-  max_seq_len = len(full.ids) // 2
-  left, right = (tokenize([chat.Conversation(messages)], tokenizer, encode,
-                          max_seq_len=max_seq_len, truncation=mode)[0]
-                 for mode in ('prompt_left', 'output_right'))
-  for row in (left, right):
-    text = decode(tokenizer, row.ids)
-    assert row.truncated and len(row.ids) - 1 <= max_seq_len
+  record = {'messages': [m('system', 'Be brief.')] +
+                        [message for turn in turns for message in turn]}
+  full, _ = one(record, renderer, encode, chat_rows='per_turn')
+  max_seq_len = len(full[-1][0]) // 2
+  rows, outcome = one(record, renderer, encode, chat_rows='per_turn',
+                      max_seq_len=max_seq_len, truncation='prompt_left')
+  assert [row.suffix for row in outcome.rows] == [
+      f'#{2 * i + 2}' for i in range(6)]
+  assert outcome.stats['truncated'] == 1
+  for index, (ids, flags) in enumerate(rows):
+    text = qwen.decode(ids)
+    assert len(ids) - 1 <= max_seq_len
     assert text.startswith('<|im_start|>system\nBe brief.<|im_end|>')
-  assert 'Answer 5' in decode(tokenizer, left.ids)
-  assert 'Question 0' not in decode(tokenizer, left.ids)
-  assert 'Question 0' in decode(tokenizer, right.ids)
-  assert 'Answer 5' not in decode(tokenizer, right.ids)
-  # TRL: prompt_left keeps the completion, output_right cannot drop it.
-  trl = chat.Conversation(messages, supervised_from=len(messages) - 1)
-  [kept] = tokenize([trl], tokenizer, encode, max_seq_len=max_seq_len,
-                    truncation='prompt_left')
-  assert learned_texts(tokenizer, kept) == [turns[5][1]['content'] + END]
-  [refused] = tokenize([trl], tokenizer, encode, max_seq_len=max_seq_len,
-                       truncation='output_right')
-  assert refused.reason == 'too_long'
+    assert learned_texts(qwen, ids, flags) == [
+        THINK + turns[index][1]['content'] + END]
+  assert 'Question 0' not in qwen.decode(rows[-1][0])
 
 
-# ------------------------------------------------------ rejections, kinds
-
-@pytest.mark.parametrize('obj, reason, says', [
-    ({'messages': 'hi'}, 'invalid_messages', '"messages" is a string'),
-    ({'messages': []}, 'invalid_messages', 'empty array'),
-    ({'messages': [m('user', 'a'), 'b']}, 'invalid_messages',
-     'messages[1] is a string'),
-    ({'messages': [{'content': 'a'}]}, 'invalid_messages',
-     'messages[0] has no "role"'),
-    ({'messages': [m('user', 'a'), m('bot', 'b')]}, 'invalid_messages',
-     "messages[1] has role 'bot'"),
-    ({'messages': [m('user', 'a'), {'role': 'assistant', 'content': None}]},
-     'invalid_messages', 'messages[1] (assistant) has no string "content"'),
-    ({'messages': [m('user', 'a'), m('assistant', ['b'])]},
-     'invalid_messages', 'it is an array'),
-    ({'prompt': [m('user', 'a')], 'completion': []}, 'invalid_messages',
-     '"completion" is an empty array'),
-    ({'prompt': [m('user', 'a')], 'completion': [m('user', 'b')]},
-     'no_assistant_turn', 'the completion has no assistant'),
-    ({'messages': [m('system', 's'), m('user', 'a')]}, 'no_assistant_turn',
-     'the conversation has no assistant'),
-    ({'messages': [m('user', 'a'), m('assistant', 'b\ud800')]},
-     'invalid_unicode', 'messages[1] (assistant) content'),
-])
-def test_parse_rejections_say_what_and_where(obj, reason, says):
-  with pytest.raises(chat.ChatRejected) as rejected:
-    chat.parse_conversation(obj)
-  assert rejected.value.reason == reason
-  assert says in str(rejected.value)
+def test_the_callers_records_are_left_alone(renderer, encode):
+  record = json.loads(json.dumps(CASES['multi_step_tools_with_reasoning'][0]))
+  conversation = parse_conversation(record)
+  before = json.dumps(conversation.messages)
+  chat.tokenize_conversations([conversation], renderer=renderer,
+                              encode=encode, settings=chat.ChatSettings(
+                                  max_seq_len=40, truncation='prompt_left'))
+  assert json.dumps(conversation.messages) == before
 
 
-def test_parse_keeps_role_and_content_only():
-  conversation = chat.parse_conversation({'messages': [
-      {'role': 'user', 'content': 'a', 'name': 'x'},
-      {'role': 'assistant', 'content': 'b', 'tool_calls': []}]})
-  assert conversation == chat.Conversation([m('user', 'a'),
-                                            m('assistant', 'b')], 0)
+# ------------------------------------------------------------ real data
 
-
-@pytest.mark.parametrize('obj, kind', [
-    ({'messages': []}, 'chat'),
-    ({'prompt': [], 'completion': []}, 'chat'),
-    ({'prompt': 'p', 'output': 'o'}, 'prompt_output'),
-    ({'prompt': [], 'output': 'o'}, 'prompt_output'),
-    ({'prompt': 'p', 'completion': []}, 'prompt_output'),
-    ({'question': 'p', 'answer': 'o'}, None),
-    ({'messages': 'oops'}, 'chat'),
-    ({'messages': 'oops', 'prompt': 'p'}, 'prompt_output'),
-    (['not', 'an', 'object'], None),
-])
-def test_record_kind(obj, kind):
-  assert chat.record_kind(obj, 'prompt', 'output') == kind
-
-
-def test_record_kind_uses_the_configured_fields():
-  assert chat.record_kind({'question': 'p'}, 'question', 'answer') == (
-      'prompt_output')
+def _records(name):
+  with open(shared_data(name), encoding='utf-8') as lines:
+    return [json.loads(line) for line in lines]
 
 
 @pytest.fixture(scope='module')
-def templateless():
-  import transformers
-  tokenizer = transformers.AutoTokenizer.from_pretrained(
-      embedded_tokenizer_dir())
-  tokenizer.chat_template = None
-  return tokenizer
+def gsm8k_chat():
+  return [record['messages'] for record in _records('gsm8k_chat.jsonl')]
 
 
-CHATML = ("{% for message in messages %}<|im_start|>{{ message.role }}\n"
-          "{{ message.content }}<|im_end|>\n{% endfor %}")
+@pytest.fixture(scope='module')
+def bfcl():
+  return _records('bfcl_tool_calls.jsonl')
 
 
-def test_no_chat_template(templateless, encode):
-  assert not chat.has_chat_template(templateless)
-  conversation = chat.Conversation(CASES['one_turn'])
-  [row] = tokenize([conversation], templateless, encode)
-  assert row.reason == 'no_chat_template'
-  [row] = tokenize([conversation], templateless, encode, chat_template=CHATML)
-  assert decode(templateless, row.ids) == (
-      '<|im_start|>user\nWhat is 2+2?<|im_end|>\n'
-      '<|im_start|>assistant\nIt is 4.<|im_end|>\n')
-  assert learned_texts(templateless, row) == ['It is 4.' + END]
+@pytest.mark.parametrize('chat_rows', ('whole', 'per_turn'))
+def test_every_bfcl_conversation_equals_the_reference(chat_rows, bfcl, qwen,
+                                                      renderer, fast_encode):
+  assert len(bfcl) == 1000
+  results, outcome = rows_of(bfcl, renderer, fast_encode, chat_rows=chat_rows)
+  assert not outcome.rejected
+  for index, record in enumerate(bfcl):
+    assert results[index] == REFERENCES[chat_rows](qwen, record), index
+    if chat_rows == 'whole':
+      assert results[index] == huggingface_whole(qwen, record), index
+  calls = sum(len(record['messages'][-1]['tool_calls']) for record in bfcl)
+  assert outcome.stats['tool_calls_learned'] == calls
+  assert outcome.stats['assistant_turns'] == 1000
 
 
-@pytest.mark.parametrize('template, reason, says', [
-    (CHATML.replace('message.content', 'message.content | trim'),
-     'template_changes_content', 'messages[1] (assistant)'),
-    (CHATML.replace('{{ message.content }}',
-                    '{{ message.content }}{{ message.content }}'),
-     'template_changes_content', 'messages[0] (user) 2 times'),
-    (CHATML.replace('{{ message.content }}', ''),
-     'template_changes_content', 'messages[0] (user) 0 times'),
-    ("{{ raise_exception('roles must alternate') }}", 'invalid_messages',
-     'roles must alternate'),
-])
-def test_templates_that_hide_contents_are_refused(template, reason, says,
-                                                  templateless, encode):
-  conversation = chat.Conversation([m('user', 'Hi'),
-                                    m('assistant', ' padded answer ')])
-  [row] = tokenize([conversation], templateless, encode,
-                   chat_template=template)
-  assert row.reason == reason
-  assert says in str(row)
+def test_every_bfcl_tool_call_is_learned(bfcl, qwen, renderer, fast_encode):
+  """Independent of the templates: each learned text holds every call's
+  name and arguments as JSON, and nothing but the answer."""
+  results, _ = rows_of(bfcl, renderer, fast_encode)
+  for index, record in enumerate(bfcl):
+    [(ids, flags)] = results[index]
+    [learned] = learned_texts(qwen, ids, flags)
+    calls = [json.loads(block.split('\n</tool_call>')[0])
+             for block in learned.split('<tool_call>\n')[1:]]
+    assert calls == [{'name': call_['function']['name'],
+                      'arguments': call_['function']['arguments']}
+                     for call_ in record['messages'][-1]['tool_calls']]
+    assert learned.startswith(THINK) and learned.endswith(END)
 
 
-def test_too_long_without_truncation(tokenizers_by_mode, encode):
-  conversation = chat.Conversation(CASES['multi_turn_system'])
-  [row] = tokenize([conversation], tokenizers_by_mode['text'], encode,
-                   max_seq_len=10)
-  assert row.reason == 'too_long'
-  assert 'max_seq_len 10' in str(row)
+@pytest.mark.parametrize('train_on', ('assistant', 'last_assistant'))
+def test_every_gsm8k_conversation_equals_the_reference(train_on, gsm8k_chat,
+                                                       qwen, renderer,
+                                                       fast_encode):
+  assert len(gsm8k_chat) == 4108
+  records = [{'messages': messages} for messages in gsm8k_chat]
+  results, outcome = rows_of(records, renderer, fast_encode,
+                             train_on=train_on)
+  assert not outcome.rejected
+  for index, record in enumerate(records):
+    assert results[index] == reference_whole(qwen, record, train_on), index
+    assert results[index] == huggingface_whole(qwen, record, train_on), index
 
 
-def test_a_failing_encode_rejects_only_its_record(tokenizers_by_mode,
-                                                  encode):
-  def picky_encode(texts, split_special_tokens):
-    if any('poison' in text for text in texts):
-      raise RuntimeError('cannot encode poison')
-    return encode(texts, split_special_tokens)
-
-  conversations = [chat.Conversation(CASES['one_turn']),
-                   chat.Conversation([m('user', 'poison'),
-                                      m('assistant', 'x')]),
-                   chat.Conversation(CASES['unicode'])]
-  rows = tokenize(conversations, tokenizers_by_mode['text'], picky_encode)
-  assert rows[1].reason == 'tokenizer_error'
-  assert 'cannot encode poison' in str(rows[1])
-  assert rows[0] == tokenize(conversations[:1], tokenizers_by_mode['text'],
-                             encode)[0]
-  assert not isinstance(rows[2], chat.ChatRejected)
+def test_gsm8k_per_turn_equals_the_reference(gsm8k_chat, qwen, renderer,
+                                             fast_encode):
+  records = [{'messages': messages} for messages in gsm8k_chat[:800]]
+  results, _ = rows_of(records, renderer, fast_encode, chat_rows='per_turn')
+  for index, record in enumerate(records):
+    assert results[index] == reference_per_turn(qwen, record), index
 
 
-def test_settings_are_checked(tokenizers_by_mode, encode):
-  with pytest.raises(ValueError, match='train_on must be one of'):
-    tokenize([], tokenizers_by_mode['text'], encode, train_on='all')
-
-
-def test_the_callers_messages_are_left_alone(tokenizers_by_mode, encode):
-  messages = copy.deepcopy(CASES['tools'])
-  tokenize([chat.Conversation(messages)], tokenizers_by_mode['text'], encode,
-           max_seq_len=40, truncation='prompt_left')
-  assert messages == CASES['tools']
+def test_fastokens_gives_the_same_rows(bfcl, renderer, encode, fast_encode):
+  records = bfcl[:200] + [record for record, _ in CASES.values()]
+  for mode in ('text', 'special'):
+    assert rows_of(records, renderer, fast_encode,
+                   special_tokens_in_text=mode)[0] == rows_of(
+                       records, renderer, encode,
+                       special_tokens_in_text=mode)[0]
 
 
 # ---------------------------------------------------------- the sample file
@@ -734,36 +786,35 @@ SAMPLE_REJECTIONS = {
     'bad-missing-role': 'invalid_messages',
     'bad-content-null': 'invalid_messages',
     'bad-message-not-object': 'invalid_messages',
+    'bad-weight': 'invalid_messages',
     'bad-no-assistant': 'no_assistant_turn',
     'bad-trl-no-assistant': 'no_assistant_turn',
-    'bad-think-in-history': 'template_changes_content',
-    'bad-leading-newline': 'template_changes_content',
+    'bad-reasoning-in-history': 'template_drops_field',
+    'bad-two-assistants-in-a-row': 'template_rewrites_history',
     'bad-lone-surrogate': 'invalid_unicode',
+    'bad-tools-not-array': 'invalid_tools',
+    'bad-tool-call-arguments': 'invalid_tool_calls',
+    'bad-template-kwargs': 'invalid_chat_template_kwargs',
 }
 
 
-def test_chat_sample(tokenizers_by_mode, encode):
+def test_chat_sample(renderer, encode):
   """Every line of examples/chat_sample.jsonl becomes a row or is
   rejected for the reason its id names; the long one needs truncation."""
-  with open(CHAT_SAMPLE, encoding='utf-8') as lines:
-    records = [json.loads(line) for line in lines]
-  assert len(records) >= 30
-  outcomes, conversations = {}, {}
-  for record in records:
-    assert chat.record_kind(record) == 'chat', record['id']
-    try:
-      conversations[record['id']] = chat.parse_conversation(record)
-    except chat.ChatRejected as rejected:
-      outcomes[record['id']] = rejected.reason
-  rows = tokenize(list(conversations.values()), tokenizers_by_mode['text'],
-                  encode, max_seq_len=4096)
-  for example_id, row in zip(conversations, rows):
-    outcomes[example_id] = getattr(row, 'reason', 'ok')
-  assert {example_id: reason for example_id, reason in outcomes.items()
-          if reason != 'ok'} == {**SAMPLE_REJECTIONS,
-                                 'long-many-turns': 'too_long'}
-  [long_row] = tokenize([conversations['long-many-turns']],
-                        tokenizers_by_mode['text'], encode, max_seq_len=4096,
-                        truncation='prompt_left')
-  assert long_row.truncated
+  records = _sample()
+  assert len(records) >= 40
+  assert all(chat_records.record_kind(record) == 'chat' for record in records)
+  results, _ = rows_of(records, renderer, encode, max_seq_len=4096)
+  outcomes = {record['id']: results[index] for index, record in
+              enumerate(records) if isinstance(results[index], str)}
+  assert outcomes == {**SAMPLE_REJECTIONS, 'long-many-turns': 'too_long'}
+  long_record = next(record for record in records
+                     if record['id'] == 'long-many-turns')
+  _, outcome = one(long_record, renderer, encode, max_seq_len=4096,
+                   truncation='prompt_left')
+  assert outcome.rows[0].truncated
 
+
+def _sample():
+  with open(CHAT_SAMPLE, encoding='utf-8') as lines:
+    return [json.loads(line) for line in lines]

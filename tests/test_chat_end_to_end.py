@@ -1,10 +1,12 @@
 """Chat records end to end: the CLI, the real tokenizer and its template.
 
-Every written row of gsm8k_chat.jsonl (4,108 conversations) equals the
-reference of docs/chat.md written in tests/test_chat.py, apart from the
-code it checks; the bundled chat sample, mixed with prompt/output records,
-ends as rows or as rejections with the reason each record's id names, and
-its long conversation is cut to fit by dropping whole turns.
+Every written row of gsm8k_chat.jsonl (4,108 conversations) and of
+bfcl_tool_calls.jsonl (1,000 tool-calling conversations, in whole and
+per_turn rows) equals the references of tests/test_chat.py, written apart
+from the code they check; the bundled chat sample, mixed with
+prompt/output records, ends as rows or as rejections with the reason each
+record's id names, and its long conversation is cut to fit by dropping
+whole turns.
 """
 
 import json
@@ -15,7 +17,8 @@ import pytest
 from conftest import ROOT, SAMPLE, run_sftbeam, shared_data
 from output_rows import rows_by_id
 from sftbeam.pipeline.readers import load_dataset_info
-from test_chat import SAMPLE_REJECTIONS, reference_row, tokenizers_by_mode  # pylint: disable=unused-import
+from test_chat import (SAMPLE_REJECTIONS, reference_per_turn,
+                       reference_whole)
 
 # Runs the pipeline or large references: `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -41,26 +44,76 @@ def check_row(row, ids, flags):
       first, len(ids) - first)
 
 
-def test_gsm8k_chat_rows_equal_the_reference(tmp_path, tokenizers_by_mode):
-  path = shared_data('gsm8k_chat.jsonl')
-  stdout = run([path], tmp_path)
-  with open(path, encoding='utf-8') as handle:
-    conversations = {record['id']: record['messages']
-                     for record in map(json.loads, handle)}
+def _records(name):
+  with open(shared_data(name), encoding='utf-8') as handle:
+    return {record['id']: record for record in map(json.loads, handle)}
+
+
+def test_gsm8k_chat_rows_equal_the_reference(tmp_path, qwen):
+  records = _records('gsm8k_chat.jsonl')
+  stdout = run([shared_data('gsm8k_chat.jsonl')], tmp_path)
   rows = rows_by_id(str(tmp_path))
-  assert set(rows) == set(conversations)
-  for example_id, messages in conversations.items():
-    ids, flags = reference_row(messages, tokenizers_by_mode,
-                               special_tokens_in_text='special')
+  assert set(rows) == set(records)
+  for example_id, record in records.items():
+    [(ids, flags)] = reference_whole(qwen, record)
     check_row(rows[example_id], ids, flags)
   counts = load_dataset_info(str(tmp_path))['counts']
-  assert counts['chat_records'] == len(conversations)
+  assert counts['chat_records'] == len(records)
   assert counts['assistant_turns'] == sum(
-      message['role'] == 'assistant' for messages in conversations.values()
-      for message in messages)
+      message['role'] == 'assistant' for record in records.values()
+      for message in record['messages'])
   assert counts['supervised_tokens'] == sum(
       sum(row['response_mask']) for row in rows.values())
   assert counts['reconciled'] and 'chat records' in stdout
+
+
+@pytest.mark.parametrize('chat_rows', ('whole', 'per_turn'))
+def test_bfcl_rows_equal_the_reference(chat_rows, tmp_path, qwen):
+  """Every tool-calling conversation is written, tools and calls in its
+  row, its calls learned; per_turn ids are "<id>#<message index>"."""
+  records = _records('bfcl_tool_calls.jsonl')
+  stdout = run([shared_data('bfcl_tool_calls.jsonl')], tmp_path,
+               '--chat_rows', chat_rows)
+  rows = rows_by_id(str(tmp_path))
+  expected = {}
+  for example_id, record in records.items():
+    if chat_rows == 'whole':
+      [expected[example_id]] = reference_whole(qwen, record)
+    else:
+      [expected[f'{example_id}#{len(record["messages"]) - 1}']] = (
+          reference_per_turn(qwen, record))
+  assert set(rows) == set(expected)
+  for example_id, (ids, flags) in expected.items():
+    check_row(rows[example_id], ids, flags)
+  counts = load_dataset_info(str(tmp_path))['counts']
+  calls = sum(len(record['messages'][-1]['tool_calls'])
+              for record in records.values())
+  assert (counts['records_written'], counts['examples_written'],
+          counts['tool_calls_learned'], counts['records_rejected']) == (
+              1000, 1000, calls, 0)
+  assert f'{calls} tool calls' in stdout
+
+
+def test_per_turn_rows_count_records_and_examples(tmp_path, qwen):
+  """A conversation with two learned answers is one record written, two
+  examples; --chat_template_kwargs reaches the template."""
+  path = tmp_path / 'in.jsonl'
+  record = {'id': 'r', 'messages': [
+      {'role': 'user', 'content': 'Hi!'},
+      {'role': 'assistant', 'content': 'Hello.', 'reasoning_content': 'Greet.'},
+      {'role': 'user', 'content': '2+2?'},
+      {'role': 'assistant', 'content': '4', 'reasoning_content': 'Add.'}]}
+  path.write_text(json.dumps(record) + '\n', encoding='utf-8')
+  run([str(path)], tmp_path / 'out', '--chat_rows', 'per_turn',
+      '--chat_template_kwargs', '{"enable_thinking": true}')
+  counts = load_dataset_info(str(tmp_path / 'out'))['counts']
+  assert (counts['records_in'], counts['records_written'],
+          counts['examples_written'], counts['reasoning_turns_learned'],
+          counts['reconciled']) == (1, 1, 2, 2, True)
+  rows = rows_by_id(str(tmp_path / 'out'))
+  for (ids, flags), suffix in zip(reference_per_turn(
+      qwen, record, run_kwargs={'enable_thinking': True}), ('#1', '#3')):
+    check_row(rows['r' + suffix], ids, flags)
 
 
 def test_chat_sample_mixed_with_prompt_output_records(tmp_path):
@@ -122,4 +175,22 @@ def test_messages_format_without_a_chat_template_exits_2(tmp_path):
   assert result.returncode == 2
   assert 'has no chat template' in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize('template, says', [
+    ('{% for m in messages %}{{ m.content }}', 'does not compile: line 1'),
+    ("{{ raise_exception('no') }}", 'fails on a plain conversation'),
+    ('{% for m in messages %}{{ m.content }}\n{% endfor %}',
+     'writes no special token after'),
+])
+def test_an_unusable_chat_template_exits_2(template, says, tmp_path):
+  path = tmp_path / 'template.jinja'
+  path.write_text(template, encoding='utf-8')
+  result = run_sftbeam('run', '--input', CHAT_SAMPLE, '--output',
+                       str(tmp_path / 'out'), '--chat_template', str(path),
+                       network=False)
+  assert result.returncode == 2, result.stderr
+  assert says in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+  assert not (tmp_path / 'out').exists()
 
