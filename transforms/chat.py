@@ -32,6 +32,8 @@ import re
 from typing import (Callable, Dict, Iterator, List, NamedTuple, Optional,
                     Sequence, Tuple)
 
+import jinja2
+
 from sftbeam.transforms.chat_records import ChatRejected, Conversation
 from sftbeam.transforms.chat_rows import (CHAT_ROWS, MARK_END, MARK_START,
                                           TRAIN_ON, Renderer, RowText,
@@ -108,14 +110,17 @@ def renderer_for(tokenizer, chat_template: Optional[str] = None,
                  chat_template_kwargs: Optional[Dict] = None) -> Renderer:
   """The Renderer of a tokenizer and an optional template text (default:
   the tokenizer's own), built once per process. Raises ValueError when
-  there is no template or it cannot be used; jinja2's TemplateSyntaxError
-  (a ValueError too) on a syntax error."""
+  there is no template, it does not compile, or it cannot be used."""
   text = chat_template or getattr(tokenizer, 'chat_template', None)
   if not text:
     raise ValueError('the tokenizer has no chat template and no '
                      'chat_template file is given')
-  return _cached_renderer(tokenizer, text, json.dumps(
-      chat_template_kwargs or {}, sort_keys=True))
+  try:
+    return _cached_renderer(tokenizer, text, json.dumps(
+        chat_template_kwargs or {}, sort_keys=True))
+  except jinja2.TemplateSyntaxError as error:
+    raise ValueError(f'the chat template does not compile: line '
+                     f'{error.lineno}: {error.message}') from None
 
 
 # ------------------------------------------------------------- the call

@@ -181,7 +181,7 @@ def conversation_rows(renderer: Renderer, conversation: Conversation,
   learned = learned_messages(conversation, train_on)
   marked = renderer.marked(conversation)
   if chat_rows == 'whole':
-    rows = [_row(renderer, marked, learned)]
+    rows = [_whole_row(renderer, marked, learned)]
     counts = [len(marked.messages)]
   else:
     rows = [_row(renderer, _first(marked, index + 1), [index], f'#{index}')
@@ -199,6 +199,27 @@ def row_of(renderer: Renderer, conversation: Conversation,
   """The row of a whole (possibly shortened) conversation learning the
   messages `learned`; for truncation, which drops turns and renders again."""
   return _row(renderer, renderer.marked(conversation), list(learned), suffix)
+
+
+def _whole_row(renderer, conversation, learned) -> RowText:
+  """The whole row; a rewritten history says whether per_turn rows
+  would take the conversation."""
+  try:
+    return _row(renderer, conversation, learned)
+  except ChatRejected as why:
+    if why.reason != 'template_rewrites_history' or not all(
+        _row_or_none(renderer, _first(conversation, index + 1), [index])
+        for index in learned):
+      raise
+    raise ChatRejected(why.reason, f'{why}; --chat_rows per_turn writes each '
+                       'turn as the model sees it') from None
+
+
+def _row_or_none(renderer, conversation, learned) -> Optional[RowText]:
+  try:
+    return _row(renderer, conversation, learned)
+  except ChatRejected:
+    return None
 
 
 def _first(conversation: Conversation, count: int) -> Conversation:
@@ -246,10 +267,9 @@ def _learned_start(renderer, conversation, index: int, text: str) -> int:
   raise ChatRejected(
       'template_rewrites_history',
       f'the template writes the history before messages[{index}] otherwise '
-      'in the whole conversation than in its generation prompt (at character '
-      f'{common}: {text[common:common + 24]!r} where the prompt has '
-      f'{prompt[common:common + 24]!r}); --chat_rows per_turn writes each '
-      'turn as the model sees it')
+      'in the row than in the generation prompt of messages[{index}] (at '
+      f'character {common}: {text[common:common + 24]!r} where the prompt '
+      f'has {prompt[common:common + 24]!r})'.replace('{index}', str(index)))
 
 
 def _common_prefix_length(first: str, second: str) -> int:

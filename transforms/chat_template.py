@@ -83,8 +83,9 @@ class _Budget:
 
 class _BoundedEnvironment(sandbox.ImmutableSandboxedEnvironment):
   """HuggingFace's chat-template sandbox, with the render's budget
-  checked at every call and every `*`, `+` and `**`. The budget is per
-  thread: one compiled template serves all of a process's threads."""
+  checked at every call and every `*` and `**`, and the size of what each
+  `+` builds. The budget is per thread: one compiled template serves all
+  of a process's threads."""
   intercepted_binops = frozenset(['*', '+', '**'])
 
   def __init__(self, **options):
@@ -99,15 +100,16 @@ class _BoundedEnvironment(sandbox.ImmutableSandboxedEnvironment):
 
   def call_binop(self, context, operator, left, right):
     budget = getattr(self.local, 'budget', None)
-    if budget is not None:
+    if budget is not None and operator != '+':
       budget.check_time()
       if operator == '*':
         budget.check_product(left, right)
-      elif operator == '**' and isinstance(right, int) and right > 4096:
+      elif isinstance(right, int) and right > 4096:  # '**'
         raise RenderLimit(f'the chat template raised a number to the '
                           f'power {right}')
-    result = super().call_binop(context, operator, left, right)
-    if budget is not None and isinstance(result, (str, list, tuple)):
+    result = self.binop_table[operator](left, right)
+    if budget is not None and isinstance(result, str) and len(
+        result) > budget.max_chars:
       budget.check_size(len(result))
     return result
 
