@@ -97,6 +97,12 @@ def _summary_lines(output_dir: str, info: dict) -> list:
   packed = [] if not packing else [
       f'packed rows {packing["packed_rows"]} of {info["pack_length"]} '
       f'positions, {pack.records_per_row_text(packing)}']
+  chat = [] if not counts.get('chat_records') else [
+      f'chat records {counts["chat_records"]}: '
+      f'{counts.get("assistant_turns", 0)} assistant turns learned, '
+      f'{counts.get("tool_calls_learned", 0)} tool calls, '
+      f'{counts.get("reasoning_turns_learned", 0)} with reasoning; '
+      f'{counts.get("examples_written", counts["records_written"])} rows']
   return [
       f'{output_dir}: {info.get("layout", "padded")} batches, tokenizer '
       f'{info["tokenizer"]["name"]}, sftbeam {info["sftbeam_version"]}',
@@ -107,7 +113,7 @@ def _summary_lines(output_dir: str, info: dict) -> list:
       f'{counts["real_tokens"]} real of {counts["stored_tokens"]} stored '
       f'tokens, {"packing" if packing else "padding"} efficiency '
       + ('n/a' if efficiency is None else f'{efficiency:.3f}'),
-  ] + packed
+  ] + chat + packed
 
 
 def _bucket_lines(buckets: dict) -> list:
