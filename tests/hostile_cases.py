@@ -40,6 +40,10 @@ def bad(name, line, reason) -> Case:
   return Case(name, line, reason)
 
 
+_user = {'role': 'user', 'content': 'Hi'}
+_answer = {'role': 'assistant', 'content': 'Hello'}
+
+
 def _nested(depth: int) -> bytes:
   return b'[' * depth + b']' * depth
 
@@ -152,6 +156,31 @@ def cases():
       bad('trailing-garbage', b'{"prompt": "a", "output": "b"} x',
           'invalid_json'),
       bad('single-quotes', b"{'prompt': 'a', 'output': 'b'}", 'invalid_json'),
+      # Chat records: every malformed tool, reasoning or learning field.
+      bad('chat-tools-object', _json(
+          messages=[_user, _answer], tools={'name': 'f'}), 'invalid_tools'),
+      bad('chat-tools-bad-json', _json(
+          messages=[_user, _answer], tools='[{"name": '), 'invalid_tools'),
+      bad('chat-tool-call-no-name', _json(messages=[_user, {
+          'role': 'assistant', 'content': None,
+          'tool_calls': [{'function': {'arguments': {}}}]}]),
+          'invalid_tool_calls'),
+      bad('chat-arguments-not-json', _json(messages=[_user, {
+          'role': 'assistant', 'content': '', 'tool_calls': [
+              {'function': {'name': 'f', 'arguments': '{x: 1}'}}]}]),
+          'invalid_tool_calls'),
+      bad('chat-kwargs-list', _json(messages=[_user, _answer],
+                                    chat_template_kwargs=[True]),
+          'invalid_chat_template_kwargs'),
+      bad('chat-weight-half', _json(messages=[_user, dict(_answer,
+                                                          weight=0.5)]),
+          'invalid_messages'),
+      bad('chat-all-weight-0', _json(messages=[_user, dict(_answer,
+                                                           weight=0)]),
+          'no_assistant_turn'),
+      bad('chat-reasoning-dropped', _json(messages=[
+          _user, dict(_answer, reasoning_content='hmm'), _user, _answer]),
+          'template_drops_field'),
       good('bom-later-line', prefix=b'\xef\xbb\xbf'),
       good('last-line-no-newline', newline=b''),
   ]
