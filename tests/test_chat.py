@@ -15,6 +15,7 @@ import collections
 import functools
 import json
 import os
+import tracemalloc
 
 import fastokens
 import pytest
@@ -687,6 +688,36 @@ def test_per_turn_rows_truncate_their_history(qwen, renderer, encode):
     assert learned_texts(qwen, ids, flags) == [
         THINK + turns[index][1]['content'] + END]
   assert 'Question 0' not in qwen.decode(rows[-1][0])
+
+
+def test_truncating_a_huge_conversation_is_bounded(qwen, encode,
+                                                   monkeypatch):
+  """1,000 turns (1 MB): a few dozen renders and memory linear in the
+  record, not a render per turn nor every candidate at once."""
+  renderer = chat.renderer_for(qwen)
+  renders = []
+  render = renderer.template.render
+  monkeypatch.setattr(renderer.template, 'render',
+                      lambda *args: renders.append(1) or render(*args))
+  messages = []
+  for turn in range(1000):
+    messages += [m('user', f'Question {turn} ' + 'word ' * 100),
+                 m('assistant', f'Answer {turn} ' + 'word ' * 100)]
+  conversation = parse_conversation({'messages': messages})
+  tracemalloc.start()
+  try:
+    outcome = chat.tokenize_conversations(
+        [conversation], renderer=renderer, encode=encode,
+        settings=chat.ChatSettings(max_seq_len=4096,
+                                   truncation='prompt_left'))
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  [row] = outcome.rows
+  assert row.truncated and len(row.ids) - 1 <= 4096
+  assert 'Answer 999' in qwen.decode(row.ids)
+  assert len(renders) < 60, len(renders)
+  assert peak < 40 * len(json.dumps(messages)), peak
 
 
 def test_the_callers_records_are_left_alone(renderer, encode):

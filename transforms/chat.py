@@ -37,7 +37,8 @@ import jinja2
 from sftbeam.transforms.chat_records import ChatRejected, Conversation
 from sftbeam.transforms.chat_rows import (CHAT_ROWS, MARK_END, MARK_START,
                                           TRAIN_ON, Renderer, RowText,
-                                          conversation_rows, row_of, unmarked)
+                                          TooLong, conversation_rows,
+                                          rendering, row_of, unmarked)
 from sftbeam.transforms.chat_template import REASONING_FIELDS, ChatTemplate
 from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
 from sftbeam.transforms.tokenizer_backend import special_token_strings
@@ -143,18 +144,22 @@ def tokenize_conversations(conversations: Sequence[Conversation], *,
   rendered and encoded again.
   """
   check_settings(settings)
-  texts, rejected = {}, []
+  fits = functools.partial(_fits, encode, settings.max_seq_len)
+  texts, rejected, long_records = {}, [], []
   for index, conversation in enumerate(conversations):
     try:
       texts[index] = conversation, conversation_rows(
-          renderer, conversation, settings.train_on, settings.chat_rows)
+          renderer, conversation, settings.train_on, settings.chat_rows, fits)
+    except TooLong as why:
+      long_records.append((index, why))
     except ChatRejected as why:
       rejected.append((index, why))
   rows, failed = _tokenized_rows(texts, encode,
                                  settings.special_tokens_in_text)
   rejected += failed
-  fitted, too_long = _fitted_rows(renderer, encode, settings, conversations,
-                                  rows)
+  fitted, too_long = _fitted_rows(
+      renderer, encode, settings, conversations, rows,
+      [_LongRow(index, '', why.length) for index, why in long_records])
   rejected += too_long
   rejected.sort(key=lambda item: item[0])
   return ChatOutcome(fitted, rejected, _learned_stats(fitted))
@@ -275,25 +280,54 @@ def _assembled(record: int, conversation: Conversation, row: RowText,
 
 # ------------------------------------------------------------- truncation
 
+def _fits(encode: Encode, max_seq_len: int, text: str) -> int:
+  """0 when a row of `text` may fit max_seq_len, else its length in
+  tokens (the whole text encoded at once). Texts of no more UTF-8 bytes
+  than max_seq_len + 1 always fit: a token is at least a byte."""
+  if len(text) <= (max_seq_len + 1) // 4 or len(
+      text.encode('utf-8', 'surrogatepass')) <= max_seq_len + 1:
+    return 0
+  length = _length(encode, text)
+  return length if length - 1 > max_seq_len else 0
+
+
+def _length(encode: Encode, text: str) -> int:
+  return len(encode([unmarked(text)], False)[0])
+
+
+class _LongRow(NamedTuple):
+  """A row over max_seq_len: its record, suffix and length in tokens."""
+  record: int
+  suffix: str
+  length: int
+
+
 def _fitted_rows(renderer, encode, settings: ChatSettings, conversations,
-                 rows: List[ChatRow]):
-  """(rows that fit, rejections): a row longer than max_seq_len is
-  replaced by its truncation, and a record with a row that cannot fit is
-  rejected whole."""
-  fitted, rejected, failed = [], [], set()
-  for row in rows:
-    if row.record in failed:
-      continue
-    if len(row.ids) - 1 <= settings.max_seq_len:
-      fitted.append(row)
+                 rows: List[ChatRow], long_rows: List[_LongRow]):
+  """(rows that fit, rejections): rows over max_seq_len, and those found
+  too long before they were built (`long_rows`), are replaced by their
+  truncation; a record with a row that cannot fit is rejected whole."""
+  limit = settings.max_seq_len
+  long_rows = long_rows + [_LongRow(row.record, row.suffix, len(row.ids))
+                           for row in rows if len(row.ids) - 1 > limit]
+  fitted = [row for row in rows if len(row.ids) - 1 <= limit]
+  failed = {}
+  for long_row in long_rows:
+    if long_row.record in failed:
       continue
     try:
       fitted.append(_truncated(renderer, encode, settings,
-                               conversations[row.record], row))
+                               conversations[long_row.record], long_row))
     except ChatRejected as why:
-      failed.add(row.record)
-      rejected.append((row.record, why))
-  return [row for row in fitted if row.record not in failed], rejected
+      failed[long_row.record] = why
+  fitted.sort(key=lambda row: (row.record, int(row.suffix[1:] or -1)))
+  return ([row for row in fitted if row.record not in failed],
+          list(failed.items()))
+
+
+# Candidates past the first whose rendering fits that are built before
+# giving up (each a row in full).
+_EXTRA_TRIES = 4
 
 
 def _turn_starts(messages) -> List[int]:
@@ -337,7 +371,7 @@ def _shortened(conversation: Conversation, truncation: str,
       messages=tuple(messages[index] for index in kept), learnable=learnable)
 
 
-def _row_unit(conversation: Conversation, row: ChatRow) -> Conversation:
+def _row_unit(conversation: Conversation, row: _LongRow) -> Conversation:
   """The conversation a row renders: all of it (whole), or the messages up
   to its turn with only that turn learnable (per_turn)."""
   if not row.suffix:
@@ -348,34 +382,44 @@ def _row_unit(conversation: Conversation, row: ChatRow) -> Conversation:
 
 
 def _truncated(renderer, encode, settings: ChatSettings,
-               conversation: Conversation, row: ChatRow) -> ChatRow:
+               conversation: Conversation, row: _LongRow) -> ChatRow:
   """The row of the conversation with the fewest whole turns dropped
   that fits, flagged truncated; raises ChatRejected (too_long) when none
-  does. Rows grow with the turns kept, so the fewest drops are found by
-  bisection, each candidate rendered and tokenized from scratch."""
-  too_long = ChatRejected('too_long', f'L = {len(row.ids) - 1} tokens > '
+  does.
+
+  Rows grow with the turns kept, so the fewest drops are found by
+  bisection on the candidates' renderings (one render and one encode
+  each, whatever the number of turns); then the rows of the candidates
+  from there on are built until one fits (the first, but where cutting
+  the text at learned spans makes the row a token longer).
+  """
+  too_long = ChatRejected('too_long', f'L = {row.length - 1} tokens > '
                           f'max_seq_len {settings.max_seq_len}')
   if settings.truncation == 'none':
     raise too_long
   unit = _row_unit(conversation, row)
-  low, high, fitting = 1, _most_drops(unit, settings.truncation) + 1, None
+  most = _most_drops(unit, settings.truncation)
+  low, high = 1, most + 1
   while low < high:
     middle = (low + high) // 2
-    shorter = _candidate_row(renderer, encode, settings,
-                             _shortened(unit, settings.truncation, middle), row)
-    if len(shorter.ids) - 1 <= settings.max_seq_len:
-      fitting, high = shorter, middle
+    text = rendering(renderer, _shortened(unit, settings.truncation, middle))
+    if _length(encode, text) - 1 <= settings.max_seq_len:
+      high = middle
     else:
       low = middle + 1
-  if fitting is None:
-    raise ChatRejected('too_long', f'{too_long}, and dropping whole turns '
-                       f'({settings.truncation}) leaves none that fits with '
-                       'an assistant message to learn')
-  return fitting._replace(truncated=True)
+  for dropped in range(low, min(most, low + _EXTRA_TRIES) + 1):
+    shorter = _candidate_row(renderer, encode, settings,
+                             _shortened(unit, settings.truncation, dropped),
+                             row)
+    if len(shorter.ids) - 1 <= settings.max_seq_len:
+      return shorter._replace(truncated=True)
+  raise ChatRejected('too_long', f'{too_long}, and dropping whole turns '
+                     f'({settings.truncation}) leaves none that fits with '
+                     'an assistant message to learn')
 
 
 def _candidate_row(renderer, encode, settings: ChatSettings,
-                   candidate: Conversation, row: ChatRow) -> ChatRow:
+                   candidate: Conversation, row: _LongRow) -> ChatRow:
   """The row of a shortened conversation; raises ChatRejected with the
   reason the shortened conversation fails for."""
   try:

@@ -174,14 +174,35 @@ def learned_messages(conversation: Conversation, train_on: str) -> List[int]:
   return learned[-1:] if train_on == 'last_assistant' else learned
 
 
+class TooLong(ChatRejected):
+  """A whole row whose rendering alone is longer than the row may be:
+  raised before the row's learned spans are looked for (a render per
+  learned message), so that truncation starts at once."""
+
+  def __init__(self, length: int):
+    super().__init__('too_long', f'L = {length - 1} tokens (the whole '
+                     'rendering)')
+    self.length = length
+
+
 def conversation_rows(renderer: Renderer, conversation: Conversation,
-                      train_on: str, chat_rows: str) -> List[RowText]:
+                      train_on: str, chat_rows: str,
+                      fits: Optional[Callable[[str], int]] = None
+                      ) -> List[RowText]:
   """The rows of a conversation (one, or one per learned message), or
-  raises ChatRejected."""
+  raises ChatRejected.
+
+  `fits(text)`: 0 when a whole row's rendering may fit, else its length
+  in tokens (TooLong is raised then).
+  """
   learned = learned_messages(conversation, train_on)
   marked = renderer.marked(conversation)
   if chat_rows == 'whole':
-    rows = [_whole_row(renderer, marked, learned)]
+    text = renderer.render(marked)
+    length = fits(text) if fits else 0
+    if length:
+      raise TooLong(length)
+    rows = [_whole_row(renderer, marked, learned, text)]
     counts = [len(marked.messages)]
   else:
     rows = [_row(renderer, _first(marked, index + 1), [index], f'#{index}')
@@ -201,11 +222,17 @@ def row_of(renderer: Renderer, conversation: Conversation,
   return _row(renderer, renderer.marked(conversation), list(learned), suffix)
 
 
-def _whole_row(renderer, conversation, learned) -> RowText:
+def rendering(renderer: Renderer, conversation: Conversation) -> str:
+  """The text of a conversation's whole row, special-token text unmarked:
+  what truncation measures candidates by."""
+  return unmarked(renderer.render(renderer.marked(conversation)))
+
+
+def _whole_row(renderer, conversation, learned, text: str) -> RowText:
   """The whole row; a rewritten history says whether per_turn rows
   would take the conversation."""
   try:
-    return _row(renderer, conversation, learned)
+    return _row(renderer, conversation, learned, text=text)
   except ChatRejected as why:
     if why.reason != 'template_rewrites_history' or not all(
         _row_or_none(renderer, _first(conversation, index + 1), [index])
@@ -229,8 +256,10 @@ def _first(conversation: Conversation, count: int) -> Conversation:
 # ------------------------------------------------------- learned spans
 
 def _row(renderer: Renderer, conversation: Conversation,
-         learned: List[int], suffix: str = '') -> RowText:
-  text = renderer.render(conversation)
+         learned: List[int], suffix: str = '',
+         text: Optional[str] = None) -> RowText:
+  if text is None:
+    text = renderer.render(conversation)
   spans, end = [], 0
   for index in learned:
     start = _learned_start(renderer, conversation, index, text)
