@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Tuple
 from sftbeam.transforms import schema
 from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.pack import DEFAULT_PACK_WINDOW
-from sftbeam.transforms.pad import PAD_TO_MODES
+from sftbeam.transforms.padded import PAD_TO_MODES
 from sftbeam.transforms.chat import INPUT_FORMATS, TRAIN_ON
 from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
 from sftbeam.transforms.tokenizer_backend import BACKENDS
