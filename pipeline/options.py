@@ -171,7 +171,8 @@ OPTIONS = (
            'each bundle, no shuffle, flat memory; null: "bundle" on local '
            'runners, else "global". Batch runs only: a streaming run '
            'batches globally, a partial batch leaving after '
-           'max_buffering_seconds', choices=BATCHING_STRATEGIES),
+           'max_buffering_seconds. The packed layout packs within each '
+           'bundle: "global" is refused with it', choices=BATCHING_STRATEGIES),
     Option('overwrite', 'bool', False,
            'replace the outputs of an earlier run in --output'),
     Option('streaming', 'bool', False,
@@ -281,6 +282,18 @@ def _packed(values: dict) -> dict:
   return values
 
 
+def _check_batching(values: dict):
+  """`batching: global` fills a padded bucket's batches across workers;
+  the packed layout has no buckets and packs within each bundle, so a
+  batch run refuses it rather than ignore it."""
+  if (values['layout'] == 'packed' and values['batching'] == 'global' and
+      not values['streaming']):
+    raise ConfigError('batching global applies to the padded layout only (a '
+                      'bucket\'s batches fill across workers); the packed '
+                      'layout packs within each bundle: leave batching unset '
+                      'or set it to bundle')
+
+
 def make_config(values: dict) -> Config:
   """Checks the values of every option together and fills in derived ones."""
   if not values['output']:
@@ -295,6 +308,7 @@ def make_config(values: dict) -> Config:
                       'fixed row count, or a token budget per batch)')
   if values['batch_tokens'] is None and values['batch_size'] is None:
     values['batch_size'] = DEFAULT_BATCH_SIZE
+  _check_batching(values)
   if values['layout'] == 'packed':
     return Config(**_packed(values))
   if values['max_seq_len'] is None:
