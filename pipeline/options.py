@@ -23,7 +23,7 @@ from sftbeam.transforms.tokenizer_source import EMBEDDED
 # Alpaca data with batch 32 this stores 0.95 real tokens per stored token
 # (powers of two: 0.70). See benchmarks/.
 DEFAULT_BOUNDARIES = tuple(range(16, 513, 16)) + tuple(range(576, 4097, 64))
-# The readers give token ids as int32 (transforms.schema.parse_batch).
+# The readers give token ids as int32 (example_codec.parse_batch).
 MAX_TOKEN_ID = 2**31 - 1
 # A value shown in an error message is cut to about this many characters.
 MAX_SHOWN_CHARS = 80

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT, shared_data
 from sftbeam.pipeline.options import OPTIONS_BY_NAME
-from sftbeam.transforms.schema import decode_example
+from sftbeam.transforms.example_codec import decode_example
 from sftbeam.transforms.tfrecord import iter_records
 
 # Runs the pipeline or large references: `pytest -m "not slow"` skips it.

@@ -7,7 +7,7 @@ import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline, dofn_outputs
-from sftbeam.transforms import schema
+from sftbeam.transforms import example_codec
 from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.padded import (BatchByBucket, BatchShape, PadBatches,
                                        _BatchWithinBundleFn)
@@ -86,7 +86,7 @@ def test_batch_tokens_gives_each_bucket_a_token_budget():
 
 def _parse(serialized):
   return {name: value.numpy() for name, value in
-          schema.parse_batch(tf.constant(serialized)).items()}
+          example_codec.parse_batch(tf.constant(serialized)).items()}
 
 
 def test_pad_batches_directly_to_bucket_width():

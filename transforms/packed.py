@@ -16,7 +16,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import pack, schema
+from sftbeam.transforms import example_codec, pack
 from sftbeam.transforms.batch import BufferPerKeyFn, WithPadIdFn
 from sftbeam.transforms.records import TokenChunk
 
@@ -190,4 +190,5 @@ class PackedBatches(WithPadIdFn):
     stats = pack.packing_stats(arrays)
     stats['supervised_tokens'] = int(arrays['response_mask'].sum())
     yield beam.pvalue.TaggedOutput(self.STATS, stats)
-    yield schema.serialize_batch(arrays, arrays['example_ids'], 'packed')
+    yield example_codec.serialize_batch(arrays, arrays['example_ids'],
+                                        'packed')

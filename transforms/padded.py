@@ -7,7 +7,7 @@ batch holds records of one bucket only: `batch_size` of them, or with
 about T tokens. Partial batches are kept. `BatchByBucket` forms batches by
 either batching strategy (transforms/batch.py); `PadBatches` pads, shifts
 and masks each one (transforms/sft.py) and serializes it
-(transforms/schema.py).
+(transforms/example_codec.py).
 """
 
 import time
@@ -17,7 +17,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import pack, schema, sft
+from sftbeam.transforms import example_codec, pack, sft
 from sftbeam.transforms.batch import (BATCHING_STRATEGIES, BufferPerKeyFn,
                                       WithPadIdFn)
 from sftbeam.transforms.records import TokenChunk
@@ -193,4 +193,4 @@ class PadBatches(WithPadIdFn):
         records, self._pad_id,
         width=bucket if self._pad_to == 'bucket' else None)
     yield beam.pvalue.TaggedOutput(self.STATS, batch_stats(bucket, arrays))
-    yield schema.serialize_batch(arrays, records.example_ids)
+    yield example_codec.serialize_batch(arrays, records.example_ids)
