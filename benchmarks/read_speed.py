@@ -11,8 +11,8 @@ process, warm page cache): seconds, batches/s and MB/s of shard bytes.
   torch             torch_dataset, no DataLoader workers
   tf.data           read_tf_dataset (the same verified records, parsed by
                     TensorFlow); TensorFlow's import is not timed
-  tf.data unchecked TFRecordDataset + parse_batch: the reader before
-                    verification, for comparison
+  tf.data unchecked TFRecordDataset + parse_batch, nothing verified, for
+                    comparison
 """
 
 import argparse

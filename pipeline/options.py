@@ -19,9 +19,9 @@ from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
 from sftbeam.transforms.tokenizer_backend import BACKENDS
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 
-# Every 16 tokens up to 512, then every 64 up to 4096: on the shared GSM8K +
-# Alpaca data with batch 32 this stores 0.95 real tokens per stored token
-# (powers of two: 0.70). See benchmarks/.
+# Every 16 tokens up to 512, then every 64 up to 4096: docs/performance.md
+# compares their padding efficiency with other schemes' (powers of two, a
+# batch's own longest row) on the shared GSM8K + Alpaca data.
 DEFAULT_BOUNDARIES = tuple(range(16, 513, 16)) + tuple(range(576, 4097, 64))
 # The readers give token ids as int32 (example_codec.parse_batch).
 MAX_TOKEN_ID = 2**31 - 1
