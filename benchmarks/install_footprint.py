@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The modules whose DoFns a worker unpickles (pipeline/graph.py's steps).
 WORKER_IMPORTS = ('apache_beam', 'sftbeam.transforms.read',
                   'sftbeam.transforms.parse', 'sftbeam.transforms.tokenize',
-                  'sftbeam.transforms.batch', 'sftbeam.transforms.pad',
+                  'sftbeam.transforms.padded', 'sftbeam.transforms.packed',
                   'sftbeam.transforms.write', 'sftbeam.transforms.stats')
 _IMPORT_PROBE = ('import json, sys, time\n'
                  'started = time.perf_counter()\n'

@@ -11,15 +11,15 @@ process, warm page cache): seconds, batches/s and MB/s of shard bytes.
   torch             torch_dataset, no DataLoader workers
   tf.data           read_tf_dataset (the same verified records, parsed by
                     TensorFlow); TensorFlow's import is not timed
-  tf.data unchecked TFRecordDataset + parse_batch: the reader before
-                    verification, for comparison
+  tf.data unchecked TFRecordDataset + parse_batch, nothing verified, for
+                    comparison
 """
 
 import argparse
 import time
 
 from sftbeam.pipeline import readers
-from sftbeam.transforms import schema
+from sftbeam.transforms import example_codec
 from sftbeam.transforms.tfrecord import describe_shard
 
 
@@ -34,7 +34,7 @@ def _tf_unchecked(output_dir):
   paths = [shard.path for shard in readers.verified_shards(output_dir)]
   compression = 'GZIP' if paths and paths[0].endswith('.gz') else ''
   return tf.data.TFRecordDataset(paths, compression_type=compression).map(
-      schema.parse_batch)
+      example_codec.parse_batch)
 
 
 READERS = {

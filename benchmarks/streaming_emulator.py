@@ -32,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 
 from pubsub_emulator import PubSubEmulator  # pylint: disable=wrong-import-position
-from sftbeam.transforms import schema  # pylint: disable=wrong-import-position
+# pylint: disable-next=wrong-import-position
+from sftbeam.transforms import example_codec, schema
 
 SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
 GSM8K = os.path.join(os.path.dirname(ROOT), 'shared', 'data',
@@ -80,7 +81,8 @@ class ShardWatcher:
         path = os.path.join(self._output_dir, name)
         self._ids[name] = [
             value.decode() for record in tf.data.TFRecordDataset(path)
-            for value in schema.parse_batch(record)[schema.ID_FEATURE].numpy()]
+            for value in example_codec.parse_batch(record)[
+                schema.ID_FEATURE].numpy()]
     return dict(self._ids)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from sftbeam.pipeline import readers
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.transforms import chat, chat_records, schema
+from sftbeam.transforms import chat, chat_records, example_codec, schema
 from sftbeam.transforms.chat_rows import CHAT_ROWS, TRAIN_ON
 from sftbeam.transforms.lines_to_batches import chat_template_text
 from sftbeam.transforms.sft import (SPECIAL_TOKEN_MODES,
@@ -244,7 +244,8 @@ def find_row(output_dir: str, example_id=None, batch=None, row=None):
   row `row` of batch `batch`."""
   for shard_name, number, record in _batches(output_dir):
     if example_id is not None:
-      ids = schema.decode_batch(record, names=(schema.ID_FEATURE,))
+      ids = example_codec.decode_batch(record,
+                                       names=(schema.ID_FEATURE,))
       if example_id not in ids[schema.ID_FEATURE]:
         continue
       decoded = readers.numpy_batch(record)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Tuple
 from sftbeam.transforms import schema
 from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.pack import DEFAULT_PACK_WINDOW
-from sftbeam.transforms.pad import PAD_TO_MODES
+from sftbeam.transforms.padded import PAD_TO_MODES
 from sftbeam.transforms.chat_records import (INPUT_FORMATS,
                                              RESERVED_TEMPLATE_KWARGS)
 from sftbeam.transforms.chat_rows import CHAT_ROWS, TRAIN_ON
@@ -21,11 +21,11 @@ from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
 from sftbeam.transforms.tokenizer_backend import BACKENDS
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 
-# Every 16 tokens up to 512, then every 64 up to 4096: on the shared GSM8K +
-# Alpaca data with batch 32 this stores 0.95 real tokens per stored token
-# (powers of two: 0.70). See benchmarks/.
+# Every 16 tokens up to 512, then every 64 up to 4096: docs/performance.md
+# compares their padding efficiency with other schemes' (powers of two, a
+# batch's own longest row) on the shared GSM8K + Alpaca data.
 DEFAULT_BOUNDARIES = tuple(range(16, 513, 16)) + tuple(range(576, 4097, 64))
-# The readers give token ids as int32 (transforms.schema.parse_batch).
+# The readers give token ids as int32 (example_codec.parse_batch).
 MAX_TOKEN_ID = 2**31 - 1
 # A value shown in an error message is cut to about this many characters.
 MAX_SHOWN_CHARS = 80
@@ -185,7 +185,8 @@ OPTIONS = (
            'each bundle, no shuffle, flat memory; null: "bundle" on local '
            'runners, else "global". Batch runs only: a streaming run '
            'batches globally, a partial batch leaving after '
-           'max_buffering_seconds', choices=BATCHING_STRATEGIES),
+           'max_buffering_seconds. The packed layout packs within each '
+           'bundle: "global" is refused with it', choices=BATCHING_STRATEGIES),
     Option('overwrite', 'bool', False,
            'replace the outputs of an earlier run in --output'),
     Option('streaming', 'bool', False,
@@ -298,6 +299,18 @@ def _packed(values: dict) -> dict:
   return values
 
 
+def _check_batching(values: dict):
+  """`batching: global` fills a padded bucket's batches across workers;
+  the packed layout has no buckets and packs within each bundle, so a
+  batch run refuses it rather than ignore it."""
+  if (values['layout'] == 'packed' and values['batching'] == 'global' and
+      not values['streaming']):
+    raise ConfigError('batching global applies to the padded layout only (a '
+                      'bucket\'s batches fill across workers); the packed '
+                      'layout packs within each bundle: leave batching unset '
+                      'or set it to bundle')
+
+
 def make_config(values: dict) -> Config:
   """Checks the values of every option together and fills in derived ones."""
   if not values['output']:
@@ -317,6 +330,7 @@ def make_config(values: dict) -> Config:
     raise ConfigError('chat_rows per_turn with truncation output_right: a '
                       'per_turn row ends at its own turn, so there are no '
                       'trailing turns to drop; use truncation prompt_left')
+  _check_batching(values)
   if values['layout'] == 'packed':
     return Config(**_packed(values))
   if values['max_seq_len'] is None:

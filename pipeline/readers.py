@@ -34,7 +34,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from sftbeam.transforms import pack, schema
+from sftbeam.transforms import example_codec, pack, schema
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.tfrecord import (CorruptRecord, describe_shard,
                                          iter_records)
@@ -223,9 +223,9 @@ def serialized_batches(output_dir: str, shuffle=False, seed=0, epoch=0,
 
 
 def numpy_batch(serialized: bytes) -> dict:
-  """One Example's bytes as the readers give it (schema.decode_batch, plus
-  `cu_seqlens`/`max_seqlen` for packed batches)."""
-  batch = schema.decode_batch(serialized)
+  """One Example's bytes as the readers give it (example_codec.decode_batch,
+  plus `cu_seqlens`/`max_seqlen` for packed batches)."""
+  batch = example_codec.decode_batch(serialized)
   if 'segment_ids' in batch:
     batch['cu_seqlens'], batch['max_seqlen'] = pack.cu_seqlens(
         batch['segment_ids'])
@@ -261,7 +261,7 @@ def torch_dataset(output_dir: str, *, shuffle: bool = False, seed: int = 0,
 
 def read_tf_dataset(output_dir: str, shuffle: bool = False, seed: int = 0,
                     shuffle_buffer: int = 256):
-  """A tf.data.Dataset of batch dicts (see transforms.schema.parse_batch).
+  """A tf.data.Dataset of batch dicts (see example_codec.parse_batch).
 
   `input_ids`/`labels` int32 [B, L], `response_mask` bool [B, L],
   `prompt_lengths`/`output_lengths` int32 [B], `example_ids` string [B].
@@ -285,5 +285,6 @@ def read_tf_dataset(output_dir: str, shuffle: bool = False, seed: int = 0,
   dataset = tf.data.Dataset.from_generator(
       records, output_signature=tf.TensorSpec((), tf.string))
   layout = info['layout']
-  return dataset.map(lambda serialized: schema.parse_batch(serialized, layout),
-                     num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.map(
+      lambda serialized: example_codec.parse_batch(serialized, layout),
+      num_parallel_calls=tf.data.AUTOTUNE)

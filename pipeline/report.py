@@ -16,7 +16,7 @@ import numpy as np
 
 from sftbeam.pipeline import readers
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.transforms import pack, schema
+from sftbeam.transforms import example_codec, pack, schema
 
 _LENGTH_FEATURES = ('prompt_lengths', 'output_lengths')
 _BAR_WIDTH = 40
@@ -47,7 +47,7 @@ def collect(output_dir: str) -> dict:
   buckets = collections.defaultdict(collections.Counter)
   for shard in readers.verified_shards(output_dir, info):
     for record in readers.shard_records(shard):
-      batch = schema.decode_example(
+      batch = example_codec.decode_example(
           record, names=_LENGTH_FEATURES + (schema.SHAPE_FEATURE,))
       rows, width = (int(value) for value in batch[schema.SHAPE_FEATURE])
       real = batch['prompt_lengths'] + batch['output_lengths'] - 1

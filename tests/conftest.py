@@ -72,3 +72,15 @@ def beam_test_pipeline():
   which downloads a binary)."""
   from apache_beam.testing.test_pipeline import TestPipeline
   return TestPipeline(runner='FnApiRunner')
+
+
+def dofn_outputs(dofn, element):
+  """(main outputs, {tag: tagged outputs}) of one direct process() call."""
+  import apache_beam as beam
+  main, tagged = [], {}
+  for value in dofn.process(element):
+    if isinstance(value, beam.pvalue.TaggedOutput):
+      tagged.setdefault(value.tag, []).append(value.value)
+    else:
+      main.append(value)
+  return main, tagged

@@ -17,8 +17,16 @@ import pytest
 
 from conftest import ROOT, shared_data
 from sftbeam.pipeline.options import OPTIONS_BY_NAME
-from sftbeam.transforms.schema import decode_example
+from sftbeam.transforms.example_codec import decode_example
 from sftbeam.transforms.tfrecord import iter_records
+
+# The harness and its contenders import each other as benchmarks/ does when
+# run as a script.
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+# pylint: disable=wrong-import-position,wrong-import-order
+import run_benchmark
+from contenders import hf_datasets, loop, loop_fast
+# pylint: enable=wrong-import-position,wrong-import-order
 
 # Runs the pipeline or large references: `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -29,15 +37,6 @@ CONTENDERS = ['raw', 'raw-fast', 'sftbeam', 'sftbeam-hf', 'sftbeam-packed',
               'sftbeam-chat', 'loop', 'loop-fast']
 # Every contender but the chat one reads the prompt/output records.
 PROMPT_OUTPUT = [name for name in CONTENDERS if name != 'sftbeam-chat']
-
-
-@pytest.fixture(scope='module')
-def bench():
-  """The benchmark script as a module."""
-  spec = importlib.util.spec_from_file_location('run_benchmark', SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope='module')
@@ -182,7 +181,7 @@ class IdsInText:
             offsets.astype('<u8').tobytes())
 
 
-def test_loop_fast_examples_equal_the_spec_on_edge_cases(bench):
+def test_loop_fast_examples_equal_the_spec_on_edge_cases():
   pad_id = 151643  # a 3-byte varint, as Qwen's
   cases = [([], []), ([7], []), ([], [8, 9]), ([1, 2, 3], [127, 128]),
            ([16383, 16384], [2 ** 21 - 1, 2 ** 21, 2 ** 28 - 1])]
@@ -192,14 +191,14 @@ def test_loop_fast_examples_equal_the_spec_on_edge_cases(bench):
   lines = [json.dumps({'id': f'r-{index}-é', 'prompt': ' '.join(map(
       str, prompt)), 'output': ' '.join(map(str, output))}).encode('utf-8')
            for index, (prompt, output) in enumerate(records)]
-  chunk = bench.read_fast_chunk(lines, IdsInText(), json.loads)
-  examples = list(bench.fast_examples(chunk, pad_id))
+  chunk = loop_fast.read_fast_chunk(lines, IdsInText(), json.loads)
+  examples = list(loop_fast.fast_examples(chunk, pad_id))
   assert [rows for _, rows, _ in examples] == [32, 32, len(cases) - 1]
   for batch, (example, rows, width) in enumerate(examples):
     batch_records = records[batch * 32:batch * 32 + rows]
-    expected = bench.spec_arrays([prompt for prompt, _ in batch_records],
-                                 [output for _, output in batch_records],
-                                 pad_id)
+    expected = loop.spec_arrays([prompt for prompt, _ in batch_records],
+                                [output for _, output in batch_records],
+                                pad_id)
     got = decode_example(example)
     assert width == expected['input_ids'].shape[1]
     np.testing.assert_array_equal(got.pop('shape'), [rows, width])
@@ -210,24 +209,23 @@ def test_loop_fast_examples_equal_the_spec_on_edge_cases(bench):
       np.testing.assert_array_equal(got[name], values.ravel(), err_msg=name)
 
 
-def test_varints_are_protobufs_and_refuse_other_values(bench):
+def test_varints_are_protobufs_and_refuse_other_values():
   values = [0, 1, 127, 128, 300, 16383, 16384, 2 ** 21, 2 ** 28 - 1]
-  data, counts = bench.varints(np.array(values))
-  expected = [bench._varint(value) for value in values]
+  data, counts = loop_fast.varints(np.array(values))
+  expected = [loop_fast._varint(value) for value in values]
   assert data == b''.join(expected)
   assert counts.tolist() == [len(value) for value in expected]
-  assert bench._varint(300) == b'\xac\x02'  # protobuf's own example
+  assert loop_fast._varint(300) == b'\xac\x02'  # protobuf's own example
   for value in (-1, 2 ** 28):
     with pytest.raises(ValueError, match=r'ints in \[0, 2\*\*28\)'):
-      bench.varints(np.array([5, value]))
+      loop_fast.varints(np.array([5, value]))
 
 
-def test_chat_input_cycles_the_conversations_with_unique_ids(bench,
-                                                             tmp_path):
+def test_chat_input_cycles_the_conversations_with_unique_ids(tmp_path):
   with open(shared_data('gsm8k_chat.jsonl'), encoding='utf-8') as handle:
     sources = [json.loads(line)['messages'] for line in handle]
   count = len(sources) + 2
-  with open(bench.build_chat_input(str(tmp_path), count),
+  with open(run_benchmark.build_chat_input(str(tmp_path), count),
             encoding='utf-8') as handle:
     records = [json.loads(line) for line in handle]
   assert [record['id'] for record in records] == [
@@ -235,12 +233,12 @@ def test_chat_input_cycles_the_conversations_with_unique_ids(bench,
   assert [record['messages'] for record in records] == sources + sources[:2]
 
 
-def test_datasets_contender_is_skipped_without_the_extra(bench, monkeypatch,
+def test_datasets_contender_is_skipped_without_the_extra(monkeypatch,
                                                          tmp_path):
   find_spec = importlib.util.find_spec
   monkeypatch.setattr(
       importlib.util, 'find_spec',
       lambda name: None if name == 'datasets' else find_spec(name))
-  row = bench.run_datasets(str(tmp_path / 'input.jsonl'), str(tmp_path))
+  row = hf_datasets.run(str(tmp_path / 'input.jsonl'), str(tmp_path))
   assert row['status'].startswith('skipped: `datasets` is not installed')
-  assert "'.[benchmark]'" in bench.format_table([row])
+  assert "'.[benchmark]'" in run_benchmark.format_table([row])

@@ -60,6 +60,9 @@ CASES = [
      'tokenizer_backend must be one of auto, fastokens, hf'),
     ('bad-batching', None, ['--batching', 'everywhere'],
      'batching must be one of bundle, global'),
+    ('global-batching-with-packed-layout', 'batching: global\n',
+     ['--layout', 'packed'],
+     'batching global applies to the padded layout only'),
     ('bad-truncation-cli', None, ['--truncation', 'middle'],
      'truncation must be one of'),
     ('bad-special-tokens-in-text', None, ['--special_tokens_in_text', 'yes'],
@@ -81,7 +84,7 @@ CASES = [
      'is not empty (1 entries): pass --overwrite'),
     ('output-is-a-file', None, ['--output', '{input}'],
      'is a file, not a directory'),
-    # Values that once passed the checks, or broke the one line.
+    # Values at the edge of a check, or that could break the one line.
     ('pad-id-outside-vocabulary', None, ['--pad_id', '999999999'],
      "pad_id 999999999 is not a token id of tokenizer 'embedded' (its ids "
      'are 0 to 151668)'),

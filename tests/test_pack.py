@@ -230,6 +230,12 @@ def test_varlen_full_rows_of_one_example_stay_apart():
   assert max_seqlen == 4
 
 
+def test_cu_seqlens_without_padding_tails():
+  bounds, longest = cu_seqlens(np.array([[1, 2, 2], [1, 1, 2]]))
+  np.testing.assert_array_equal(bounds, [0, 1, 3, 5, 6])
+  assert longest == 2
+
+
 # ---------------------------------------------------------------- errors
 
 @pytest.mark.parametrize('lengths, capacity, message', [

@@ -20,7 +20,7 @@ from output_rows import rows_by_id
 from sftbeam.readers import (CorruptOutput, IncompleteOutput,
                              iter_numpy_batches, load_dataset_info,
                              read_tf_dataset, torch_dataset)
-from sftbeam.transforms import schema
+from sftbeam.transforms import example_codec, schema
 from sftbeam.transforms.tfrecord import (describe_shard, iter_records,
                                          write_record)
 
@@ -96,8 +96,8 @@ def test_the_writer_describes_every_shard(finished):
 def test_numpy_decoder_equals_tensorflow_parsing_on_real_output(finished):
   for entry in info_of(finished)['shards']:
     for record in iter_records(os.path.join(finished, entry['name'])):
-      batch = schema.decode_batch(record)
-      parsed = schema.parse_batch(tf.constant(record))
+      batch = example_codec.decode_batch(record)
+      parsed = example_codec.parse_batch(tf.constant(record))
       for name in schema.MATRIX_FEATURES + schema.ROW_FEATURES:
         np.testing.assert_array_equal(batch[name], parsed[name].numpy())
       assert batch['example_ids'] == [

@@ -1,62 +1,42 @@
-"""The hand-written Example encoder against TensorFlow's own protobufs."""
+"""The feature table (transforms/schema.py) agrees with what is written:
+dataset_info.json describes exactly the features a batch Example holds."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from sftbeam.transforms import schema
+from sftbeam.transforms import example_codec, pack, schema
 from sftbeam.transforms.sft import pad_shift_mask
 from token_chunks import pairs_chunk
 
-
-def _tf_example(arrays, example_ids):
-  """The same batch built through the protobuf API."""
-  def int64s(values):
-    return tf.train.Feature(int64_list=tf.train.Int64List(
-        value=np.asarray(values).astype(np.int64).ravel().tolist()))
-  feature = {name: int64s(arrays[name]) for name in
-             schema.MATRIX_FEATURES + schema.ROW_FEATURES}
-  feature[schema.SHAPE_FEATURE] = int64s(arrays['input_ids'].shape)
-  feature[schema.ID_FEATURE] = tf.train.Feature(bytes_list=tf.train.BytesList(
-      value=[i.encode('utf-8') for i in example_ids]))
-  return tf.train.Example(features=tf.train.Features(feature=feature))
+CHUNK = pairs_chunk([[1, 2], [5], [8]], [[3, 4], [6, 7], [9]], ['a', 'b', 'c'])
 
 
-@pytest.mark.parametrize('pad_id, width', [(0, None), (151643, 300),
-                                           (2**31 - 1, None)])
-def test_serialize_batch_equals_tensorflow_example(pad_id, width):
-  rng = np.random.default_rng(pad_id)
-  prompts = [rng.integers(0, 2**20, size=rng.integers(1, 90))
-             for _ in range(7)]
-  outputs = [rng.integers(0, 2**20, size=rng.integers(0, 90))
-             for _ in range(7)]
-  arrays = pad_shift_mask(pairs_chunk(prompts, outputs), pad_id, width)
-  example_ids = [f'id-{i}-é' for i in range(7)]
-  serialized = schema.serialize_batch(arrays, example_ids)
-  assert tf.train.Example.FromString(serialized) == _tf_example(
-      arrays, example_ids)
-  parsed = schema.parse_batch(tf.constant(serialized))
-  np.testing.assert_array_equal(parsed['labels'].numpy(), arrays['labels'])
-  np.testing.assert_array_equal(parsed['response_mask'].numpy(),
-                                arrays['response_mask'])
+def batch_arrays(layout: str) -> dict:
+  """A small batch of `layout`: three records, padded or packed into 6."""
+  if layout == 'packed':
+    return pack.packed_arrays(CHUNK, [np.array([0, 2]), np.array([1])], 6, 0)
+  return pad_shift_mask(CHUNK, 0)
 
 
-def test_varints_match_the_protobuf_encoding():
-  values = [0, 1, 127, 128, 300, 16383, 16384, 2**35, 2**63 - 1]
-  expected = tf.train.Int64List(value=values).SerializeToString()
-  # Int64List: key byte 0x0A, payload length, packed varints.
-  assert schema._varints(values) == expected[2:]  # pylint: disable=protected-access
+@pytest.mark.parametrize('layout', sorted(schema.LAYOUTS))
+def test_described_features_are_the_written_ones(layout):
+  written = example_codec.decode_example(example_codec.serialize_batch(
+      batch_arrays(layout), ['a', 'c', 'b'], layout))
+  described = schema.describe_features(layout)
+  assert set(described) == set(written)
+  rows, width = written[schema.SHAPE_FEATURE]
+  for name in schema.LAYOUTS[layout].matrix:
+    assert described[name]['shape'] == '[B*L]'
+    assert written[name].size == rows * width
+  records_per_batch = '[B]' if layout == 'padded' else '[records in the batch]'
+  assert described[schema.ID_FEATURE]['shape'] == records_per_batch
+  assert len(written[schema.ID_FEATURE]) == 3
 
 
-def test_varints_of_every_table_value_match_the_protobuf_encoding():
-  """Values below 2**18 are encoded by table lookup; check all of them."""
-  values = np.arange(2**18)
-  expected = tf.train.Int64List(value=values.tolist()).SerializeToString()
-  assert schema._varints(values) == expected[4:]  # key, 3-byte length
-
-
-def test_negative_values_are_encoded_as_protobuf_does():
-  """Ten bytes of the two's complement, as Int64List writes them."""
-  values = [-1, -2**63, 7, -300]
-  expected = tf.train.Int64List(value=values).SerializeToString()
-  assert schema._varints(np.array(values)) == expected[2:]  # pylint: disable=protected-access
+def test_the_padded_features_are_the_padded_layouts():
+  padded = schema.LAYOUTS['padded']
+  assert (schema.MATRIX_FEATURES, schema.ROW_FEATURES) == (padded.matrix,
+                                                          padded.vectors)
+  packed = schema.LAYOUTS['packed']
+  assert set(padded.matrix) < set(packed.matrix)
+  assert set(padded.vectors) < set(packed.vectors)

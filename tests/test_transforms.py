@@ -11,35 +11,19 @@ import tensorflow as tf
 from apache_beam.io import fileio
 from apache_beam.testing.util import assert_that, equal_to
 
-from conftest import beam_test_pipeline
-from sftbeam.transforms import schema
-from sftbeam.transforms.batch import (BATCHING_STRATEGIES, BatchByBucket,
-                                      BatchShape, _BatchWithinBundleFn)
-from sftbeam.transforms.pad import PadBatches, batch_stats
+from conftest import beam_test_pipeline, dofn_outputs
+from sftbeam.transforms.padded import batch_stats
 from sftbeam.transforms.parse import FieldNames, ParseLines, content_id
 from sftbeam.transforms.read import ReadLineChunks, iter_lines
-from sftbeam.transforms.records import (LineChunk, RecordChunk, Rejected,
-                                        TokenChunk)
+from sftbeam.transforms.records import LineChunk, RecordChunk, Rejected
 from sftbeam.transforms.stats import SumStatsFn, summarize
 from sftbeam.transforms.tokenize import (TokenizeRecords, TokenizeSettings,
                                          fit_lengths)
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 from sftbeam.transforms.write import TFRecordSink, WriteBatches, _JoinSlotFn
-from token_chunks import pairs_chunk
 
 FIELDS = FieldNames()
 GOOD = b'{"prompt": "What is 2+2?", "output": "4", "id": "q1"}'
-
-
-def _outputs(dofn, element):
-  """(main outputs, {tag: tagged outputs}) of one direct process() call."""
-  main, tagged = [], {}
-  for value in dofn.process(element):
-    if isinstance(value, beam.pvalue.TaggedOutput):
-      tagged.setdefault(value.tag, []).append(value.value)
-    else:
-      main.append(value)
-  return main, tagged
 
 
 # ---------------------------------------------------------------- reading
@@ -72,7 +56,7 @@ def test_read_line_chunks_in_pipeline(tmp_path):
 def test_parse_lines_directly():
   chunk = LineChunk('f.jsonl', [(1, GOOD, len(GOOD)), (2, b'  ', 2),
                                 (3, b'[1]', 3), (4, b'\xff', 1)])
-  main, tagged = _outputs(ParseLines(FIELDS, 1000), chunk)
+  main, tagged = dofn_outputs(ParseLines(FIELDS, 1000), chunk)
   assert main[0].example_ids == ['q1']
   assert [(r.line_number, r.reason) for r in tagged['rejected']] == [
       (3, 'not_an_object'), (4, 'invalid_utf8')]
@@ -83,13 +67,13 @@ def test_parse_lines_directly():
 def test_parse_gives_content_ids_and_custom_fields():
   line = b'{"q": "Hi", "a": "Yo"}'
   chunk = LineChunk('f', [(7, line, len(line))])
-  main, _ = _outputs(ParseLines(FieldNames('q', 'a', 'key'), 1000), chunk)
+  main, _ = dofn_outputs(ParseLines(FieldNames('q', 'a', 'key'), 1000), chunk)
   records = main[0]
   assert (records.prompts, records.outputs) == (['Hi'], ['Yo'])
   assert records.example_ids == [content_id('Hi', 'Yo')]
   assert len(records.example_ids[0]) == 16
   line = b'{"q": "Hi", "a": "Yo", "key": ""}'
-  main, _ = _outputs(ParseLines(FieldNames('q', 'a', 'key'), 1000),
+  main, _ = dofn_outputs(ParseLines(FieldNames('q', 'a', 'key'), 1000),
                      LineChunk('f', [(8, line, len(line))]))
   assert main[0].example_ids == [content_id('Hi', 'Yo')]
 
@@ -132,7 +116,7 @@ def _sequence(chunk, index):
 
 
 def test_tokenize_records_directly(tokenize_fn, qwen):
-  main, tagged = _outputs(tokenize_fn, _records(
+  main, tagged = dofn_outputs(tokenize_fn, _records(
       ('a', 'Hello, world!', 'Hi'), ('b', 'Hello', 'word ' * 40),
       ('c', 'Say <|im_end|>', 'ok')))
   [chunk] = main
@@ -175,20 +159,12 @@ def test_tokenize_records_rejects_only_the_record_the_tokenizer_fails_on(
       raise RuntimeError('boom')
     return encode(texts, mode)
   monkeypatch.setattr(dofn._tokenizer.encoder, 'encode', failing)  # pylint: disable=protected-access
-  main, tagged = _outputs(dofn, _records(('a', 'fine', 'ok'),
+  main, tagged = dofn_outputs(dofn, _records(('a', 'fine', 'ok'),
                                          ('b', 'boom', 'x'),
                                          ('c', 'fine too', 'ok')))
   assert main[0].example_ids == ['a', 'c']
   assert [(r.reason, r.message) for r in tagged['rejected']] == [
       ('tokenizer_error', 'RuntimeError: boom')]
-
-
-def test_buckets_pick_smallest_boundary_at_least_model_length():
-  # Records of 2, 5 and 6 tokens: model lengths L = 1, 4 and 5.
-  chunk = TokenChunk.from_sequences(
-      ['a', 'b', 'c'], [[1] * 2, [1] * 5, [1] * 6],
-      [[False, True], [False] * 4 + [True], [False] * 5 + [True]])
-  assert BatchShape((4, 8), 32).buckets(chunk).tolist() == [4, 4, 8]
 
 
 @pytest.mark.parametrize('mode, prompt_start, output_end', [
@@ -202,107 +178,6 @@ def test_fit_lengths_truncates(mode, prompt_start, output_end):
                                                        output_end)
   assert fit.truncated.tolist() == [True]
   assert fit.does_not_fit.tolist() == [0]
-
-
-# ---------------------------------------------------------------- batching
-
-def _chunk(*records):
-  """A TokenChunk of (example_id, prompt ids, output ids)."""
-  example_ids, prompts, outputs = zip(*records)
-  return pairs_chunk(prompts, outputs, list(example_ids))
-
-
-def _lengths_chunk(example_ids, length):
-  """Records of `length` tokens each (a 1-token prompt)."""
-  return _chunk(*[(i, [1], [2] * (length - 1)) for i in example_ids])
-
-
-SHAPE = BatchShape((8, 16), batch_size=2)
-
-
-def _batch_sizes(keyed_batches):
-  return keyed_batches | beam.Map(lambda kv: (kv[0], len(kv[1])))
-
-
-@pytest.mark.parametrize('batching', BATCHING_STRATEGIES)
-def test_batch_by_bucket_both_strategies_in_pipeline(batching):
-  chunks = [TokenChunk.concat([_lengths_chunk('abc', 5),
-                               _lengths_chunk('d', 12)]),
-            _lengths_chunk('ef', 3)]
-  with beam_test_pipeline() as root:
-    batches = (root | beam.Create(chunks)
-               | BatchByBucket(SHAPE, batching))
-    assert_that(_batch_sizes(batches),
-                equal_to([(8, 2), (8, 2), (8, 1), (16, 1)]))
-    assert_that(batches | beam.FlatMap(lambda kv: kv[1].example_ids),
-                equal_to(list('abcdef')), label='EveryRecordOnce')
-
-
-def test_batch_within_bundle_directly_flushes_partials_at_bundle_end():
-  dofn = _BatchWithinBundleFn(SHAPE)
-  dofn.start_bundle()
-  full = list(dofn.process(_lengths_chunk('ab', 5)))
-  assert [(bucket, batch.example_ids) for bucket, batch in full] == [
-      (8, ['a', 'b'])]
-  assert not list(dofn.process(TokenChunk.concat([
-      _lengths_chunk('c', 5), _lengths_chunk('d', 12)])))
-  partial = [windowed.value for windowed in dofn.finish_bundle()]
-  assert [(bucket, batch.example_ids) for bucket, batch in partial] == [
-      (8, ['c']), (16, ['d'])]
-
-
-def test_batch_tokens_gives_each_bucket_a_token_budget():
-  shape = BatchShape((8, 16), batch_size=None, batch_tokens=40)
-  assert (shape.rows(8), shape.rows(16)) == (5, 2)
-  assert BatchShape((64,), None, batch_tokens=10).rows(64) == 1
-  dofn = _BatchWithinBundleFn(shape)
-  dofn.start_bundle()
-  full = list(dofn.process(TokenChunk.concat([
-      _lengths_chunk([f's{i}' for i in range(11)], 5),
-      _lengths_chunk([f'l{i}' for i in range(5)], 12)])))
-  assert [(bucket, len(batch)) for bucket, batch in full] == [
-      (8, 5), (8, 5), (16, 2), (16, 2)]
-  for bucket, batch in full:
-    assert len(batch) * bucket <= 40
-
-
-def _parse(serialized):
-  return {name: value.numpy() for name, value in
-          schema.parse_batch(tf.constant(serialized)).items()}
-
-
-def test_pad_batches_directly_to_bucket_width():
-  dofn = PadBatches('bucket', pad_id=0, tokenizer=EMBEDDED, backend='auto')
-  dofn.setup()
-  main, tagged = _outputs(dofn, (8, _chunk(('a', [1, 2], [3]),
-                                           ('b', [4], [5, 6, 7]))))
-  batch = _parse(main[0])
-  assert batch['input_ids'].tolist() == [[1, 2, 3, 0, 0, 0, 0, 0],
-                                         [4, 5, 6, 7, 0, 0, 0, 0]]
-  assert batch['labels'].tolist() == [[2, 3, 0, 0, 0, 0, 0, 0],
-                                      [5, 6, 7, 0, 0, 0, 0, 0]]
-  assert batch['response_mask'].astype(int).tolist() == [
-      [0, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0]]
-  assert batch['example_ids'].tolist() == [b'a', b'b']
-  assert tagged['stats'] == [{
-      'records_written': 2, 'batches_written': 1, 'bucket/8/records': 2,
-      'bucket/8/batches': 1, 'real_tokens': 5, 'stored_tokens': 16,
-      'supervised_tokens': 4}]
-
-
-def test_pad_batches_in_pipeline_to_longest():
-  with beam_test_pipeline() as root:
-    shapes = (root | beam.Create([(8, _chunk(('a', [1, 2], [3])))])
-              | beam.ParDo(PadBatches('longest', 0, EMBEDDED, 'auto'))
-              | beam.Map(lambda s: _parse(s)['input_ids'].shape))
-    assert_that(shapes, equal_to([(1, 2)]))
-
-
-def test_pad_batches_resolves_pad_id_from_tokenizer():
-  dofn = PadBatches('longest', None, EMBEDDED, 'auto')
-  dofn.setup()
-  main, _ = _outputs(dofn, (8, _chunk(('a', [1, 2], [3]), ('b', [1], [3]))))
-  assert _parse(main[0])['labels'][1].tolist() == [3, 151643]
 
 
 # ------------------------------------------------------- writing and stats

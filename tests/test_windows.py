@@ -13,8 +13,8 @@ from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from sftbeam.transforms.batch import (BatchByBucket, BatchShape,
-                                      PackIntoRows, PackShape)
+from sftbeam.transforms.packed import PackIntoRows, PackShape
+from sftbeam.transforms.padded import BatchByBucket, BatchShape
 from sftbeam.transforms.windows import (ALLOWED_LATENESS_SECONDS,
                                         IntoWriteWindows, write_windows)
 from token_chunks import pairs_chunk

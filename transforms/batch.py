@@ -1,16 +1,11 @@
-"""Grouping tokenized records into batches: padded buckets or packed rows.
+"""What the two layouts' Beam steps share: the batching strategies, a
+per-key buffer, and the pad id.
 
-Padded layout: a record's bucket is the smallest boundary >= L = prompt +
-output - 1; a batch holds records of one bucket only: `batch_size` of them,
-or with `batch_tokens` T, max(1, T // boundary) of them, so that every
-batch holds about T tokens. Partial batches are kept.
+The padded layout (transforms/padded.py) groups records into length
+buckets and pads each batch; the packed layout (transforms/packed.py) packs
+whole records into rows of `pack_length` (the arithmetic: transforms/pack.py).
 
-Packed layout: records gather into windows of `pack_window`; each window is
-packed into rows of `pack_length` by best fit decreasing
-(transforms/pack.py), and rows into batches of `batch_size` rows (or
-max(1, T // pack_length) with `batch_tokens`).
-
-Two strategies, one name each (the option `batching`):
+Two batching strategies, one name each (the option `batching`):
   bundle  each bundle batches its own records with one open batch per
           bucket, no shuffle: a local runner's bundle spans the whole input,
           and memory stays flat.
@@ -18,108 +13,27 @@ Two strategies, one name each (the option `batching`):
           keyed by bucket), so that a distributed runner fills batches from
           every worker; with `max_buffering_seconds` (streaming) a partial
           batch also leaves that long after its first record.
-Both move TokenChunks (records as arrays), never one element per record.
+A batch run of the packed layout packs within each bundle; a streaming run
+packs per flush of a `BufferPerKeyFn`. Both layouts move TokenChunks
+(records as arrays), never one element per record.
 """
 
 import time
-from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
+from typing import Optional
 
 import apache_beam as beam
-import numpy as np
 from apache_beam import coders
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import pack
+from sftbeam.transforms import sft
 from sftbeam.transforms.records import TokenChunk
+from sftbeam.transforms.tokenizer_source import shared_tokenizer
 
 BATCHING_STRATEGIES = ('bundle', 'global')
 
 
-class BatchShape:
-  """Which bucket a record goes to, and how many rows a bucket's batch has."""
-
-  def __init__(self, boundaries: Sequence[int], batch_size: int,
-               batch_tokens: Optional[int] = None):
-    self.boundaries = np.asarray(boundaries, dtype=np.int64)
-    self.batch_size = batch_size
-    self.batch_tokens = batch_tokens
-
-  def buckets(self, chunk: TokenChunk) -> np.ndarray:
-    """int64 [n]: the bucket boundary of each record of `chunk`."""
-    return self.boundaries[np.searchsorted(self.boundaries,
-                                           chunk.lengths - 1)]
-
-  def rows(self, bucket: int) -> int:
-    """Rows of a full batch of `bucket`."""
-    if self.batch_tokens:
-      return pack.rows_per_batch(int(bucket), self.batch_tokens)
-    return self.batch_size
-
-  def by_bucket(self, chunk: TokenChunk) -> Iterator[Tuple[int, TokenChunk]]:
-    """(bucket, its records of `chunk`) for every bucket present."""
-    buckets = self.buckets(chunk)
-    order = np.argsort(buckets, kind='stable')
-    sorted_buckets = buckets[order]
-    starts = np.flatnonzero(np.diff(sorted_buckets, prepend=-1))
-    for start, end in zip(starts, list(starts[1:]) + [len(order)]):
-      yield int(sorted_buckets[start]), chunk.take(order[start:end])
-
-  def cut(self, bucket: int, records: TokenChunk):
-    """(full batches of `records`, the records left over or None)."""
-    rows = self.rows(bucket)
-    full = len(records) // rows
-    batches = [records.take(np.arange(index * rows, (index + 1) * rows))
-               for index in range(full)]
-    rest = None
-    if full * rows < len(records):
-      rest = records if not full else records.take(
-          np.arange(full * rows, len(records)))
-    return batches, rest
-
-
-class _BatchWithinBundleFn(beam.DoFn):
-  """TokenChunk -> (bucket, TokenChunk of one batch), within one bundle.
-
-  Keeps one open batch per bucket; full batches leave at once, partial
-  ones when the bundle ends. Bounded, globally windowed input only.
-  """
-
-  def __init__(self, shape: BatchShape):
-    self._shape = shape
-    self._open = None  # bucket -> TokenChunk of its open batch
-
-  def start_bundle(self):
-    self._open = {}
-
-  def process(self, chunk: TokenChunk):
-    for bucket, records in self._shape.by_bucket(chunk):
-      if bucket in self._open:
-        records = TokenChunk.concat([self._open.pop(bucket), records])
-      batches, rest = self._shape.cut(bucket, records)
-      for batch in batches:
-        yield bucket, batch
-      if rest is not None:
-        self._open[bucket] = rest
-
-  def finish_bundle(self):
-    for bucket, batch in self._open.items():
-      yield GlobalWindows.windowed_value((bucket, batch))
-    self._open = None
-
-
-class _ByBucketFn(beam.DoFn):
-  """TokenChunk -> (bucket, its records of the chunk) per bucket."""
-
-  def __init__(self, shape: BatchShape):
-    self._shape = shape
-
-  def process(self, chunk: TokenChunk):
-    yield from self._shape.by_bucket(chunk)
-
-
-class _BufferPerKeyFn(beam.DoFn):
+class BufferPerKeyFn(beam.DoFn):
   """(key, TokenChunk) -> outputs of what a key's buffer held, per key.
 
   GroupIntoBatches for pieces that hold many records: state keeps a key's
@@ -194,203 +108,17 @@ class _BufferPerKeyFn(beam.DoFn):
     yield from outputs
 
 
-class _BatchPerBucketFn(_BufferPerKeyFn):
-  """(bucket, TokenChunk) -> (bucket, TokenChunk of one batch), per key:
-  full batches as soon as they fill, a partial one when the buffer is
-  flushed (see _BufferPerKeyFn)."""
+class WithPadIdFn(beam.DoFn):
+  """A DoFn that pads with `pad_id`, else the run's tokenizer's pad (or
+  eos) id, resolved on the worker (a gs:// tokenizer is never read at
+  graph-construction time)."""
 
-  def __init__(self, shape: BatchShape, max_buffering_seconds=None,
-               clock=time.time):
-    super().__init__(max_buffering_seconds, clock)
-    self._shape = shape
+  def __init__(self, pad_id: Optional[int], tokenizer: str, backend: str):
+    self._pad_id = pad_id
+    self._tokenizer = tokenizer
+    self._backend = backend
 
-  def _capacity(self, bucket) -> int:
-    return self._shape.rows(bucket)
-
-  def _emit(self, bucket, chunk: TokenChunk, finished: bool):
-    batches, rest = self._shape.cut(bucket, chunk)
-    if finished and rest is not None:
-      batches, rest = batches + [rest], None
-    return [(bucket, batch) for batch in batches], rest
-
-
-class BatchByBucket(beam.PTransform):
-  """TokenChunks -> (bucket, TokenChunk of one batch) per batch.
-
-  `batching` is "bundle" or "global" (see the module docstring);
-  `max_buffering_seconds` applies to "global".
-  """
-
-  def __init__(self, shape: BatchShape, batching: str = 'global',
-               max_buffering_seconds: Optional[float] = None,
-               clock=time.time):
-    super().__init__()
-    if batching not in BATCHING_STRATEGIES:
-      raise ValueError(f'unknown batching {batching!r}')
-    self._shape = shape
-    self._batching = batching
-    self._max_buffering_seconds = max_buffering_seconds
-    self._clock = clock
-
-  def expand(self, chunks):
-    if self._batching == 'bundle':
-      return chunks | 'BatchWithinBundle' >> beam.ParDo(
-          _BatchWithinBundleFn(self._shape))
-    return (chunks
-            | 'ByBucket' >> beam.ParDo(_ByBucketFn(self._shape))
-            .with_output_types(Tuple[int, TokenChunk])
-            | 'BatchPerBucket' >> beam.ParDo(_BatchPerBucketFn(
-                self._shape, self._max_buffering_seconds, self._clock)))
-
-
-class PackedRows(NamedTuple):
-  """Whole rows of packed records: `chunk` holds their records in row
-  order, `examples_per_row` how many of them each row takes."""
-  chunk: TokenChunk
-  examples_per_row: np.ndarray
-
-  def rows(self) -> list:
-    """Each row's record indices into `chunk`."""
-    ends = np.cumsum(self.examples_per_row)
-    return [np.arange(end - count, end)
-            for end, count in zip(ends, self.examples_per_row)]
-
-  def cut(self, rows: int, keep_partial: bool):
-    """(batches of `rows` rows each, the rows left over or None). Without
-    `keep_partial` every row goes into a batch, the last one short."""
-    row_count = len(self.examples_per_row)
-    kept = row_count % rows if keep_partial else 0
-    record_ends = np.concatenate([[0], np.cumsum(self.examples_per_row)])
-
-    def between(first: int, end: int) -> 'PackedRows':
-      return PackedRows(
-          self.chunk.take(np.arange(record_ends[first], record_ends[end])),
-          self.examples_per_row[first:end])
-
-    batched = row_count - kept
-    batches = [between(first, min(first + rows, batched))
-               for first in range(0, batched, rows)]
-    return batches, (between(batched, row_count) if kept else None)
-
-  @staticmethod
-  def concat(parts) -> 'PackedRows':
-    parts = list(parts)
-    return PackedRows(TokenChunk.concat([part.chunk for part in parts]),
-                      np.concatenate([part.examples_per_row
-                                      for part in parts]))
-
-
-def pack_rows(records: TokenChunk, pack_length: int) -> PackedRows:
-  """`records` packed into rows of `pack_length` (best fit decreasing)."""
-  rows = pack.best_fit_decreasing(records.lengths - 1, pack_length)
-  return PackedRows(records.take(np.concatenate(rows)),
-                    np.fromiter(map(len, rows), np.int64, len(rows)))
-
-
-class PackShape(NamedTuple):
-  pack_length: int
-  pack_window: int
-  rows: int  # rows per batch
-
-
-class _Packer:
-  """Windows of records -> batches of packed rows, rows left over kept."""
-
-  def __init__(self, shape: PackShape):
-    self._shape = shape
-    self._window = []  # TokenChunks of the open window
-    self._held = 0  # records in the open window
-    self._rows = None  # PackedRows not yet in a full batch
-
-  def add(self, chunk: TokenChunk):
-    """Full batches (PackedRows) that adding `chunk` completes."""
-    self._window.append(chunk)
-    self._held += len(chunk)
-    if self._held < self._shape.pack_window:
-      return []
-    return self._pack_window(keep_partial=True)
-
-  def flush(self):
-    """Every batch still open, the last one partial."""
-    return self._pack_window(keep_partial=False)
-
-  def _pack_window(self, keep_partial: bool):
-    parts = [] if self._rows is None else [self._rows]
-    if self._window:
-      parts.append(pack_rows(TokenChunk.concat(self._window),
-                             self._shape.pack_length))
-    self._window, self._held = [], 0
-    if not parts:
-      return []
-    batches, self._rows = PackedRows.concat(parts).cut(self._shape.rows,
-                                                       keep_partial)
-    return batches
-
-
-class _PackWithinBundleFn(beam.DoFn):
-  """TokenChunk -> (pack_length, PackedRows of one batch), per bundle."""
-
-  def __init__(self, shape: PackShape):
-    self._shape = shape
-    self._packer = None
-
-  def start_bundle(self):
-    self._packer = _Packer(self._shape)
-
-  def process(self, chunk: TokenChunk):
-    for batch in self._packer.add(chunk):
-      yield self._shape.pack_length, batch
-
-  def finish_bundle(self):
-    for batch in self._packer.flush():
-      yield GlobalWindows.windowed_value((self._shape.pack_length, batch))
-    self._packer = None
-
-
-class _PackPerFlushFn(_BufferPerKeyFn):
-  """(0, TokenChunk) -> (pack_length, PackedRows of one batch), streaming.
-
-  The buffer holds the records since the last flush; a flush, when they
-  reach pack_window or `max_buffering_seconds` after the first of them,
-  packs what it holds into batches (the last one perhaps partial).
-  """
-
-  def __init__(self, shape: PackShape, max_buffering_seconds: float,
-               clock=time.time):
-    super().__init__(max_buffering_seconds, clock)
-    self._shape = shape
-
-  def _capacity(self, key) -> int:
-    return self._shape.pack_window
-
-  def _emit(self, key, chunk: TokenChunk, finished: bool):
-    packer = _Packer(self._shape)
-    batches = packer.add(chunk) + packer.flush()
-    return [(self._shape.pack_length, batch) for batch in batches], None
-
-
-class PackIntoRows(beam.PTransform):
-  """TokenChunks -> (pack_length, PackedRows of one batch) per batch.
-
-  Packs within each bundle (each worker packs what it reads; no shuffle),
-  or, with `max_buffering_seconds` (streaming, where bundles are small),
-  per flush of a stateful step.
-  """
-
-  def __init__(self, shape: PackShape,
-               max_buffering_seconds: Optional[float] = None,
-               clock=time.time):
-    super().__init__()
-    self._shape = shape
-    self._max_buffering_seconds = max_buffering_seconds
-    self._clock = clock
-
-  def expand(self, chunks):
-    if self._max_buffering_seconds is None:
-      return chunks | 'PackWithinBundle' >> beam.ParDo(
-          _PackWithinBundleFn(self._shape))
-    return (chunks
-            | 'OneKey' >> beam.Map(lambda chunk: (0, chunk))
-            .with_output_types(Tuple[int, TokenChunk])
-            | 'PackPerFlush' >> beam.ParDo(_PackPerFlushFn(
-                self._shape, self._max_buffering_seconds, self._clock)))
+  def setup(self):
+    if self._pad_id is None:
+      self._pad_id = sft.resolve_pad_id(
+          shared_tokenizer(self._tokenizer, self._backend).tokenizer)

@@ -13,9 +13,8 @@ from typing import Optional
 
 import apache_beam as beam
 
-from sftbeam.transforms.batch import (BatchByBucket, BatchShape,
-                                      PackIntoRows, PackShape)
-from sftbeam.transforms.pad import PackedBatches, PadBatches
+from sftbeam.transforms.packed import PackedBatches, PackIntoRows, PackShape
+from sftbeam.transforms.padded import BatchByBucket, BatchShape, PadBatches
 from sftbeam.transforms.parse import FieldNames, ParseLines
 from sftbeam.transforms.stats import rejection_stats
 from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings

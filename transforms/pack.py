@@ -23,10 +23,10 @@ import numpy as np
 
 from sftbeam.transforms.records import TokenChunk
 
-# Records packed together, chosen with benchmarks/packing_efficiency.py (see
-# docs/packing.md): on GSM8K + Alpaca, 1,000 is the smallest window tried
-# that packs to 0.98 at both 2048 (0.986) and 4096 (0.98) tokens a row;
-# doubling it gains 0.005 at 2048 for twice the memory and latency.
+# Records packed together: the smallest window tried with
+# benchmarks/packing_efficiency.py that packs to 0.98 of the stored tokens at
+# both 2048 and 4096 tokens a row; larger windows gain little for more memory
+# and latency (docs/packing.md has the measurements).
 DEFAULT_PACK_WINDOW = 1000
 
 

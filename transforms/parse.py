@@ -147,8 +147,8 @@ def _decode_fast(line: bytes, fields: FieldNames):
   """The decoded JSON value of a line by orjson, or None when the exact
   decoder must decide.
 
-  orjson decodes about 5x faster than the json module, from the bytes,
-  but differs from it on a few inputs: it keeps the last of repeated keys
+  orjson decodes faster than the json module (docs/performance.md), from
+  the bytes, but differs from it on a few inputs: it keeps the last of repeated keys
   silently, refuses invalid UTF-8, NaN, lone surrogates, 1e400 and deep
   nesting, and reads integers beyond 64 bits as floats. Its result is used
   only where none of that can matter, so every accept/reject decision is

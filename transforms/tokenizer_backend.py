@@ -2,9 +2,9 @@
 
   hf         HuggingFace tokenizers' own Rust encoder: the reference.
   fastokens  a Rust reimplementation of the same encoding (PyPI `fastokens`),
-             60-70x faster than hf on a whole chunk of texts (raw-fast
-             against raw in benchmarks/run_benchmark.py), with every
-             input's ids in one flat buffer instead of a list per text.
+             many times faster than hf on a whole chunk of texts (raw-fast
+             against raw in docs/performance.md), with every input's ids
+             in one flat buffer instead of a list per text.
   auto       fastokens when it loads the tokenizer and gives hf's ids on the
              probe texts (transforms/probe_texts.py) and on the first texts
              it is asked to encode; otherwise hf, with one warning line.

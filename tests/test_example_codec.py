@@ -1,23 +1,24 @@
-"""The numpy Example decoder against TensorFlow's protobufs and parser."""
+"""The Example codec (transforms/example_codec.py) against TensorFlow's
+own protobufs and parser: the hand-written encoder, and the numpy decoder."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from sftbeam.pipeline.readers import numpy_batch
-from sftbeam.transforms.pack import cu_seqlens
-from sftbeam.transforms import schema
+from sftbeam.transforms import example_codec, schema
 from sftbeam.transforms.sft import pad_shift_mask
 from token_chunks import pairs_chunk
 
 
-def random_batch(seed, rows=7):
+def random_batch(seed, rows=7, pad_id=151643, width=None):
+  """(a padded batch's arrays, its example ids) of random records."""
   rng = np.random.default_rng(seed)
   prompts = [rng.integers(0, 2**20, size=rng.integers(1, 90))
              for _ in range(rows)]
   outputs = [rng.integers(0, 2**20, size=rng.integers(0, 90))
              for _ in range(rows)]
-  return pad_shift_mask(pairs_chunk(prompts, outputs), 151643), [
+  return pad_shift_mask(pairs_chunk(prompts, outputs), pad_id, width), [
       f'id-{i}-é' for i in range(rows)]
 
 
@@ -37,10 +38,52 @@ def tf_example(features: dict) -> bytes:
   })).SerializeToString()
 
 
+# ---------------------------------------------------------------- encoding
+
+@pytest.mark.parametrize('pad_id, width', [(0, None), (151643, 300),
+                                           (2**31 - 1, None)])
+def test_serialize_batch_equals_tensorflow_example(pad_id, width):
+  arrays, example_ids = random_batch(pad_id, pad_id=pad_id, width=width)
+  serialized = example_codec.serialize_batch(arrays, example_ids)
+  features = {name: arrays[name]
+              for name in schema.MATRIX_FEATURES + schema.ROW_FEATURES}
+  features.update(shape=arrays['input_ids'].shape, example_ids=[
+      example_id.encode('utf-8') for example_id in example_ids])
+  assert tf.train.Example.FromString(serialized) == (
+      tf.train.Example.FromString(tf_example(features)))
+  parsed = example_codec.parse_batch(tf.constant(serialized))
+  np.testing.assert_array_equal(parsed['labels'].numpy(), arrays['labels'])
+  np.testing.assert_array_equal(parsed['response_mask'].numpy(),
+                                arrays['response_mask'])
+
+
+def test_varints_match_the_protobuf_encoding():
+  values = [0, 1, 127, 128, 300, 16383, 16384, 2**35, 2**63 - 1]
+  expected = tf.train.Int64List(value=values).SerializeToString()
+  # Int64List: key byte 0x0A, payload length, packed varints.
+  assert example_codec._varints(values) == expected[2:]  # pylint: disable=protected-access
+
+
+def test_varints_of_every_table_value_match_the_protobuf_encoding():
+  """Values below 2**18 are encoded by table lookup; check all of them."""
+  values = np.arange(2**18)
+  expected = tf.train.Int64List(value=values.tolist()).SerializeToString()
+  assert example_codec._varints(values) == expected[4:]  # key, 3-byte length
+
+
+def test_negative_values_are_encoded_as_protobuf_does():
+  """Ten bytes of the two's complement, as Int64List writes them."""
+  values = [-1, -2**63, 7, -300]
+  expected = tf.train.Int64List(value=values).SerializeToString()
+  assert example_codec._varints(np.array(values)) == expected[2:]  # pylint: disable=protected-access
+
+
+# ---------------------------------------------------------------- decoding
+
 @pytest.mark.parametrize('seed', range(5))
 def test_decode_batch_inverts_serialize_batch(seed):
   arrays, example_ids = random_batch(seed)
-  batch = schema.decode_batch(schema.serialize_batch(arrays, example_ids))
+  batch = example_codec.decode_batch(example_codec.serialize_batch(arrays, example_ids))
   assert batch['example_ids'] == example_ids
   for name in schema.MATRIX_FEATURES + schema.ROW_FEATURES:
     np.testing.assert_array_equal(batch[name], arrays[name])
@@ -52,9 +95,9 @@ def test_decode_batch_inverts_serialize_batch(seed):
 @pytest.mark.parametrize('seed', range(3))
 def test_decode_batch_equals_tensorflow_parse(seed):
   arrays, example_ids = random_batch(seed, rows=32)
-  serialized = schema.serialize_batch(arrays, example_ids)
-  parsed = schema.parse_batch(tf.constant(serialized))
-  batch = schema.decode_batch(serialized)
+  serialized = example_codec.serialize_batch(arrays, example_ids)
+  parsed = example_codec.parse_batch(tf.constant(serialized))
+  batch = example_codec.decode_batch(serialized)
   for name in schema.MATRIX_FEATURES + schema.ROW_FEATURES:
     np.testing.assert_array_equal(batch[name], parsed[name].numpy())
   assert batch['example_ids'] == [
@@ -65,7 +108,7 @@ def test_decode_example_reads_any_tensorflow_example():
   """Negative and 64-bit values (10-byte varints), floats, empty lists,
   and features in TensorFlow's own order."""
   values = [0, 1, 127, 128, 300, 2**21, 2**35, 2**63 - 1, -1, -2**63]
-  decoded = schema.decode_example(tf_example({
+  decoded = example_codec.decode_example(tf_example({
       'big': values, 'empty': np.zeros(0, np.int64),
       'floats': np.array([0.5, -2.0], np.float32),
       'words': [b'a', b'', b'\xff\x00']}))
@@ -79,12 +122,12 @@ def test_decode_example_reads_any_tensorflow_example():
 def test_decode_varints_of_every_table_value():
   values = np.arange(2**18)
   encoded = tf.train.Int64List(value=values.tolist()).SerializeToString()
-  np.testing.assert_array_equal(schema.decode_varints(encoded, 4), values)
+  np.testing.assert_array_equal(example_codec.decode_varints(encoded, 4), values)
 
 
 def test_only_the_named_features_are_decoded():
   arrays, example_ids = random_batch(0)
-  batch = schema.decode_batch(schema.serialize_batch(arrays, example_ids),
+  batch = example_codec.decode_batch(example_codec.serialize_batch(arrays, example_ids),
                               names=('prompt_lengths',))
   assert set(batch) == {'prompt_lengths'}
 
@@ -113,21 +156,15 @@ def test_packed_batches_decode_generically():
   assert batch['max_seqlen'] == 6
 
 
-def test_cu_seqlens_without_padding_tails():
-  bounds, longest = cu_seqlens(np.array([[1, 2, 2], [1, 1, 2]]))
-  np.testing.assert_array_equal(bounds, [0, 1, 3, 5, 6])
-  assert longest == 2
-
-
 @pytest.mark.parametrize('cut', [1, 10, 100])
 def test_a_cut_example_is_a_decode_error(cut):
   arrays, example_ids = random_batch(0)
-  serialized = schema.serialize_batch(arrays, example_ids)
-  with pytest.raises(schema.DecodeError):
-    schema.decode_batch(serialized[:-cut])
+  serialized = example_codec.serialize_batch(arrays, example_ids)
+  with pytest.raises(example_codec.DecodeError):
+    example_codec.decode_batch(serialized[:-cut])
 
 
 def test_a_matrix_of_the_wrong_size_is_a_decode_error():
   serialized = tf_example({'input_ids': np.arange(5), 'shape': [2, 3]})
-  with pytest.raises(schema.DecodeError, match='input_ids'):
-    schema.decode_batch(serialized)
+  with pytest.raises(example_codec.DecodeError, match='input_ids'):
+    example_codec.decode_batch(serialized)
