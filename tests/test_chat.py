@@ -22,9 +22,11 @@ import pytest
 import tokenizers
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from conftest import ROOT, shared_data
+from conftest import ROOT, dofn_outputs, shared_data
 from sftbeam.transforms import chat, chat_records
 from sftbeam.transforms.chat_records import ChatRejected, parse_conversation
+from sftbeam.transforms.records import RecordChunk
+from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
 from sftbeam.transforms.tokenizer_source import (EMBEDDED,
                                                  embedded_tokenizer_dir,
                                                  load_tokenizer)
@@ -849,3 +851,54 @@ def test_chat_sample(renderer, encode):
 def _sample():
   with open(CHAT_SAMPLE, encoding='utf-8') as lines:
     return [json.loads(line) for line in lines]
+
+
+# ------------------------------------------------------- the Beam step
+
+def test_the_tokenize_step_writes_per_turn_ids_and_counts(qwen):
+  """TokenizeRecords on a chunk of a prompt/output record and two
+  conversations: per_turn ids, one rejection, the chat counts."""
+  settings = TokenizeSettings(tokenizer=EMBEDDED, max_seq_len=4096,
+                              chat_rows='per_turn')
+  dofn = TokenizeRecords(settings)
+  dofn.setup()
+  records = RecordChunk.empty('f')
+  records.add(1, 'po', b'{}', 'Say hi.', 'Hi!')
+  for number, name in ((2, 'two_user_turns_with_reasoning'),
+                       (3, 'ends_with_user')):
+    records.add(number, name, b'{}',
+                conversation=parse_conversation(CASES[name][0]))
+  [chunk], tagged = dofn_outputs(dofn, records)
+  assert sorted(chunk.example_ids) == [
+      'po', 'two_user_turns_with_reasoning#1',
+      'two_user_turns_with_reasoning#3']
+  [rejected] = tagged[TokenizeRecords.REJECTED]
+  assert (rejected.line_number, rejected.reason) == (3, 'template_drops_field')
+  [stats] = tagged[TokenizeRecords.STATS]
+  assert (stats['chat_records'], stats['chat_extra_rows'],
+          stats['assistant_turns'], stats['reasoning_turns_learned']) == (
+              2, 1, 2, 2)
+
+
+def test_without_a_chat_template_each_chat_record_is_rejected(tmp_path):
+  """input_format auto: prompt/output records are written, conversations
+  rejected no_chat_template, when the tokenizer has no template."""
+  for name in os.listdir(embedded_tokenizer_dir()):
+    with open(os.path.join(embedded_tokenizer_dir(), name), 'rb') as handle:
+      data = handle.read()
+    if name == 'tokenizer_config.json':
+      config = json.loads(data)
+      config.pop('chat_template', None)
+      data = json.dumps(config).encode()
+    (tmp_path / name).write_bytes(data)
+  dofn = TokenizeRecords(TokenizeSettings(tokenizer=str(tmp_path),
+                                          max_seq_len=4096))
+  dofn.setup()
+  records = RecordChunk.empty('f')
+  records.add(1, 'po', b'{}', 'Say hi.', 'Hi!')
+  records.add(2, 'c', b'{}', conversation=parse_conversation(
+      CASES['one_turn'][0]))
+  [chunk], tagged = dofn_outputs(dofn, records)
+  assert chunk.example_ids == ['po']
+  [rejected] = tagged[TokenizeRecords.REJECTED]
+  assert rejected.reason == 'no_chat_template'

@@ -29,8 +29,8 @@ import bisect
 import functools
 import json
 import re
-from typing import (Callable, Dict, Iterator, List, NamedTuple, Optional,
-                    Sequence, Tuple)
+from typing import (Callable, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import jinja2
 
@@ -213,7 +213,7 @@ def _pieces(row: RowText) -> List[_Piece]:
 
 
 def _encoded(pieces: List[_Piece], encode: Encode,
-             special_tokens_in_text: str) -> Iterator[List[int]]:
+             special_tokens_in_text: str) -> List[List[int]]:
   """The ids of each piece, in order: one encode call per mode."""
   split = [piece.record_text and special_tokens_in_text == 'text'
            for piece in pieces]
@@ -227,7 +227,15 @@ def _encoded(pieces: List[_Piece], encode: Encode,
                          'texts')
       for index, piece_ids in zip(positions, encoded):
         ids[index] = piece_ids
-  return iter(ids)
+  return ids
+
+
+class _Cut(NamedTuple):
+  """A row cut into pieces, with its record and conversation."""
+  record: int
+  conversation: Conversation
+  row: RowText
+  pieces: List[_Piece]
 
 
 def _tokenized_rows(texts: Dict[int, Tuple[Conversation, List[RowText]]],
@@ -236,12 +244,11 @@ def _tokenized_rows(texts: Dict[int, Tuple[Conversation, List[RowText]]],
   conversation they render): all pieces in one encode call per mode;
   record by record after a failure, so that only the culprit is
   rejected."""
-  pieces = {record: [_pieces(row) for row in rows]
-            for record, (_, rows) in texts.items()}
-  flat = [piece for record in pieces.values() for row in record
-          for piece in row]
+  cuts = [_Cut(record, conversation, row, _pieces(row))
+          for record, (conversation, rows) in texts.items() for row in rows]
   try:
-    ids = _encoded(flat, encode, special_tokens_in_text)
+    ids = _encoded([piece for cut in cuts for piece in cut.pieces], encode,
+                   special_tokens_in_text)
   except Exception as error:  # pylint: disable=broad-except
     if len(texts) <= 1:
       return [], [(record, ChatRejected('tokenizer_error',
@@ -254,10 +261,13 @@ def _tokenized_rows(texts: Dict[int, Tuple[Conversation, List[RowText]]],
       rows += more_rows
       rejected += more_rejected
     return rows, rejected
+  by_record, start = {}, 0
+  for cut in cuts:
+    row_ids = ids[start:start + len(cut.pieces)]
+    start += len(cut.pieces)
+    by_record.setdefault(cut.record, []).append(_assembled(cut, row_ids))
   rows, rejected = [], []
-  for record, (conversation, record_rows) in texts.items():
-    assembled = [_assembled(record, conversation, row, row_pieces, ids)
-                 for row, row_pieces in zip(record_rows, pieces[record])]
+  for record, assembled in by_record.items():
     if all(row.supervised[1:].count(True) for row in assembled):
       rows += assembled
     else:
@@ -267,15 +277,15 @@ def _tokenized_rows(texts: Dict[int, Tuple[Conversation, List[RowText]]],
   return rows, rejected
 
 
-def _assembled(record: int, conversation: Conversation, row: RowText,
-               pieces: List[_Piece], ids: Iterator[List[int]]) -> ChatRow:
+def _assembled(cut: _Cut, piece_ids: List[List[int]]) -> ChatRow:
+  """A row's tokens and flags from its pieces' ids (in the pieces' order)."""
   tokens, flags = [], []
-  for piece in pieces:
-    piece_ids = next(ids)
-    tokens += piece_ids
-    flags += [piece.learned] * len(piece_ids)
-  return ChatRow(record, row.suffix, tokens, flags, False,
-                 tuple(conversation.messages[index] for index in row.messages))
+  for piece, ids in zip(cut.pieces, piece_ids):
+    tokens += ids
+    flags += [piece.learned] * len(ids)
+  return ChatRow(cut.record, cut.row.suffix, tokens, flags, False,
+                 tuple(cut.conversation.messages[index]
+                       for index in cut.row.messages))
 
 
 # ------------------------------------------------------------- truncation

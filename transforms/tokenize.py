@@ -141,6 +141,7 @@ class TokenizeRecords(beam.DoFn):
     self._eos_id = None
     self._special_text = None
     self._chat_renderer = None
+    self._chat_unusable = None  # why chat records are rejected, if all are
 
   def setup(self):
     # Loaded once per worker process, shared with every other step.
@@ -247,11 +248,11 @@ class TokenizeRecords(beam.DoFn):
 
   # -------------------------------------------------------- chat records
 
-  def _renderer(self):
-    """The chat template's renderer, built at the first chat record; a
-    ChatRejected for every chat record when the template is unusable."""
-    if self._chat_renderer is None:
-      settings = self._settings
+  def _chat_outcome(self, records: RecordChunk) -> chat.ChatOutcome:
+    """The rows of the chunk's conversations; each rejected when the chat
+    template cannot be used (the renderer is built at the first)."""
+    settings = self._settings
+    if self._chat_renderer is None and self._chat_unusable is None:
       try:
         self._chat_renderer = chat.renderer_for(
             self._tokenizer.tokenizer, settings.chat_template,
@@ -260,23 +261,20 @@ class TokenizeRecords(beam.DoFn):
         reason = ('no_chat_template' if not chat.has_chat_template(
             self._tokenizer.tokenizer) and not settings.chat_template
                   else 'invalid_chat_template')
-        self._chat_renderer = ChatRejected(reason, str(error))
-    return self._chat_renderer
+        self._chat_unusable = ChatRejected(reason, str(error))
+    if self._chat_unusable is not None:
+      return chat.ChatOutcome([], [(index, self._chat_unusable) for index in
+                                   range(len(records.example_ids))], {})
+    return chat.tokenize_conversations(
+        records.conversations, renderer=self._chat_renderer,
+        encode=segment_encode(self._tokenizer.encoder),
+        settings=chat.ChatSettings(
+            settings.special_tokens_in_text, settings.train_on,
+            settings.chat_rows, settings.max_seq_len, settings.truncation))
 
   def _tokenize_chats(self, records: RecordChunk):
     """(TokenChunk of the conversations' rows that fit, Rejecteds, stats)."""
-    settings = self._settings
-    renderer = self._renderer()
-    if isinstance(renderer, ChatRejected):
-      outcome = chat.ChatOutcome([], [(index, renderer) for index in range(
-          len(records.example_ids))], {})
-    else:
-      outcome = chat.tokenize_conversations(
-          records.conversations, renderer=renderer,
-          encode=segment_encode(self._tokenizer.encoder),
-          settings=chat.ChatSettings(
-              settings.special_tokens_in_text, settings.train_on,
-              settings.chat_rows, settings.max_seq_len, settings.truncation))
+    outcome = self._chat_outcome(records)
     rows = outcome.rows
     chunk = TokenChunk.from_sequences(
         [records.example_ids[row.record] + row.suffix for row in rows],
