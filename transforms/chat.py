@@ -37,8 +37,8 @@ import jinja2
 from sftbeam.transforms.chat_records import ChatRejected, Conversation
 from sftbeam.transforms.chat_rows import (CHAT_ROWS, MARK_END, MARK_START,
                                           TRAIN_ON, Renderer, RowText,
-                                          TooLong, conversation_rows,
-                                          rendering, row_of, unmarked)
+                                          TooLong, conversation_rows, row_of,
+                                          unmarked)
 from sftbeam.transforms.chat_template import REASONING_FIELDS, ChatTemplate
 from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
 from sftbeam.transforms.tokenizer_backend import special_token_strings
@@ -412,7 +412,7 @@ def _truncated(renderer, encode, settings: ChatSettings,
   low, high = 1, most + 1
   while low < high:
     middle = (low + high) // 2
-    text = rendering(renderer, _shortened(unit, settings.truncation, middle))
+    text = renderer.render(_shortened(unit, settings.truncation, middle))
     if _length(encode, text) - 1 <= settings.max_seq_len:
       high = middle
     else:

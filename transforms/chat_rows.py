@@ -96,16 +96,14 @@ class Renderer:
     self.turn_ends = self._probe_turn_ends()
 
   def render(self, conversation: Conversation, messages=None,
-             generation_prompt: bool = False, tools=False) -> str:
+             generation_prompt: bool = False) -> str:
     """The template on `messages` (default: all of the conversation's),
-    with its tools (unless `tools` is given) and kwargs; rejections as
-    ChatRejected."""
+    with the conversation's tools and kwargs; rejections as ChatRejected."""
     kwargs = {**self.run_kwargs, **conversation.template_kwargs}
     try:
       return self.template.render(
           conversation.messages if messages is None else messages,
-          conversation.tools if tools is False else tools, kwargs,
-          generation_prompt)
+          conversation.tools, kwargs, generation_prompt)
     except RenderLimit as error:
       raise ChatRejected('chat_template_limit', str(error)) from None
     except Exception as error:  # pylint: disable=broad-except
@@ -220,12 +218,6 @@ def row_of(renderer: Renderer, conversation: Conversation,
   """The row of a whole (possibly shortened) conversation learning the
   messages `learned`; for truncation, which drops turns and renders again."""
   return _row(renderer, renderer.marked(conversation), list(learned), suffix)
-
-
-def rendering(renderer: Renderer, conversation: Conversation) -> str:
-  """The text of a conversation's whole row, special-token text unmarked:
-  what truncation measures candidates by."""
-  return unmarked(renderer.render(renderer.marked(conversation)))
 
 
 def _whole_row(renderer, conversation, learned, text: str) -> RowText:
