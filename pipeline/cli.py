@@ -70,18 +70,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def check_inputs_exist(patterns):
   """Local patterns must match files, not directories; remote ones are
-  matched at run time."""
+  matched at run time. A pattern ending in `/` names a directory (Beam
+  would read it as DIR/*): refused, local or remote."""
   for pattern in patterns:
+    if pattern.endswith('/'):
+      raise _input_is_a_directory(pattern, pattern.rstrip('/'))
     if is_remote(pattern):
       continue
     matched = FileSystems.match([pattern])[0].metadata_list
     if not matched:
       raise ConfigError(f'--input {pattern} matches no file')
-    directories = [m.path for m in matched if os.path.isdir(m.path)]
-    if directories:
-      raise ConfigError(f'--input {pattern}: {directories[0]} is a directory;'
-                        f' pass its files, e.g. --input "{directories[0]}/'
-                        '*.jsonl"')
+    for metadata in matched:
+      if os.path.isdir(metadata.path):
+        raise _input_is_a_directory(pattern, metadata.path)
+
+
+def _input_is_a_directory(pattern: str, directory: str) -> ConfigError:
+  return ConfigError(f'--input {pattern}: {directory} is a directory; pass '
+                     f'its files, e.g. --input "{directory}/*.jsonl"')
 
 
 def check_tokenizer(config):

@@ -14,6 +14,7 @@ from sftbeam.transforms import schema
 from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.pack import DEFAULT_PACK_WINDOW
 from sftbeam.transforms.pad import PAD_TO_MODES
+from sftbeam.transforms.paths import GLOB_CHARACTERS, is_remote
 from sftbeam.transforms.chat import INPUT_FORMATS, TRAIN_ON
 from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
 from sftbeam.transforms.tokenizer_backend import BACKENDS
@@ -76,7 +77,11 @@ class Option:
 
 OPTIONS = (
     Option('input', 'list', [], 'input file patterns (globs; local or gs://)'),
-    Option('output', 'str', '', 'output directory (local or gs://)'),
+    Option('output', 'str', '', 'output directory (local or gs://)',
+           # Beam lists and deletes objects by glob, with no escape.
+           check=lambda v: not (is_remote(v) and GLOB_CHARACTERS.search(v)),
+           requirement='a local directory, or a remote one without [ * ? in '
+           'its path (Beam reads them as glob characters there)'),
     Option('tokenizer', 'str', EMBEDDED,
            'HuggingFace hub name, local directory, gs:// directory, or '
            '"embedded" (the bundled Qwen tokenizer)'),

@@ -32,11 +32,12 @@ from conftest import ROOT, SAMPLE, run_sftbeam, shared_data
 from sftbeam.pipeline import cli, run_lock
 from sftbeam.pipeline import output_dir as output_dir_lib
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.pipeline.readers import load_dataset_info
+from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 from sftbeam.transforms import manifest, schema
 from sftbeam.transforms.read import (CorruptInputError, DecompressingReader,
                                      corrupt_input_message, iter_lines)
-from sftbeam.transforms.dataset_info import write_json_atomically
+from sftbeam.transforms.dataset_info import (matching_paths,
+                                             write_json_atomically)
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  embedded_tokenizer_dir,
                                                  load_tokenizer)
@@ -357,6 +358,41 @@ def test_record_naming_other_paths_is_refused(record, tmp_path, capsys):
                         2)
   assert 'is not a record sftbeam can read' in line
   assert snapshot(tmp_path) == before
+
+
+# ------------------------------------------------------ paths read literally
+
+@pytest.mark.slow
+def test_an_output_path_with_glob_characters_is_read_back(tmp_path, capsys):
+  """`[1]` in --output: the run, an --overwrite over it, the readers,
+  stats and inspect all take the path as it is (before: they matched it
+  as a glob and called the run incomplete)."""
+  output_dir = tmp_path / 'runs' / 'run[1]'
+  for flags in [(), ('--overwrite', '--num_shards', '2')]:
+    result = run_main(capsys, SAMPLE, output_dir, *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+  info = load_dataset_info(str(output_dir))
+  assert len(info['shards']) == 2
+  assert len(list(iter_numpy_batches(str(output_dir)))) == (
+      info['counts']['batches_written'])
+  assert cli.main(['stats', str(output_dir)]) == 0
+  assert cli.main(['inspect', str(output_dir), '--batch', '0', '--row',
+                   '0']) == 0
+  assert 'Traceback' not in capsys.readouterr().err
+
+
+def test_a_streaming_runs_files_are_listed_in_a_directory_named_like_a_glob(
+    tmp_path):
+  """A streaming run lists its rejected and window-stats files; the
+  directory's name is not a pattern."""
+  output_dir = tmp_path / 'stream[1]'
+  output_dir.mkdir()
+  (tmp_path / 'stream1').mkdir()
+  for directory in (output_dir, tmp_path / 'stream1'):
+    (directory / 'rejected-a.jsonl').write_bytes(b'')
+  assert matching_paths(str(output_dir), schema.REJECTED_PREFIX,
+                        schema.REJECTED_SUFFIX) == [
+                            str(output_dir / 'rejected-a.jsonl')]
 
 
 # ------------------------------------------------------- one run at a time

@@ -7,6 +7,7 @@ sftbeam.pipeline.readers), so a killed run is never read as complete.
 """
 
 import collections
+import fnmatch
 import json
 import os
 import time
@@ -18,7 +19,7 @@ from apache_beam.transforms.userstate import (BagStateSpec,
                                               CombiningValueStateSpec)
 
 from sftbeam.transforms import schema
-from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.paths import is_remote, names_in
 from sftbeam.transforms.stats import SumStatsFn, backend_records, summarize
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
 from sftbeam.version import VERSION
@@ -44,10 +45,12 @@ def write_json_atomically(path: str, value: dict):
 
 
 def matching_paths(output_dir: str, prefix: str, suffix: str) -> list:
-  """Paths of the files `<prefix>-*<suffix>` in `output_dir`."""
-  pattern = FileSystems.join(output_dir, f'{prefix}-*{suffix}')
-  return [metadata.path
-          for metadata in FileSystems.match([pattern])[0].metadata_list]
+  """Paths of the files `<prefix>-*<suffix>` directly in `output_dir` (a
+  directory's path, not a pattern: see transforms.paths)."""
+  return [FileSystems.join(output_dir, name)
+          for name in sorted(names_in(output_dir))
+          if fnmatch.fnmatchcase(name, f'{prefix}-*{suffix}') and
+          '/' not in name]
 
 
 def _tokenizer_section(config: dict, stats: dict) -> dict:
