@@ -14,9 +14,11 @@ import io
 import json
 import lzma
 import os
+import pathlib
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -81,15 +83,19 @@ def one_error_line(result, code: int) -> str:
   return lines[0]
 
 
-def snapshot(directory) -> dict:
-  """{relative path: bytes} of every file below `directory`."""
-  files = {}
-  for parent, _, names in os.walk(directory):
-    for name in names:
+def tree(directory) -> dict:
+  """{relative path: what it is} below `directory`, links not followed:
+  a regular file's bytes, a link's target, 'directory' or 'other'."""
+  found = {}
+  for parent, names, files in os.walk(directory):
+    for name in names + files:
       path = os.path.join(parent, name)
-      with open(path, 'rb') as handle:
-        files[os.path.relpath(path, directory)] = handle.read()
-  return files
+      mode = os.lstat(path).st_mode
+      found[os.path.relpath(path, directory)] = (
+          ('link', os.readlink(path)) if stat.S_ISLNK(mode) else
+          'directory' if stat.S_ISDIR(mode) else
+          pathlib.Path(path).read_bytes() if stat.S_ISREG(mode) else 'other')
+  return found
 
 
 @pytest.fixture(scope='module')
@@ -256,7 +262,7 @@ def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
   add_user_files(output_dir)
   result = run(SAMPLE, output_dir, '--overwrite', '--num_shards', '2')
   assert result.returncode == 0, result.stderr[-3000:]
-  after = snapshot(output_dir)
+  after = tree(output_dir)
   for name, data in USER_FILES.items():
     assert after[name] == data  # byte for byte
   info = load_dataset_info(str(output_dir))
@@ -266,7 +272,7 @@ def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
                    info['rejected_files'] + [schema.INFO_FILE])
   assert second['files'] == written
   # The first run's 4 shards are gone, the second's 2 are all there is.
-  assert sorted(set(after) - set(USER_FILES)) == sorted(
+  assert sorted(set(after) - set(USER_FILES) - {'.templates'}) == sorted(
       written + [manifest.MANIFEST_FILE])
 
 
@@ -279,11 +285,11 @@ def test_output_holding_an_input_is_refused(input_name, earlier_run, tmp_path,
   anything is touched."""
   output_dir = copy_of(earlier_run, tmp_path)
   shutil.copy(SAMPLE, output_dir / 'data.jsonl')
-  before = snapshot(output_dir)
+  before = tree(output_dir)
   line = one_error_line(run_main(capsys, output_dir / input_name, output_dir,
                                  '--overwrite'), 2)
   assert 'holds the input file' in line
-  assert snapshot(output_dir) == before
+  assert tree(output_dir) == before
 
 
 def test_gs_output_holding_what_an_input_pattern_matches_is_refused(
@@ -308,12 +314,12 @@ def test_unrecorded_file_under_a_name_sftbeam_writes_is_refused(tmp_path,
   output_dir.mkdir()
   (output_dir / schema.INFO_FILE).write_bytes(b'{"theirs": true}')
   (output_dir / 'batches-00000-of-00001.tfrecord').write_bytes(b'theirs')
-  before = snapshot(output_dir)
+  before = tree(output_dir)
   line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
                         2)
   assert 'batches-00000-of-00001.tfrecord and 1 more' in line
   assert 'which no sftbeam run recorded writing there' in line
-  assert snapshot(output_dir) == before
+  assert tree(output_dir) == before
 
 
 def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
@@ -332,12 +338,12 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
    ).write_bytes(b'{}')
   streaming.complete()
   streaming.release()
-  before = snapshot(output_dir)
+  before = tree(output_dir)
   with pytest.raises(ConfigError,
                      match=f'holds {shard} and 1 more, which no sftbeam run '
                      'recorded'):
     output_dir_lib.prepare_output_dir(str(output_dir), True)
-  assert snapshot(output_dir) == before
+  assert tree(output_dir) == before
 
 
 @pytest.mark.parametrize('record', [
@@ -353,11 +359,71 @@ def test_record_naming_other_paths_is_refused(record, tmp_path, capsys):
   output_dir.mkdir()
   (output_dir / 'notes.txt').write_bytes(b'safe')
   (output_dir / manifest.MANIFEST_FILE).write_text(json.dumps(record))
-  before = snapshot(tmp_path)
+  before = tree(tmp_path)
   line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
                         2)
   assert 'is not a record sftbeam can read' in line
-  assert snapshot(tmp_path) == before
+  assert tree(tmp_path) == before
+
+
+# ------------------------------------------------ links in the output directory
+
+OUTSIDE = b'a file outside the output directory\n'
+
+
+def make_lock(kind: str, path, outside):
+  """Puts at `path` a lock file of this kind; `outside` is a directory."""
+  if kind == 'symlink':
+    os.symlink(outside / 'victim.txt', path)
+  elif kind == 'dangling-symlink':
+    os.symlink(outside / 'created-by-sftbeam', path)
+  elif kind == 'hard-link':
+    os.link(outside / 'victim.txt', path)
+  elif kind == 'directory':
+    os.mkdir(path)
+  elif kind == 'fifo':
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize('kind', ['symlink', 'dangling-symlink', 'hard-link',
+                                  'directory', 'fifo'])
+def test_a_lock_file_that_is_not_a_plain_file_is_refused(kind, tmp_path,
+                                                         capsys):
+  """The lock is never written through a link (before: the file outside
+  truncated and written, exit 0), a hard link, into a directory or a FIFO
+  (before: tracebacks)."""
+  (tmp_path / 'victim.txt').write_bytes(OUTSIDE)
+  output_dir = tmp_path / 'out'
+  output_dir.mkdir()
+  make_lock(kind, output_dir / run_lock.LOCK_FILE, tmp_path)
+  before = tree(tmp_path)
+  line = one_error_line(run_main(capsys, SAMPLE, output_dir), 2)
+  assert f'{output_dir / run_lock.LOCK_FILE} is ' in line
+  assert tree(tmp_path) == before
+
+
+def test_atomic_write_never_writes_through_a_link(tmp_path):
+  """dataset_info.json and the record (and a streaming run's window
+  stats): the temp file is created new, never through a link there; a link
+  at the final name is replaced, not written through; a temp file left by
+  a killed write is replaced."""
+  victim = tmp_path / 'victim.txt'
+  victim.write_bytes(OUTSIDE)
+  output_dir = tmp_path / 'out'
+  output_dir.mkdir()
+  path = output_dir / schema.INFO_FILE
+  temp = output_dir / (schema.INFO_FILE + '.incomplete')
+  os.symlink(victim, temp)
+  with pytest.raises(FileExistsError, match='a link or not a regular file'):
+    write_json_atomically(str(path), {'run': 1})
+  assert victim.read_bytes() == OUTSIDE and not path.exists()
+  os.remove(temp)
+  temp.write_bytes(b'left by a killed write')
+  os.symlink(victim, path)
+  write_json_atomically(str(path), {'run': 2})
+  assert victim.read_bytes() == OUTSIDE
+  assert not path.is_symlink() and json.loads(path.read_bytes()) == {'run': 2}
+  assert sorted(os.listdir(output_dir)) == [schema.INFO_FILE]
 
 
 # ------------------------------------------------------ paths read literally

@@ -19,7 +19,7 @@ from apache_beam.transforms.userstate import (BagStateSpec,
                                               CombiningValueStateSpec)
 
 from sftbeam.transforms import schema
-from sftbeam.transforms.paths import is_remote, names_in
+from sftbeam.transforms.paths import create_new_file, is_remote, names_in
 from sftbeam.transforms.stats import SumStatsFn, backend_records, summarize
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
 from sftbeam.version import VERSION
@@ -31,15 +31,17 @@ ATOMIC_TEMP_SUFFIX = '.incomplete'
 
 def write_json_atomically(path: str, value: dict):
   """Writes JSON so that readers see the old file or the new one, whole,
-  and never no file: locally to a temp name, then `os.replace`; on an
-  object store (gs://) as one object write, which is atomic there."""
+  and never no file: locally to a new temp file (never through a link
+  there, see paths.create_new_file), then `os.replace` (which replaces a
+  link at `path`, never writes through it); on an object store (gs://) as
+  one object write, which is atomic there."""
   data = json.dumps(value, indent=2, sort_keys=True).encode('utf-8')
   if is_remote(path):
     with FileSystems.create(path) as handle:
       handle.write(data)
     return
   temp_path = path + ATOMIC_TEMP_SUFFIX
-  with open(temp_path, 'wb') as handle:
+  with create_new_file(temp_path) as handle:
     handle.write(data)
   os.replace(temp_path, path)
 

@@ -1,5 +1,5 @@
-"""Paths: telling local ones from remote ones (gs://, s3://, ...), and
-listing a directory by its exact path.
+"""Paths: telling local ones from remote ones (gs://, s3://, ...), listing
+a directory by its exact path, creating a file that did not exist.
 
 Beam's FileSystems.match reads `[`, `*` and `?` in a path as glob
 characters, with no way to escape them: a directory such as `runs/run[1]`
@@ -8,6 +8,7 @@ directory with os.listdir, and refuses a remote --output holding one of
 these characters (pipeline/options.py).
 """
 
+import errno
 import os
 import re
 
@@ -29,3 +30,24 @@ def names_in(directory: str) -> list:
   prefix = directory.rstrip('/') + '/'
   match = FileSystems.match([prefix + '**'])[0]
   return [metadata.path[len(prefix):] for metadata in match.metadata_list]
+
+
+def create_new_file(path: str):
+  """A local file opened for writing that did not exist before: never an
+  existing file, nor one a symbolic link at `path` points to.
+
+  A regular file already at `path` is a temp file left by a write that was
+  killed (callers use names that are theirs alone): it is replaced. Raises
+  FileExistsError, naming `path`, for a link or anything else there.
+  """
+  flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+  try:
+    return os.fdopen(os.open(path, flags, 0o644), 'wb')
+  except FileExistsError:
+    if os.path.islink(path) or not os.path.isfile(path):
+      raise FileExistsError(
+          errno.EEXIST, 'a link or not a regular file where sftbeam writes '
+          'a file (it never writes through one): remove it', path) from None
+  os.remove(path)
+  return os.fdopen(os.open(path, flags, 0o644), 'wb')
+
