@@ -27,7 +27,7 @@ from sftbeam.pipeline import (inspect, progress, remote, report, runners,
                               streaming)
 from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.pipeline.output_dir import prepare_output_dir
+from sftbeam.pipeline.output_dir import ReplaceFailed, prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import chat, pack
 from sftbeam.transforms.lines_to_batches import chat_template_text
@@ -37,7 +37,6 @@ from sftbeam.transforms.stats import rejected_by_reason
 from sftbeam.transforms.tokenizer_backend import BackendUnavailable
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  shared_tokenizer)
-from sftbeam.transforms.write import shard_names
 
 # An error is one line of at most this many characters (a cut is marked):
 # messages quote values, and some come from libraries.
@@ -269,9 +268,8 @@ def run_command(args, beam_args) -> int:
   if remote.is_dry_run(options):
     print(remote.dry_run(config, options))
     return 0
-  with prepare_output_dir(
-      config.output, config.overwrite, config.input,
-      files=shard_names(config.num_shards, config.compression)) as claim:
+  with prepare_output_dir(config.output, config.overwrite,
+                          config.input) as claim:
     wall_seconds = run_pipeline(config, options, claim.work_dir)
     claim.complete()
     info = load_dataset_info(config.output)
@@ -315,7 +313,7 @@ def main(argv=None) -> int:
   except ConfigError as error:
     print(f'sftbeam: error: {one_line(error)}', file=sys.stderr)
     return 2
-  except RunFailed as error:
+  except (RunFailed, ReplaceFailed) as error:
     print(f'sftbeam: error: {one_line(error)}', file=sys.stderr)
     return 1
 

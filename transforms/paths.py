@@ -1,16 +1,17 @@
-"""Paths: telling local ones from remote ones (gs://, s3://, ...), listing
-a directory by its exact path, creating a file that did not exist.
+"""Paths: telling local ones from remote ones (gs://, s3://, ...), and
+listing, creating and deleting files by their exact paths.
 
-Beam's FileSystems.match reads `[`, `*` and `?` in a path as glob
-characters, with no way to escape them: a directory such as `runs/run[1]`
-would match `runs/run1` and never itself. So sftbeam lists a local
-directory with os.listdir, and refuses a remote --output holding one of
-these characters (pipeline/options.py).
+Beam's FileSystems.match and FileSystems.delete read `[`, `*` and `?` in a
+path as glob characters, with no way to escape them: a directory such as
+`runs/run[1]` would match `runs/run1` and never itself. So sftbeam lists
+and deletes local files with os functions, and refuses a remote --output
+holding one of these characters (pipeline/options.py).
 """
 
 import errno
 import os
 import re
+import shutil
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -30,6 +31,25 @@ def names_in(directory: str) -> list:
   prefix = directory.rstrip('/') + '/'
   match = FileSystems.match([prefix + '**'])[0]
   return [metadata.path[len(prefix):] for metadata in match.metadata_list]
+
+
+def delete_files(paths):
+  """Deletes these files (local ones by their exact path, never what a
+  link points to)."""
+  for path in paths:
+    if is_remote(path):
+      FileSystems.delete([path])
+    else:
+      os.remove(path)
+
+
+def delete_tree(directory: str):
+  """Deletes a directory and everything below it (a local one never
+  through a link; a remote one: every object under the prefix)."""
+  if is_remote(directory):
+    FileSystems.delete([directory.rstrip('/') + '/'])
+  else:
+    shutil.rmtree(directory)
 
 
 def create_new_file(path: str):
