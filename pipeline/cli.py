@@ -27,7 +27,7 @@ from sftbeam.pipeline import (inspect, progress, remote, report, runners,
                               streaming)
 from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.pipeline.output_dir import prepare_output_dir
+from sftbeam.pipeline.output_dir import ReplaceFailed, prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import chat, pack
 from sftbeam.transforms.lines_to_batches import chat_template_text
@@ -37,7 +37,6 @@ from sftbeam.transforms.stats import rejected_by_reason
 from sftbeam.transforms.tokenizer_backend import BackendUnavailable
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  shared_tokenizer)
-from sftbeam.transforms.write import shard_names
 
 # An error is one line of at most this many characters (a cut is marked):
 # messages quote values, and some come from libraries.
@@ -70,18 +69,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def check_inputs_exist(patterns):
   """Local patterns must match files, not directories; remote ones are
-  matched at run time."""
+  matched at run time. A pattern ending in `/` names a directory (Beam
+  would read it as DIR/*): refused, local or remote."""
   for pattern in patterns:
+    if pattern.endswith('/'):
+      raise _input_is_a_directory(pattern, pattern.rstrip('/'))
     if is_remote(pattern):
       continue
     matched = FileSystems.match([pattern])[0].metadata_list
     if not matched:
       raise ConfigError(f'--input {pattern} matches no file')
-    directories = [m.path for m in matched if os.path.isdir(m.path)]
-    if directories:
-      raise ConfigError(f'--input {pattern}: {directories[0]} is a directory;'
-                        f' pass its files, e.g. --input "{directories[0]}/'
-                        '*.jsonl"')
+    for metadata in matched:
+      if os.path.isdir(metadata.path):
+        raise _input_is_a_directory(pattern, metadata.path)
+
+
+def _input_is_a_directory(pattern: str, directory: str) -> ConfigError:
+  return ConfigError(f'--input {pattern}: {directory} is a directory; pass '
+                     f'its files, e.g. --input "{directory}/*.jsonl"')
 
 
 def check_tokenizer(config):
@@ -275,9 +280,8 @@ def run_command(args, beam_args) -> int:
   if remote.is_dry_run(options):
     print(remote.dry_run(config, options))
     return 0
-  with prepare_output_dir(
-      config.output, config.overwrite, config.input,
-      files=shard_names(config.num_shards, config.compression)) as claim:
+  with prepare_output_dir(config.output, config.overwrite,
+                          config.input) as claim:
     wall_seconds = run_pipeline(config, options, claim.work_dir)
     claim.complete()
     info = load_dataset_info(config.output)
@@ -321,7 +325,7 @@ def main(argv=None) -> int:
   except ConfigError as error:
     print(f'sftbeam: error: {one_line(error)}', file=sys.stderr)
     return 2
-  except RunFailed as error:
+  except (RunFailed, ReplaceFailed) as error:
     print(f'sftbeam: error: {one_line(error)}', file=sys.stderr)
     return 1
 

@@ -17,6 +17,7 @@ from sftbeam.transforms.padded import PAD_TO_MODES
 from sftbeam.transforms.chat_records import (INPUT_FORMATS,
                                              RESERVED_TEMPLATE_KWARGS)
 from sftbeam.transforms.chat_rows import CHAT_ROWS, TRAIN_ON
+from sftbeam.transforms.paths import GLOB_CHARACTERS, is_remote
 from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
 from sftbeam.transforms.tokenizer_backend import BACKENDS
 from sftbeam.transforms.tokenizer_source import EMBEDDED
@@ -78,7 +79,11 @@ class Option:
 
 OPTIONS = (
     Option('input', 'list', [], 'input file patterns (globs; local or gs://)'),
-    Option('output', 'str', '', 'output directory (local or gs://)'),
+    Option('output', 'str', '', 'output directory (local or gs://)',
+           # Beam lists and deletes objects by glob, with no escape.
+           check=lambda v: not (is_remote(v) and GLOB_CHARACTERS.search(v)),
+           requirement='a local directory, or a remote one without [ * ? in '
+           'its path (Beam reads them as glob characters there)'),
     Option('tokenizer', 'str', EMBEDDED,
            'HuggingFace hub name, local directory, gs:// directory, or '
            '"embedded" (the bundled Qwen tokenizer)'),

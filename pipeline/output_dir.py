@@ -1,24 +1,41 @@
-"""Claiming the output directory for a run: one run at a time, and only
-sftbeam's own files replaced.
+"""Claiming the output directory for a run: one run at a time; an earlier
+run replaced only by a complete new one; only sftbeam's own files touched.
 
   with prepare_output_dir(output_dir, overwrite, inputs) as claim:
-    ... the run writes inside claim.work_dir, under recorded names ...
-    claim.complete()
+    ... the run writes its whole output in claim.work_dir ...
+    claim.complete()   # moves it into output_dir in place of the earlier run
 
-In this order, before the run writes anything: an --output that is or holds
-an input file is refused; the directory is locked (pipeline.run_lock); one
-with anything in it is refused unless --overwrite. With --overwrite, sftbeam
-deletes what the record of the directory's last run names
-(transforms.manifest; dataset_info.json first, so readers stop accepting
-the directory at once), and nothing else: a file this run would write
-under a name that no record names (another tool's, an older sftbeam's),
-or a streaming run's window file (no record names those), is refused, not
-replaced or left beside the new run's. Then this run's record is written.
+Refused before anything changes (ConfigError): an --output that is or
+holds an input file; one another run holds (pipeline.run_lock); one with
+anything in it, unless --overwrite. With --overwrite the directory's record
+(transforms.manifest) says which files are sftbeam's, and is trusted only
+as far as the directory (plain names of sftbeam's kinds of files). Refused
+too: a file under a name this run would write that no record names
+(another tool's, an older sftbeam's, a streaming run's window file), and a
+link, or anything but a regular file (a directory for a work directory),
+under a name sftbeam would replace or delete: sftbeam makes no links, and
+never writes or deletes through one. Then the leftovers of dead runs go
+(work directories, whether a record names them or not, and a record's temp
+file), and the record names this run's work directory.
+
+The earlier run stays whole and readable while the new one runs. `complete`
+then replaces it: the record names both runs' files ("replacing"); the
+earlier dataset_info.json goes first, so readers stop accepting the
+directory, then the earlier files; the new files move in, dataset_info.json
+last; the work directory goes; the record names the new files
+("complete"). Killed at any point, a run leaves the earlier run readable,
+or the new one, or no dataset_info.json (readers refuse the directory) and
+a record by which the next --overwrite run deletes both runs' files. A run
+that fails deletes its work directory and puts the record back as it was.
+
+A streaming run writes straight into the directory and never ends, so it
+deletes the earlier run when it starts (prepare_streaming_output_dir).
 """
 
 import os
 import re
-import shutil
+import stat
+from typing import NamedTuple
 
 from apache_beam.io.filesystem import BeamIOError, FileSystem
 from apache_beam.io.filesystems import FileSystems
@@ -26,11 +43,11 @@ from apache_beam.io.filesystems import FileSystems
 from sftbeam.pipeline import run_lock
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.transforms import manifest, schema
-from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.dataset_info import ATOMIC_TEMP_SUFFIX
+from sftbeam.transforms.manifest import WORK_DIR_NAME
+from sftbeam.transforms.paths import (delete_files, delete_tree, is_remote,
+                                      names_in)
 from sftbeam.transforms.windows import WINDOW_NAME_PATTERN
-from sftbeam.transforms.dataset_info import (ATOMIC_TEMP_SUFFIX,
-                                           write_json_atomically)
-from sftbeam.version import VERSION
 
 _INFO_NAMES = (rf'{re.escape(schema.INFO_FILE)}'
                rf'(?:{re.escape(ATOMIC_TEMP_SUFFIX)})?')
@@ -58,24 +75,30 @@ STREAMING_NAMES = re.compile(
     rf'{re.escape(schema.REJECTED_PREFIX)}-.*{re.escape(schema.REJECTED_SUFFIX)}'
     rf'|{re.escape(schema.WINDOW_STATS_PREFIX)}-.*'
     rf'{re.escape(schema.WINDOW_STATS_SUFFIX)}(?:{re.escape(ATOMIC_TEMP_SUFFIX)})?')
-# Files every run writes under fixed names (the rest it records as it goes).
-_FIXED_FILES = (schema.INFO_FILE, schema.INFO_FILE + ATOMIC_TEMP_SUFFIX,
-                manifest.MANIFEST_FILE + ATOMIC_TEMP_SUFFIX)
+# The temp file of the record's atomic write (transforms.dataset_info).
+_RECORD_TEMP = manifest.MANIFEST_FILE + ATOMIC_TEMP_SUFFIX
+# What a record may name as a file: sftbeam's kinds of files, nothing else.
+_RECORDABLE = re.compile(
+    rf'{STREAMING_NAMES.pattern}|{re.escape(_RECORD_TEMP)}')
+# Files a streaming run writes under fixed names (its window files are
+# not recorded: see docs/streaming.md).
+_STREAMING_FILES = [schema.INFO_FILE, schema.INFO_FILE + ATOMIC_TEMP_SUFFIX]
+
+
+class ReplaceFailed(Exception):
+  """A finished run could not replace the earlier one in --output (the run
+  fails, exit 1)."""
 
 
 def _entries(output_dir: str) -> list:
   """Names directly under `output_dir` (remote: every object below it)."""
-  if not is_remote(output_dir):
-    return os.listdir(output_dir) if os.path.isdir(output_dir) else []
   try:
-    match = FileSystems.match([FileSystems.join(output_dir, '**')])[0]
+    return names_in(output_dir)
   except BeamIOError as error:
     raise ConfigError(
         f'cannot list --output {output_dir} to check that it is empty '
         f'({str(error).splitlines()[0][:200]}): check your credentials '
         '(gcloud auth application-default login) and the bucket') from None
-  prefix = output_dir.rstrip('/') + '/'
-  return [metadata.path[len(prefix):] for metadata in match.metadata_list]
 
 
 def _top_level(name: str) -> str:
@@ -118,79 +141,117 @@ def check_output_apart(output_dir: str, patterns):
           '--output apart from the input')
 
 
-def _plain_name(name) -> bool:
-  """A name of an entry directly in the directory: nothing else is ever
-  deleted, whatever a record says."""
-  return (isinstance(name, str) and name not in ('', '.', '..') and
-          '/' not in name and '\\' not in name)
-
-
-def _recorded(output_dir: str) -> list:
-  """What the record of the directory's last run names: its files, the
-  names it listed while running, its work directory."""
-  path = FileSystems.join(output_dir, manifest.MANIFEST_FILE)
-  if not FileSystems.exists(path):
-    return []
-  unreadable = ConfigError(
-      f'{path} is not a record sftbeam can read, so sftbeam does not know '
-      'which files there are its own: move the directory\'s files away, or '
-      'choose another --output')
+def _read_bytes(path: str, limit: int):
+  """At most `limit` bytes of the file at `path`; None if it is absent.
+  Locally only a regular file is read, never through a link."""
+  if is_remote(path):
+    if not FileSystems.exists(path):
+      return None
+    with FileSystems.open(path) as handle:
+      return handle.read(limit)
   try:
-    record = manifest.read_json(path)
-    names = list(record['files'])
-    work_dir = record['work_dir']
-    for list_name in record['name_lists']:
-      list_path = FileSystems.join(output_dir, work_dir, list_name)
-      if FileSystems.exists(list_path):
-        names += manifest.read_json(list_path)
-  except (ValueError, KeyError, TypeError, BeamIOError):
-    raise unreadable from None
-  if work_dir is not None:
-    if not (_plain_name(work_dir) and
-            work_dir.startswith(manifest.WORK_DIR_PREFIX)):
-      raise unreadable
-    names.append(work_dir)
-  if not all(map(_plain_name, names)):
-    raise unreadable
-  return names
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK |
+                 os.O_CLOEXEC)
+  except FileNotFoundError:
+    return None
+  except OSError:  # a link (ELOOP), a socket (ENXIO), ...
+    raise _wrong_kind(path, 'a regular file') from None
+  if not stat.S_ISREG(os.fstat(fd).st_mode):
+    os.close(fd)
+    raise _wrong_kind(path, 'a regular file')
+  with os.fdopen(fd, 'rb') as handle:
+    return handle.read(limit)
 
 
-def _delete(output_dir: str, names: list, present: set):
-  """Deletes these entries of `output_dir` that are present, dataset_info.json
-  first, then files, then directories."""
-  names = sorted(set(names) & present,
-                 key=lambda name: (name != schema.INFO_FILE,
-                                   name.startswith(manifest.WORK_DIR_PREFIX),
-                                   name))
+def _wrong_kind(path: str, wanted: str) -> ConfigError:
+  try:
+    mode = os.lstat(path).st_mode
+    found = ('a symbolic link' if stat.S_ISLNK(mode) else 'a directory'
+             if stat.S_ISDIR(mode) else 'not a regular file')
+  except OSError as error:
+    found = f'unreadable ({error.strerror})'
+  return ConfigError(
+      f'{path} is {found}, where sftbeam expects {wanted} of its own: it '
+      'never reads, writes or deletes through a link, nor on another kind '
+      'of file; remove it, or choose another --output')
+
+
+def _read_record(output_dir: str):
+  """The directory's record (transforms.manifest), checked; None if none."""
+  path = FileSystems.join(output_dir, manifest.MANIFEST_FILE)
+  data = _read_bytes(path, manifest.MAX_RECORD_BYTES + 1)
+  if data is None:
+    return None
+  try:
+    record = manifest.parse_record(data)
+    if not all(map(_RECORDABLE.fullmatch, record['files'])):
+      raise manifest.UnreadableRecord('it names files sftbeam does not write')
+  except manifest.UnreadableRecord as error:
+    raise ConfigError(
+        f'{path} is not a record sftbeam can read ({error}), so sftbeam does '
+        'not know which files there are its own: move the directory\'s files '
+        'away, or choose another --output') from None
+  return record
+
+
+def _check_kinds(output_dir: str, names):
+  """Refuses a link, or another kind of file than sftbeam makes, under
+  `names` (local entries of `output_dir`: work directories, files)."""
+  if is_remote(output_dir):
+    return  # no links on an object store
   for name in names:
+    path = os.path.join(output_dir, name)
+    is_dir = WORK_DIR_NAME.fullmatch(name) is not None
+    try:
+      mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+      continue
+    if not (stat.S_ISDIR(mode) if is_dir else stat.S_ISREG(mode)):
+      raise _wrong_kind(path, 'a directory' if is_dir else 'a regular file')
+
+
+def _remove(output_dir: str, names):
+  """Deletes these entries of `output_dir` (those still there):
+  dataset_info.json first, so readers stop accepting the directory at
+  once, work directories last."""
+  for name in sorted(names, key=lambda name: (
+      name != schema.INFO_FILE, bool(WORK_DIR_NAME.fullmatch(name)), name)):
     path = FileSystems.join(output_dir, name)
-    if is_remote(output_dir):
-      # A name present as a prefix of objects is a directory there.
-      FileSystems.delete([path + '/' if not FileSystems.exists(path)
-                          else path])
-    elif os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path)
-    else:
-      os.remove(path)
+    try:
+      if WORK_DIR_NAME.fullmatch(name):
+        delete_tree(path)
+      else:
+        delete_files([path])
+    except FileNotFoundError:
+      pass
 
 
-def _clear(output_dir: str, overwrite: bool, run_names):
-  """Refuses a directory holding anything unless overwrite; with it, deletes
-  what the last run recorded, after checking that no other file there has
-  a name this run may write or an earlier streaming run left (`run_names`,
-  a regex)."""
-  entries = [name for name in _entries(output_dir)
-             if _top_level(name) != run_lock.LOCK_FILE]
+class Earlier(NamedTuple):
+  """What earlier runs left in a directory."""
+  record: dict  # the directory's record, or None
+  files: list  # the files it names that are there
+  leftovers: list  # dead runs' work directories, the record's temp file
+
+
+def _examine(output_dir: str, overwrite: bool, run_names) -> Earlier:
+  """What earlier runs left; refuses (ConfigError) a directory holding
+  anything unless `overwrite`, a file that no record names under a name
+  this run may write (`run_names`, a regex), and a link or a file of
+  another kind where sftbeam would delete or replace one."""
+  entries = {_top_level(name) for name in _entries(output_dir)}
+  entries.discard(run_lock.LOCK_FILE)
   if not entries:
-    return
+    return Earlier(None, [], [])
   if not overwrite:
     raise ConfigError(
         f'output directory {output_dir} is not empty ({len(entries)} '
         'entries): pass --overwrite to replace an earlier run, or choose '
         'another --output')
-  recorded = set(_recorded(output_dir))
-  present = {_top_level(name) for name in entries}
-  strangers = sorted(name for name in present - recorded
+  record = _read_record(output_dir)
+  files = sorted(entries & set(record['files'] if record else []))
+  leftovers = sorted(name for name in entries if name == _RECORD_TEMP or
+                     WORK_DIR_NAME.fullmatch(name))
+  strangers = sorted(name for name in entries - set(files)
                      if run_names.fullmatch(name))
   if strangers:
     raise ConfigError(
@@ -199,66 +260,112 @@ def _clear(output_dir: str, overwrite: bool, run_names):
         'which no sftbeam run recorded writing there (an older sftbeam\'s '
         'output, or someone else\'s file) and which this run would replace or '
         'list as its own: move it away, or choose another --output')
-  _delete(output_dir, recorded, present)
+  _check_kinds(output_dir, files + leftovers)
+  return Earlier(record, files, leftovers)
 
 
 class OutputClaim:
-  """An output directory locked for one run, with the run's record.
+  """An output directory locked for one batch run, and the run's work
+  directory in it (`work_dir`), where the run writes its whole output.
 
-  `work_dir` is the run's own directory for temp files. Use it as a context
-  manager: a run that raises deletes what it wrote (its record included,
-  and the directory itself if the run made it), and the lock is released
+  Use it as a context manager: a run that raises deletes its work
+  directory and puts the record back (`abandon`), and the lock is released
   in any case.
   """
 
-  def __init__(self, output_dir: str, owner: dict, lock,
+  def __init__(self, output_dir: str, lock, earlier: Earlier,
                created_dir: bool = False):
     self.output_dir = output_dir
-    self.run_id = owner['run_id']
-    self.work_dir = FileSystems.join(output_dir,
-                                     manifest.work_dir_name(self.run_id))
-    self._owner = owner
+    self.run_id = lock.owner['run_id']
+    self._work_dir_name = manifest.work_dir_name(self.run_id)
+    self.work_dir = FileSystems.join(output_dir, self._work_dir_name)
     self._lock = lock
+    self._earlier = earlier
+    self._replacing = False  # complete() has begun to change output_dir
     self._completed = False
     self._created_dir = created_dir  # a local directory this run made
 
-  def write_record(self, state: str, files, running: bool):
-    """Writes the record: `files` and, while `running`, the work directory
-    and the lists of names the writing steps keep there."""
-    work_dir = manifest.work_dir_name(self.run_id) if running else None
-    name_lists = ([manifest.names_list_name(manifest.REJECTED_LIST)]
-                  if running else [])
-    write_json_atomically(
-        FileSystems.join(self.output_dir, manifest.MANIFEST_FILE), {
-            'sftbeam_version': VERSION,
-            'run_id': self.run_id,
-            'owner': self._owner,
-            'state': state,
-            'files': sorted(files),
-            'work_dir': work_dir,
-            'name_lists': name_lists,
-        })
+  def _write_record(self, state: str, files, running: bool):
+    manifest.write_record(self.output_dir, manifest.new_record(
+        self.run_id, self._lock.owner, state, files,
+        self._work_dir_name if running else None))
 
-  def _written(self) -> list:
-    """The entries of the directory this run wrote or named."""
-    return [name for name in _recorded(self.output_dir)
-            if name != manifest.MANIFEST_FILE]
+  def start(self):
+    """Records the work directory (beside the earlier run's files), then
+    makes it."""
+    self._write_record('running', self._earlier.files, running=True)
+    if not is_remote(self.work_dir):
+      os.mkdir(self.work_dir)
+
+  def _new_files(self) -> list:
+    """The files the run wrote at the top of its work directory."""
+    names = [name for name in names_in(self.work_dir) if '/' not in name and
+             (is_remote(self.work_dir) or
+              os.path.isfile(os.path.join(self.work_dir, name)))]
+    if schema.INFO_FILE not in names:
+      raise ReplaceFailed(f'the run wrote no {schema.INFO_FILE} in '
+                          f'{self.work_dir}: it is not complete')
+    return names
+
+  def _check_unchanged(self, new_files: list):
+    """Raises ReplaceFailed when a file the run would move in or delete was
+    added or changed in kind while it ran."""
+    earlier = set(self._earlier.files)
+    entries = {_top_level(name) for name in _entries(self.output_dir)}
+    added = sorted((entries & set(new_files)) - earlier)
+    try:
+      _check_kinds(self.output_dir, earlier)
+    except ConfigError as error:
+      raise ReplaceFailed(str(error)) from None
+    if added:
+      raise ReplaceFailed(
+          f'--output {self.output_dir} got a file {added[0]} while the run '
+          'ran, under a name the run writes: the new run is not moved in, '
+          'the directory is as before; move that file away and run again')
 
   def complete(self):
-    """Records every file of the finished run; removes its work directory."""
-    present = {_top_level(name) for name in _entries(self.output_dir)}
-    work_dir_name = manifest.work_dir_name(self.run_id)
-    files = [name for name in self._written()
-             if name in present and name != work_dir_name]
-    self.write_record('complete', files, running=False)
+    """Replaces the earlier run's files by this run's (see the module
+    docstring). Raises ReplaceFailed: before changing anything, when the
+    directory changed meanwhile so that this cannot be done safely; after,
+    when a file operation fails (the record then names both runs' files)."""
+    new_files = self._new_files()
+    self._check_unchanged(new_files)
+    self._write_record('replacing', self._earlier.files + new_files,
+                       running=True)
+    self._replacing = True
+    try:
+      _remove(self.output_dir, self._earlier.files)
+      self._move_in(sorted(set(new_files) - {schema.INFO_FILE}))
+      self._move_in([schema.INFO_FILE])  # last: now the run is readable
+      delete_tree(self.work_dir)
+    except (OSError, BeamIOError) as error:
+      raise ReplaceFailed(
+          f'moving the new run into {self.output_dir} failed '
+          f'({str(error).splitlines()[0][:200]}): run again with '
+          '--overwrite') from None
+    self._write_record('complete', new_files, running=False)
     self._completed = True
-    _delete(self.output_dir, [work_dir_name], present)
+
+  def _move_in(self, names):
+    """Moves these files from the work directory to the output directory
+    (a rename replaces whatever is there, never writes through it)."""
+    FileSystems.rename(
+        [FileSystems.join(self.work_dir, name) for name in names],
+        [FileSystems.join(self.output_dir, name) for name in names])
 
   def abandon(self):
-    """Deletes what this run wrote, its record last."""
-    present = {_top_level(name) for name in _entries(self.output_dir)}
-    _delete(self.output_dir, self._written() + [manifest.MANIFEST_FILE],
-            present)
+    """Deletes the work directory and puts the earlier record back as it
+    was (what it names that is gone is gone: a dead run's work directory,
+    say); once
+    complete() has begun to change the directory, leaves it to the next
+    run (the record names both runs' files)."""
+    if self._replacing:
+      return
+    _remove(self.output_dir, [self._work_dir_name])
+    if self._earlier.record is None:
+      _remove(self.output_dir, [manifest.MANIFEST_FILE])
+    else:
+      manifest.write_record(self.output_dir, self._earlier.record)
 
   def release(self):
     self._lock.release()
@@ -274,25 +381,22 @@ class OutputClaim:
         self.abandon()
     finally:
       self.release()
-    if self._created_dir and not self._completed:
-      try:
-        os.rmdir(self.output_dir)  # only if empty: as it was, absent
-      except OSError:
-        pass
+      if self._created_dir and not self._completed:
+        _remove_if_empty(self.output_dir)
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
-                       files=(), lock=None,
-                       run_names=BATCH_NAMES) -> OutputClaim:
-  """Claims `output_dir` for a run (see the module docstring).
+def _remove_if_empty(directory: str):
+  """Removes a local directory this run made, if empty again: as it was,
+  absent."""
+  try:
+    os.rmdir(directory)
+  except OSError:
+    pass
 
-  Raises ConfigError when another run holds it, it holds a file of the
-  `inputs` patterns, or it is not empty and overwrite is off. `files`: the
-  names of files the run will write that are known now (recorded with the
-  fixed ones); `run_names` matches every name the run may write. `lock`:
-  the directory's lock if the caller holds it already.
-  The lock is held until the claim is released, or its process ends.
-  """
+
+def _lock(output_dir: str, inputs, lock):
+  """Checks `output_dir` against the inputs, makes it if absent (locally)
+  and locks it (unless `lock`, held already); gives (lock, made it)."""
   if not is_remote(output_dir) and os.path.lexists(output_dir) and (
       not os.path.isdir(output_dir)):
     raise ConfigError(f'--output {output_dir} is a file, not a directory: '
@@ -302,13 +406,54 @@ def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
   if created_dir:
     os.makedirs(output_dir)
   if lock is None:
-    lock = run_lock.acquire(output_dir,
-                            run_lock.owner_record(manifest.new_run_id()))
+    try:
+      lock = run_lock.acquire(output_dir,
+                              run_lock.owner_record(manifest.new_run_id()))
+    except BaseException:
+      if created_dir:
+        _remove_if_empty(output_dir)
+      raise
+  return lock, created_dir
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
+                       lock=None) -> OutputClaim:
+  """Claims `output_dir` for a batch run (see the module docstring).
+
+  Raises ConfigError when another run holds it, it holds a file of the
+  `inputs` patterns, it is not empty and overwrite is off, or it holds a
+  file the run would replace but must not. `lock`: the directory's lock if
+  the caller holds it already. The lock is held until the claim is
+  released, or its process ends.
+  """
+  lock, created_dir = _lock(output_dir, inputs, lock)
   try:
-    _clear(output_dir, overwrite, run_names)
-    claim = OutputClaim(output_dir, lock.owner, lock, created_dir)
-    claim.write_record('running', _FIXED_FILES + tuple(files), running=True)
+    earlier = _examine(output_dir, overwrite, BATCH_NAMES)
+    _remove(output_dir, earlier.leftovers)
+    claim = OutputClaim(output_dir, lock, earlier, created_dir)
+    claim.start()
+  except BaseException:
+    lock.release()
+    if created_dir:
+      _remove_if_empty(output_dir)
+    raise
+  return claim
+
+
+def prepare_streaming_output_dir(output_dir: str, overwrite: bool,
+                                 lock=None):
+  """Claims `output_dir` for a streaming run, which writes straight into it:
+  the same checks as prepare_output_dir, then (with overwrite) the earlier
+  run's files are deleted now, and the record names the streaming run's
+  fixed files. Gives the lock: release it when the run ends.
+  """
+  lock, _ = _lock(output_dir, (), lock)
+  try:
+    earlier = _examine(output_dir, overwrite, STREAMING_NAMES)
+    _remove(output_dir, earlier.files + earlier.leftovers)
+    manifest.write_record(output_dir, manifest.new_record(
+        lock.owner['run_id'], lock.owner, 'running', _STREAMING_FILES))
   except BaseException:
     lock.release()
     raise
-  return claim
+  return lock

@@ -4,6 +4,8 @@ Local directory: an OS lock (`flock`) on DIR/.sftbeam-lock. The kernel
 drops it when its process ends, however it ends, so a killed run never
 leaves the directory locked. The file records its owner (run id, pid, host,
 start time) for the message a second run prints, and is removed on release.
+It is opened without following a link, and must be a regular file with no
+other name: a link or hard link there would lead the write elsewhere.
 
 gs:// directory: the object DIR/.sftbeam-lock, created only if absent
 (`if_generation_match=0`) through google-cloud-storage. An object outlives
@@ -16,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import time
 
 from sftbeam.pipeline.options import ConfigError
@@ -74,7 +77,7 @@ class LocalLock:
     """Locks the file now at the path (not one a releasing run unlinked
     between our open and our flock); gives its descriptor."""
     while True:
-      fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+      fd = self._open()
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
@@ -90,6 +93,30 @@ class LocalLock:
       except FileNotFoundError:
         pass
       os.close(fd)
+
+  def _open(self) -> int:
+    """Opens or creates the lock file: a regular file, with no other name
+    (a hard link out of the directory), never followed as a link.
+    Raises ConfigError naming it otherwise."""
+    try:
+      fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW |
+                   os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as error:  # ELOOP: a link; EISDIR: a directory; ...
+      raise self._refused('a symbolic link' if os.path.islink(self._path)
+                          else f'not a file ({error.strerror})') from None
+    status = os.fstat(fd)
+    if stat.S_ISREG(status.st_mode) and status.st_nlink == 1:
+      return fd
+    os.close(fd)
+    raise self._refused('not a regular file'
+                        if not stat.S_ISREG(status.st_mode) else
+                        f'a file with {status.st_nlink} names (hard links)')
+
+  def _refused(self, problem: str) -> ConfigError:
+    return ConfigError(
+        f'{self._path} is {problem}: sftbeam writes its lock there, never '
+        'through a link nor into a file of another kind; remove it, or '
+        'choose another --output')
 
   def release(self):
     """Removes the lock file, then unlocks (in this order: a run waiting on

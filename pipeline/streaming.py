@@ -25,7 +25,7 @@ from apache_beam.transforms import window
 
 from sftbeam.pipeline import progress, remote, run_lock, runners
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.pipeline.output_dir import STREAMING_NAMES, prepare_output_dir
+from sftbeam.pipeline.output_dir import prepare_streaming_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.transforms import manifest, schema
 from sftbeam.transforms.dataset_info import (UpdateDatasetInfoFn,
@@ -141,7 +141,9 @@ def prepare_output(config):
 
   The directory is locked first, as a batch run locks it. One holding a
   streaming run of the same options is continued (its shards stay, its
-  counts go on); otherwise the batch rules apply (empty, or --overwrite).
+  counts go on); otherwise the batch rules apply (empty, or --overwrite),
+  but an earlier run is deleted when this one starts: a streaming run
+  writes straight into the directory and has no end to replace it at.
   """
   lock = None
   if not config.overwrite and FileSystems.exists(
@@ -151,15 +153,15 @@ def prepare_output(config):
   try:
     if lock is not None and _continues_earlier_run(config):
       return _earlier_run(config.output), lock
-    # Not a run to continue: claimed as a batch run claims it (the lock
+    # Not a run to continue: claimed with a batch run's checks (the lock
     # held throughout, so no other run slips in between).
-    claim = prepare_output_dir(config.output, config.overwrite, lock=lock,
-                               run_names=STREAMING_NAMES)
+    lock = prepare_streaming_output_dir(config.output, config.overwrite,
+                                        lock=lock)
   except BaseException:
     if lock is not None:
       lock.release()
     raise
-  return EarlierRun({}, []), claim
+  return EarlierRun({}, []), lock
 
 
 def _describe_progress(tally: dict, elapsed: float) -> str:

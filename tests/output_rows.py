@@ -7,6 +7,7 @@ row, so outputs are compared per example id.
 
 import json
 import os
+import pathlib
 
 from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 from sftbeam.transforms import schema
@@ -42,3 +43,12 @@ def record_counts(output_dir: str) -> dict:
   return {name: counts[name] for name in (
       'records_in', 'records_written', 'records_rejected',
       'rejected_by_reason', 'records_truncated', 'real_tokens')}
+
+
+def run_files(output_dir) -> dict:
+  """{name: bytes} of the files of a run that readers see in `output_dir`:
+  dataset_info.json, shards, rejected files."""
+  return {name: pathlib.Path(output_dir, name).read_bytes()
+          for name in os.listdir(output_dir)
+          if name == schema.INFO_FILE or name.startswith(
+              (schema.SHARD_PREFIX + '-', schema.REJECTED_PREFIX + '-'))}

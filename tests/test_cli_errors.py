@@ -96,6 +96,13 @@ CASES = [
      'pad_id must be a token id'),
     ('input-is-a-directory', None, ['--input', '{tmp}/full'],
      'full is a directory; pass its files, e.g. --input "{tmp}/full/*.jsonl"'),
+    ('input-directory-with-slash', None, ['--input', '{tmp}/full/'],
+     'full is a directory; pass its files, e.g. --input "{tmp}/full/*.jsonl"'),
+    ('gs-input-directory-with-slash', None, ['--input', 'gs://b/data/'],
+     'gs://b/data is a directory; pass its files'),
+    ('gs-output-with-glob-characters', None, ['--output', 'gs://b/run[1]'],
+     'output must be a local directory, or a remote one without [ * ? in its '
+     'path'),
     ('yaml-alias-bomb', 'boundaries:\n' + ''.join(
         f'  - &a{level} [{", ".join([f"*a{level - 1}"] * 9)}]\n'
         if level else '  - &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9]\n'

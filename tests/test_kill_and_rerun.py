@@ -1,10 +1,13 @@
-"""A run killed part-way leaves nothing a reader accepts; --overwrite then
-gives the complete result (docs/safety.md).
+"""A run killed part-way leaves nothing a reader accepts, and an earlier
+complete run as it was; --overwrite then gives the complete result
+(docs/safety.md).
 
 The CLI runs as a subprocess in its own process group (and network
 namespace) on gsm8k_train replicated twice, and is killed with SIGKILL
-by its pid, once while it writes temp files and once when the first shard
-has its final name.
+by its pid: while it writes temp files, when the first shard has its final
+name in the run's work directory, and, over a complete run, while it runs.
+(A kill at each step of moving a finished run into place is in
+test_safety.py.)
 """
 
 import fnmatch
@@ -19,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT, SFTBEAM, shared_data
-from output_rows import rows_by_id
+from output_rows import rows_by_id, run_files
 from sftbeam.pipeline import cli
 from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
                               load_dataset_info, read_tf_dataset)
@@ -29,11 +32,13 @@ from sftbeam.transforms import manifest, schema, sft
 pytestmark = pytest.mark.slow
 
 COPIES = 2
-# The last shard renames and dataset_info.json follow each other within
-# milliseconds: poll often enough to land between them, and try again if a
-# kill lands too late.
+# Poll often enough to land between the last shard getting its final name
+# and the run's end, and try again if a kill lands too late.
 POLL_SECONDS = 0.002
 KILL_ATTEMPTS = 5
+# A shard under its final name in a run's work directory.
+STAGED_SHARD = manifest.WORK_DIR_PREFIX + '*/' + schema.SHARD_PREFIX + '-*'
+
 
 
 @pytest.fixture(scope='module')
@@ -104,9 +109,12 @@ def assert_readers_refuse(output_dir):
 
 def assert_final_shards_whole(output_dir):
   """A file under a final shard name is always complete: fileio writes it
-  in the run's work directory and moves it when closed."""
-  for name in fnmatch.filter(os.listdir(output_dir),
-                             schema.SHARD_PREFIX + '-*'):
+  in a temp directory and moves it when closed (in the run's work
+  directory, whence the finished run is moved into place)."""
+  for name in fnmatch.filter(files_under(output_dir),
+                             STAGED_SHARD) + fnmatch.filter(
+                                 os.listdir(output_dir),
+                                 schema.SHARD_PREFIX + '-*'):
     records = tf.data.TFRecordDataset(os.path.join(output_dir, name))
     assert sum(1 for _ in records) > 0  # DataLossError if cut short
 
@@ -133,16 +141,15 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
   error = capsys.readouterr().err.strip().splitlines()
   assert len(error) == 1 and '--overwrite' in error[0]
 
-  # 3. --overwrite, killed again once shards have their final names (and
-  # before dataset_info.json: a kill that lands after it is tried again).
+  # 3. --overwrite, killed again once shards have their final names in the
+  # work directory (a kill that lands after the run's end is tried again).
   for _ in range(KILL_ATTEMPTS):
     process = start_run(input_path, output_dir, log_path, '--overwrite')
-    present = kill_when(process, output_dir, schema.SHARD_PREFIX + '-*',
-                        log_path)
+    present = kill_when(process, output_dir, STAGED_SHARD, log_path)
     if schema.INFO_FILE not in present:
       break
   assert schema.INFO_FILE not in present, (
-      f'no kill landed between the shard renames and {schema.INFO_FILE} in '
+      f'no kill landed between the shards and {schema.INFO_FILE} in '
       f'{KILL_ATTEMPTS} runs')
   assert_readers_refuse(output_dir)
   assert_final_shards_whole(output_dir)
@@ -170,3 +177,10 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
     assert rows[example_id]['response_mask'][:real] == (
         reference['response_mask'][0].tolist())
 
+  # 5. --overwrite over that complete run, killed while it runs: the
+  # complete run is still there, byte for byte, and reads.
+  complete = run_files(output_dir)
+  process = start_run(input_path, output_dir, log_path, '--overwrite')
+  kill_when(process, output_dir, manifest.WORK_DIR_PREFIX + '*/*', log_path)
+  assert run_files(output_dir) == complete
+  assert set(rows_by_id(str(output_dir))) == set(expected)

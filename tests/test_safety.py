@@ -11,12 +11,15 @@ the decompressing reader and the atomic replace.
 import bz2
 import gzip
 import io
+import itertools
 import json
 import lzma
 import os
+import pathlib
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -29,14 +32,17 @@ from apache_beam.transforms.window import IntervalWindow
 from google.api_core import exceptions as gcs_exceptions
 
 from conftest import ROOT, SAMPLE, run_sftbeam, shared_data
+from output_rows import run_files
 from sftbeam.pipeline import cli, run_lock
 from sftbeam.pipeline import output_dir as output_dir_lib
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.pipeline.readers import load_dataset_info
+from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
+                                      load_dataset_info)
 from sftbeam.transforms import manifest, schema
 from sftbeam.transforms.read import (CorruptInputError, DecompressingReader,
                                      corrupt_input_message, iter_lines)
-from sftbeam.transforms.dataset_info import write_json_atomically
+from sftbeam.transforms.dataset_info import (matching_paths,
+                                             write_json_atomically)
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  embedded_tokenizer_dir,
                                                  load_tokenizer)
@@ -80,15 +86,19 @@ def one_error_line(result, code: int) -> str:
   return lines[0]
 
 
-def snapshot(directory) -> dict:
-  """{relative path: bytes} of every file below `directory`."""
-  files = {}
-  for parent, _, names in os.walk(directory):
-    for name in names:
+def tree(directory) -> dict:
+  """{relative path: what it is} below `directory`, links not followed:
+  a regular file's bytes, a link's target, 'directory' or 'other'."""
+  found = {}
+  for parent, names, files in os.walk(directory):
+    for name in names + files:
       path = os.path.join(parent, name)
-      with open(path, 'rb') as handle:
-        files[os.path.relpath(path, directory)] = handle.read()
-  return files
+      mode = os.lstat(path).st_mode
+      found[os.path.relpath(path, directory)] = (
+          ('link', os.readlink(path)) if stat.S_ISLNK(mode) else
+          'directory' if stat.S_ISDIR(mode) else
+          pathlib.Path(path).read_bytes() if stat.S_ISREG(mode) else 'other')
+  return found
 
 
 @pytest.fixture(scope='module')
@@ -231,6 +241,25 @@ def read_record(output_dir) -> dict:
     return json.load(handle)
 
 
+OLD_WORK_DIR = manifest.WORK_DIR_PREFIX + '20250101T000000Z-0123abcd'
+
+
+def standin_earlier_run(output_dir):
+  """A directory with what an earlier run left there, as its record names
+  it (dataset_info.json, a shard), and the user's notes.txt."""
+  output_dir.mkdir()
+  files = ['batches-00000-of-00001.tfrecord', schema.INFO_FILE]  # sorted
+  for name in files:
+    (output_dir / name).write_bytes(b'earlier run')
+  (output_dir / 'notes.txt').write_bytes(b'keep me')
+  # As an earlier version wrote it: with the (empty) name_lists it had.
+  record = {'run_id': 'earlier', 'owner': None, 'state': 'complete',
+            'files': files, 'work_dir': None, 'name_lists': [],
+            'sftbeam_version': '0.2.0'}
+  (output_dir / manifest.MANIFEST_FILE).write_text(
+      json.dumps(record, indent=2, sort_keys=True))
+
+
 @pytest.fixture(scope='module')
 def earlier_run(tmp_path_factory):
   """An output directory written by a complete run on the sample."""
@@ -255,7 +284,7 @@ def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
   add_user_files(output_dir)
   result = run(SAMPLE, output_dir, '--overwrite', '--num_shards', '2')
   assert result.returncode == 0, result.stderr[-3000:]
-  after = snapshot(output_dir)
+  after = tree(output_dir)
   for name, data in USER_FILES.items():
     assert after[name] == data  # byte for byte
   info = load_dataset_info(str(output_dir))
@@ -265,8 +294,149 @@ def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
                    info['rejected_files'] + [schema.INFO_FILE])
   assert second['files'] == written
   # The first run's 4 shards are gone, the second's 2 are all there is.
-  assert sorted(set(after) - set(USER_FILES)) == sorted(
+  assert sorted(set(after) - set(USER_FILES) - {'.templates'}) == sorted(
       written + [manifest.MANIFEST_FILE])
+
+
+@pytest.fixture(scope='module')
+def later_run(tmp_path_factory):
+  """Another complete run, with other files: 2 shards of batches of 8."""
+  output_dir = tmp_path_factory.mktemp('later') / 'out'
+  result = run(SAMPLE, output_dir, '--num_shards', '2', '--batch_size', '8')
+  assert result.returncode == 0, result.stderr[-3000:]
+  return output_dir
+
+
+@pytest.mark.slow
+def test_a_failed_overwrite_leaves_the_earlier_run_as_it_was(
+    earlier_run, gsm8k_head, tmp_path, capsys):
+  """A new run that fails (here a cut input, found mid-run) changes nothing:
+  the earlier run, its record and the user's files stay byte for byte, and
+  read (before: the earlier run was deleted before the new one started)."""
+  output_dir = copy_of(earlier_run, tmp_path)
+  add_user_files(output_dir)
+  before = tree(output_dir)
+  cut = write_cut(tmp_path, 'gz', 0.5, gsm8k_head)
+  line = one_error_line(run_main(capsys, cut, output_dir, '--overwrite'), 1)
+  assert 'cut short or corrupt' in line
+  assert tree(output_dir) == before
+  assert len(list(iter_numpy_batches(str(output_dir)))) == (
+      load_dataset_info(str(output_dir))['counts']['batches_written'])
+
+
+class Killed(BaseException):
+  """A kill: nothing after it runs, and no clean-up (a claim cleans up
+  after an Exception only)."""
+
+
+def kill_at(monkeypatch, step: int):
+  """Makes the `step`-th file operation that changes a directory (remove,
+  rename, replace, remove a tree) raise Killed instead."""
+  count = itertools.count()
+  for module, name in [(os, 'remove'), (os, 'rename'), (os, 'replace'),
+                       (shutil, 'rmtree')]:
+    def operation(*args, real=getattr(module, name), **kwargs):
+      if next(count) == step:
+        raise Killed()
+      return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, operation)
+
+
+def overwrite_with(output_dir, new_run):
+  """An --overwrite claim of `output_dir` whose work directory holds what
+  the pipeline writes there: the files of `new_run`."""
+  claim = output_dir_lib.prepare_output_dir(str(output_dir), True)
+  for name in run_files(new_run):
+    shutil.copy(new_run / name, claim.work_dir)
+  return claim
+
+
+def readable_run(output_dir, runs: dict):
+  """Which of `runs` ({label: run_files}) readers see in `output_dir`, or
+  None when they refuse it; fails on a mix of runs."""
+  present = run_files(output_dir)
+  if schema.INFO_FILE not in present:
+    with pytest.raises(IncompleteOutput, match='did not finish'):
+      load_dataset_info(str(output_dir))
+    return None
+  which = [label for label, files in runs.items() if files == present]
+  assert which, f'{schema.INFO_FILE} beside a mix of runs: {sorted(present)}'
+  assert len(list(iter_numpy_batches(str(output_dir)))) == (
+      load_dataset_info(str(output_dir))['counts']['batches_written'])
+  return which[0]
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_point_of_overwrite_leaves_one_whole_run(
+    earlier_run, later_run, tmp_path, monkeypatch):
+  """--overwrite killed at each step of replacing the earlier run: readers
+  see the earlier run whole, or the new one, or refuse the directory, never
+  a mix; the next --overwrite run leaves exactly its own files."""
+  runs = {'earlier': run_files(earlier_run), 'new': run_files(later_run)}
+  seen = []
+  for step in itertools.count():
+    output_dir = tmp_path / f'killed-at-{step}'
+    shutil.copytree(earlier_run, output_dir)
+    claim = overwrite_with(output_dir, later_run)
+    with monkeypatch.context() as patch:
+      kill_at(patch, step)
+      try:
+        claim.complete()
+        killed = False
+      except Killed:
+        killed = True
+    claim.release()
+    seen.append(readable_run(output_dir, runs))
+    if not killed:
+      break
+    rerun = overwrite_with(output_dir, later_run)
+    rerun.complete()
+    rerun.release()
+    assert readable_run(output_dir, runs) == 'new'
+    assert sorted(os.listdir(output_dir)) == sorted(
+        list(runs['new']) + [manifest.MANIFEST_FILE])
+    assert read_record(output_dir)['files'] == sorted(runs['new'])
+  assert seen[0] == 'earlier' and seen[-1] == 'new' and None in seen, seen
+  assert seen == sorted(seen, key=[ 'earlier', None, 'new'].index), seen
+
+
+def test_a_file_added_meanwhile_under_a_new_runs_name_stops_the_swap(tmp_path):
+  """A file that appears, while the run runs, under a name the run would
+  move in is neither replaced nor left beside the new run: the run fails
+  (exit 1, ReplaceFailed) and the directory is as before."""
+  output_dir = tmp_path / 'out'
+  standin_earlier_run(output_dir)
+  before = tree(output_dir)
+  with pytest.raises(output_dir_lib.ReplaceFailed,
+                     match='got a file batches-00000-of-00002.tfrecord'):
+    with output_dir_lib.prepare_output_dir(str(output_dir), True) as claim:
+      for name in (schema.INFO_FILE, 'batches-00000-of-00002.tfrecord'):
+        pathlib.Path(claim.work_dir, name).write_bytes(b'new run')
+      (output_dir / 'batches-00000-of-00002.tfrecord').write_bytes(b'theirs')
+      claim.complete()
+  after = tree(output_dir)
+  assert after.pop('batches-00000-of-00002.tfrecord') == b'theirs'
+  assert after == before
+
+
+@pytest.mark.slow
+def test_an_orphaned_work_directory_is_removed_by_the_next_run(
+    earlier_run, tmp_path, capsys):
+  """A work directory that no record names (its run killed between
+  recording itself complete and removing it, as earlier versions did) is
+  sftbeam's by its name: the next --overwrite run removes it (before: kept
+  for ever). A directory merely starting like one stays."""
+  output_dir = copy_of(earlier_run, tmp_path)
+  orphan = output_dir / OLD_WORK_DIR / 'temp-batches'
+  orphan.mkdir(parents=True)
+  (orphan / 'unfinished-batches-00000').write_bytes(b'x')
+  (output_dir / '.sftbeam-run-notes').mkdir()
+  result = run_main(capsys, SAMPLE, output_dir, '--overwrite')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert not (output_dir / OLD_WORK_DIR).exists()
+  assert (output_dir / '.sftbeam-run-notes').is_dir()
+  assert not [name for name in os.listdir(output_dir)
+              if manifest.WORK_DIR_NAME.fullmatch(name)]
 
 
 @pytest.mark.slow
@@ -278,11 +448,11 @@ def test_output_holding_an_input_is_refused(input_name, earlier_run, tmp_path,
   anything is touched."""
   output_dir = copy_of(earlier_run, tmp_path)
   shutil.copy(SAMPLE, output_dir / 'data.jsonl')
-  before = snapshot(output_dir)
+  before = tree(output_dir)
   line = one_error_line(run_main(capsys, output_dir / input_name, output_dir,
                                  '--overwrite'), 2)
   assert 'holds the input file' in line
-  assert snapshot(output_dir) == before
+  assert tree(output_dir) == before
 
 
 def test_gs_output_holding_what_an_input_pattern_matches_is_refused(
@@ -307,12 +477,12 @@ def test_unrecorded_file_under_a_name_sftbeam_writes_is_refused(tmp_path,
   output_dir.mkdir()
   (output_dir / schema.INFO_FILE).write_bytes(b'{"theirs": true}')
   (output_dir / 'batches-00000-of-00001.tfrecord').write_bytes(b'theirs')
-  before = snapshot(output_dir)
+  before = tree(output_dir)
   line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
                         2)
   assert 'batches-00000-of-00001.tfrecord and 1 more' in line
   assert 'which no sftbeam run recorded writing there' in line
-  assert snapshot(output_dir) == before
+  assert tree(output_dir) == before
 
 
 def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
@@ -321,7 +491,8 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
   than leave them beside its own shards."""
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
-  streaming = output_dir_lib.prepare_output_dir(str(output_dir), False)
+  streaming = output_dir_lib.prepare_streaming_output_dir(str(output_dir),
+                                                          False)
   window = IntervalWindow(1764000000, 1764000060)
   shard = window_file_name(schema.SHARD_PREFIX, schema.SHARD_SUFFIX, window,
                            None)
@@ -329,34 +500,192 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
   (output_dir / window_file_name(schema.WINDOW_STATS_PREFIX,
                                  schema.WINDOW_STATS_SUFFIX, window, None)
    ).write_bytes(b'{}')
-  streaming.complete()
   streaming.release()
-  before = snapshot(output_dir)
+  before = tree(output_dir)
   with pytest.raises(ConfigError,
                      match=f'holds {shard} and 1 more, which no sftbeam run '
                      'recorded'):
     output_dir_lib.prepare_output_dir(str(output_dir), True)
-  assert snapshot(output_dir) == before
+  assert tree(output_dir) == before
 
 
 @pytest.mark.parametrize('record', [
     {'files': ['../victim.txt'], 'work_dir': None, 'name_lists': []},
+    {'files': ['{tmp}/victim.txt'], 'work_dir': None, 'name_lists': []},
     {'files': [], 'work_dir': '../victim', 'name_lists': []},
+    {'files': [], 'work_dir': manifest.WORK_DIR_PREFIX + 'victim',
+     'name_lists': []},
     {'files': 'notes.txt'},
-])
+    # A file of the user's, not of a kind sftbeam writes.
+    {'files': ['notes.txt'], 'work_dir': None, 'name_lists': []},
+    # Lists of names that records of earlier versions kept in the work
+    # directory: never read from outside it (this one names notes.txt).
+    {'files': [], 'work_dir': OLD_WORK_DIR, 'name_lists': ['{tmp}/names.json']},
+    {'files': [], 'work_dir': OLD_WORK_DIR,
+     'name_lists': ['../../names.json']},
+], ids=['dotdot-file', 'absolute-file', 'dotdot-work-dir', 'other-work-dir',
+        'files-not-a-list', 'users-file', 'absolute-name-list',
+        'dotdot-name-list'])
 def test_record_naming_other_paths_is_refused(record, tmp_path, capsys):
-  """Whatever a record says, only plain entries of the directory go."""
+  """Whatever a record says, only sftbeam's own entries of the directory
+  go, and nothing outside it is read."""
   (tmp_path / 'victim.txt').write_bytes(b'safe')
   (tmp_path / 'victim').mkdir()
+  (tmp_path / 'names.json').write_text('["notes.txt"]')
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
   (output_dir / 'notes.txt').write_bytes(b'safe')
-  (output_dir / manifest.MANIFEST_FILE).write_text(json.dumps(record))
-  before = snapshot(tmp_path)
+  (output_dir / OLD_WORK_DIR).mkdir()
+  (output_dir / manifest.MANIFEST_FILE).write_text(
+      json.dumps(record).replace('{tmp}', str(tmp_path)))
+  before = tree(tmp_path)
   line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
                         2)
   assert 'is not a record sftbeam can read' in line
-  assert snapshot(tmp_path) == before
+  assert tree(tmp_path) == before
+
+
+# ------------------------------------------------ links in the output directory
+
+OUTSIDE = b'a file outside the output directory\n'
+
+
+def make_lock(kind: str, path, outside):
+  """Puts at `path` a lock file of this kind; `outside` is a directory."""
+  if kind == 'symlink':
+    os.symlink(outside / 'victim.txt', path)
+  elif kind == 'dangling-symlink':
+    os.symlink(outside / 'created-by-sftbeam', path)
+  elif kind == 'hard-link':
+    os.link(outside / 'victim.txt', path)
+  elif kind == 'directory':
+    os.mkdir(path)
+  elif kind == 'fifo':
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize('kind', ['symlink', 'dangling-symlink', 'hard-link',
+                                  'directory', 'fifo'])
+def test_a_lock_file_that_is_not_a_plain_file_is_refused(kind, tmp_path,
+                                                         capsys):
+  """The lock is never written through a link (before: the file outside
+  truncated and written, exit 0), a hard link, into a directory or a FIFO
+  (before: tracebacks)."""
+  (tmp_path / 'victim.txt').write_bytes(OUTSIDE)
+  output_dir = tmp_path / 'out'
+  output_dir.mkdir()
+  make_lock(kind, output_dir / run_lock.LOCK_FILE, tmp_path)
+  before = tree(tmp_path)
+  line = one_error_line(run_main(capsys, SAMPLE, output_dir), 2)
+  assert f'{output_dir / run_lock.LOCK_FILE} is ' in line
+  assert tree(tmp_path) == before
+
+
+def make_link(case: str, output_dir, outside):
+  """Replaces or adds in `output_dir` an entry of this case: a link, or
+  another kind of file, where sftbeam writes, reads or deletes."""
+  if case == 'record-temp-link':
+    os.symlink(outside / 'victim.txt',
+               output_dir / (manifest.MANIFEST_FILE + '.incomplete'))
+  elif case == 'record-link':
+    record = outside / 'record.json'
+    os.rename(output_dir / manifest.MANIFEST_FILE, record)
+    os.symlink(record, output_dir / manifest.MANIFEST_FILE)
+  elif case == 'record-directory':
+    os.remove(output_dir / manifest.MANIFEST_FILE)
+    os.mkdir(output_dir / manifest.MANIFEST_FILE)
+  elif case in ('recorded-shard-link', 'recorded-info-link'):
+    name = ('batches-00000-of-00001.tfrecord' if case == 'recorded-shard-link'
+            else schema.INFO_FILE)
+    os.remove(output_dir / name)
+    os.symlink(outside / 'victim.txt', output_dir / name)
+  elif case == 'work-dir-link':
+    os.symlink(outside / 'victim-dir', output_dir / OLD_WORK_DIR)
+
+
+LINK_CASES = ['record-temp-link', 'record-link', 'record-directory',
+              'recorded-shard-link', 'recorded-info-link', 'work-dir-link']
+
+
+@pytest.mark.parametrize('case', LINK_CASES)
+def test_links_where_sftbeam_writes_or_deletes_are_refused(case, tmp_path,
+                                                          capsys):
+  """--overwrite over an earlier run: a link, or a file of another kind,
+  under a name sftbeam would write, read or delete is refused, naming it
+  (before: the record's temp file was written through, the record read
+  through a link, a recorded link deleted and replaced, a link named like
+  a work directory kept)."""
+  (tmp_path / 'victim.txt').write_bytes(OUTSIDE)
+  (tmp_path / 'victim-dir').mkdir()
+  (tmp_path / 'victim-dir' / 'data.txt').write_bytes(OUTSIDE)
+  output_dir = tmp_path / 'out'
+  standin_earlier_run(output_dir)
+  make_link(case, output_dir, tmp_path)
+  before = tree(tmp_path)
+  line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
+                        2)
+  assert str(output_dir) in line and (
+      'is a symbolic link' in line or 'is a directory' in line)
+  assert tree(tmp_path) == before
+
+
+def test_atomic_write_never_writes_through_a_link(tmp_path):
+  """dataset_info.json and the record (and a streaming run's window
+  stats): the temp file is created new, never through a link there; a link
+  at the final name is replaced, not written through; a temp file left by
+  a killed write is replaced."""
+  victim = tmp_path / 'victim.txt'
+  victim.write_bytes(OUTSIDE)
+  output_dir = tmp_path / 'out'
+  output_dir.mkdir()
+  path = output_dir / schema.INFO_FILE
+  temp = output_dir / (schema.INFO_FILE + '.incomplete')
+  os.symlink(victim, temp)
+  with pytest.raises(FileExistsError, match='a link or not a regular file'):
+    write_json_atomically(str(path), {'run': 1})
+  assert victim.read_bytes() == OUTSIDE and not path.exists()
+  os.remove(temp)
+  temp.write_bytes(b'left by a killed write')
+  os.symlink(victim, path)
+  write_json_atomically(str(path), {'run': 2})
+  assert victim.read_bytes() == OUTSIDE
+  assert not path.is_symlink() and json.loads(path.read_bytes()) == {'run': 2}
+  assert sorted(os.listdir(output_dir)) == [schema.INFO_FILE]
+
+
+# ------------------------------------------------------ paths read literally
+
+@pytest.mark.slow
+def test_an_output_path_with_glob_characters_is_read_back(tmp_path, capsys):
+  """`[1]` in --output: the run, an --overwrite over it, the readers,
+  stats and inspect all take the path as it is (before: they matched it
+  as a glob and called the run incomplete)."""
+  output_dir = tmp_path / 'runs' / 'run[1]'
+  for flags in [(), ('--overwrite', '--num_shards', '2')]:
+    result = run_main(capsys, SAMPLE, output_dir, *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+  info = load_dataset_info(str(output_dir))
+  assert len(info['shards']) == 2
+  assert len(list(iter_numpy_batches(str(output_dir)))) == (
+      info['counts']['batches_written'])
+  assert cli.main(['stats', str(output_dir)]) == 0
+  assert cli.main(['inspect', str(output_dir), '--batch', '0', '--row',
+                   '0']) == 0
+  assert 'Traceback' not in capsys.readouterr().err
+
+
+def test_a_streaming_runs_files_are_listed_in_a_directory_named_like_a_glob(
+    tmp_path):
+  """A streaming run lists its rejected and window-stats files; the
+  directory's name is not a pattern."""
+  output_dir = tmp_path / 'stream[1]'
+  output_dir.mkdir()
+  (tmp_path / 'stream1').mkdir()
+  for directory in (output_dir, tmp_path / 'stream1'):
+    (directory / 'rejected-a.jsonl').write_bytes(b'')
+  assert matching_paths(str(output_dir), schema.REJECTED_PREFIX,
+                        schema.REJECTED_SUFFIX) == [
+                            str(output_dir / 'rejected-a.jsonl')]
 
 
 # ------------------------------------------------------- one run at a time

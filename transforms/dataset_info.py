@@ -7,6 +7,7 @@ sftbeam.pipeline.readers), so a killed run is never read as complete.
 """
 
 import collections
+import fnmatch
 import json
 import os
 import time
@@ -18,7 +19,7 @@ from apache_beam.transforms.userstate import (BagStateSpec,
                                               CombiningValueStateSpec)
 
 from sftbeam.transforms import schema
-from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.paths import create_new_file, is_remote, names_in
 from sftbeam.transforms.stats import SumStatsFn, backend_records, summarize
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
 from sftbeam.version import VERSION
@@ -30,24 +31,28 @@ ATOMIC_TEMP_SUFFIX = '.incomplete'
 
 def write_json_atomically(path: str, value: dict):
   """Writes JSON so that readers see the old file or the new one, whole,
-  and never no file: locally to a temp name, then `os.replace`; on an
-  object store (gs://) as one object write, which is atomic there."""
+  and never no file: locally to a new temp file (never through a link
+  there, see paths.create_new_file), then `os.replace` (which replaces a
+  link at `path`, never writes through it); on an object store (gs://) as
+  one object write, which is atomic there."""
   data = json.dumps(value, indent=2, sort_keys=True).encode('utf-8')
   if is_remote(path):
     with FileSystems.create(path) as handle:
       handle.write(data)
     return
   temp_path = path + ATOMIC_TEMP_SUFFIX
-  with open(temp_path, 'wb') as handle:
+  with create_new_file(temp_path) as handle:
     handle.write(data)
   os.replace(temp_path, path)
 
 
 def matching_paths(output_dir: str, prefix: str, suffix: str) -> list:
-  """Paths of the files `<prefix>-*<suffix>` in `output_dir`."""
-  pattern = FileSystems.join(output_dir, f'{prefix}-*{suffix}')
-  return [metadata.path
-          for metadata in FileSystems.match([pattern])[0].metadata_list]
+  """Paths of the files `<prefix>-*<suffix>` directly in `output_dir` (a
+  directory's path, not a pattern: see transforms.paths)."""
+  return [FileSystems.join(output_dir, name)
+          for name in sorted(names_in(output_dir))
+          if fnmatch.fnmatchcase(name, f'{prefix}-*{suffix}') and
+          '/' not in name]
 
 
 def _tokenizer_section(config: dict, stats: dict) -> dict:

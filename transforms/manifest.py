@@ -1,35 +1,47 @@
-"""A run's record of what it writes in its output directory.
+"""The record of what sftbeam wrote in an output directory.
 
-`--overwrite` deletes what such a record names, and nothing else: never
-files found by a name pattern. The record of a directory's last run is
-DIR/.sftbeam-manifest.json, written before the run writes its first byte:
+`--overwrite` replaces what this record names, and nothing else: never
+files found by a name pattern. It is DIR/.sftbeam-manifest.json, rewritten
+by every run before the run changes anything in DIR:
 
-  run_id, owner        the run (pid, host, start time)
-  state                "running", then "complete"
-  files                names of the files it writes, relative to DIR (its
-                       shards among them: num_shards, named in advance)
-  work_dir             its own directory for temp files, DIR/.sftbeam-run-ID
-  name_lists           files in work_dir where a writing step lists the
-                       names it gives files that could not be named in
-                       advance (rejected files: as many as the writers
-                       made), written before the first file gets its name
+  run_id, owner   the run that wrote the record (pid, host, start time)
+  state           "running": the run writes its whole output in work_dir,
+                  beside an earlier run; "replacing": it moves that output
+                  into DIR in place of the earlier run; "complete": done
+  files           the names, in DIR, of the files sftbeam's runs wrote
+                  there: the earlier run's while running, both runs' while
+                  replacing, exactly this run's once complete
+  work_dir        the run's own directory, DIR/.sftbeam-run-ID (null once
+                  complete): everything in it is the run's
 
-When the run completes, the names in the lists join `files` and the work
-directory and lists are gone.
+A record is trusted only as far as DIR: every name in it must be a plain
+entry of DIR (no `/`, `..`, absolute path), its work_dir a work directory's
+name; a record that says otherwise is not read further.
 """
 
 import json
+import re
 import time
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
+from sftbeam.transforms.dataset_info import write_json_atomically
+from sftbeam.version import VERSION
+
 MANIFEST_FILE = '.sftbeam-manifest.json'
 WORK_DIR_PREFIX = '.sftbeam-run-'
-# The list of names a writing step keeps in the work directory
-# (transforms/write.py: rejected files, as many as the writers made).
-REJECTED_LIST = 'rejected'
-_NAMES_SUFFIX = '.names.json'
+# A run id: UTC start time and a random part (new_run_id).
+_RUN_ID = r'\d{8}T\d{6}Z-[0-9a-f]{8}'
+# A work directory's name: sftbeam's alone, so one that no record names
+# (its run killed as it finished) is known to be a leftover.
+WORK_DIR_NAME = re.compile(re.escape(WORK_DIR_PREFIX) + _RUN_ID)
+# A record lists a few names per shard: far below this.
+MAX_RECORD_BYTES = 64 << 20
+
+
+class UnreadableRecord(ValueError):
+  """The record is not one sftbeam wrote, or names paths outside DIR."""
 
 
 def new_run_id() -> str:
@@ -42,25 +54,41 @@ def work_dir_name(run_id: str) -> str:
   return WORK_DIR_PREFIX + run_id
 
 
-def new_work_dir(output_dir: str) -> str:
-  """The path of a work directory for a run with no record (tests, dry
-  runs): its names are recorded nowhere."""
-  return FileSystems.join(output_dir, work_dir_name(new_run_id()))
+def _plain_name(name) -> bool:
+  """A name of an entry directly in the directory: nothing else is ever
+  deleted, whatever a record says."""
+  return (isinstance(name, str) and name not in ('', '.', '..') and
+          '/' not in name and '\\' not in name and '\0' not in name)
 
 
-def names_list_name(step: str) -> str:
-  """The name, in the work directory, of the list a writing step keeps."""
-  return step + _NAMES_SUFFIX
+def new_record(run_id: str, owner: dict, state: str, files,
+               work_dir: str = None) -> dict:
+  """A record written by this version of sftbeam (see the module doc)."""
+  return {'sftbeam_version': VERSION, 'run_id': run_id, 'owner': owner,
+          'state': state, 'files': sorted(set(files)), 'work_dir': work_dir}
 
 
-def record_names(work_dir: str, step: str, names: list):
-  """Writes the names that `step` is about to give files, before it does."""
-  path = FileSystems.join(work_dir, names_list_name(step))
-  with FileSystems.create(path) as handle:
-    handle.write(json.dumps(sorted(names)).encode('utf-8'))
+def write_record(output_dir: str, record: dict):
+  """Writes `record` as the directory's record."""
+  write_json_atomically(FileSystems.join(output_dir, MANIFEST_FILE), record)
 
 
-def read_json(path: str):
-  """The JSON value of the file at `path` (local or remote)."""
-  with FileSystems.open(path) as handle:
-    return json.loads(handle.read())
+def parse_record(data: bytes) -> dict:
+  """The record in `data` (a dict), its `files` and `work_dir` checked.
+  Raises UnreadableRecord."""
+  if len(data) > MAX_RECORD_BYTES:
+    raise UnreadableRecord(f'more than {MAX_RECORD_BYTES} bytes')
+  try:
+    record = json.loads(data)
+    files, work_dir = record['files'], record['work_dir']
+    # name_lists: lists of names in the work directory, in records of
+    # earlier versions; no longer used and never read, but checked.
+    names = files + record.get('name_lists', [])
+  except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    raise UnreadableRecord('not a record sftbeam wrote') from None
+  if not isinstance(names, list) or not all(map(_plain_name, names)):
+    raise UnreadableRecord('it names files outside the directory')
+  if work_dir is not None and not (isinstance(work_dir, str) and
+                                   WORK_DIR_NAME.fullmatch(work_dir)):
+    raise UnreadableRecord('its work_dir is not a work directory of sftbeam')
+  return record

@@ -32,7 +32,7 @@ class RecordChunk(NamedTuple):
   """Parsed records of one source, as parallel lists.
 
   A prompt/output record has its `prompts` and `outputs` entries and None
-  in `conversations`; a chat record the reverse (a `chat.Conversation`).
+  in `conversations`; a chat record the reverse (a `chat_records.Conversation`).
   `lines` are the records' input lines (UTF-8 bytes), kept (not copied) so
   that a later step can still show a rejected record's line.
   """

@@ -12,12 +12,10 @@ one shard, `batches-SSSSS-of-NNNNN`: it renames a slot's only file, or
 joins its files (TFRecord and gzip files stay valid when concatenated), or
 writes an empty shard for a slot that got no batch.
 
-Everything is first written inside the run's own work directory (fileio's
-temp files and complete files alike), then moved to its final name. The
-run's record (`transforms.manifest`) names the shards from the start; the
-rejected files' names, which depend on how many files the writers made, are
-recorded in the work directory before the files get them. So a run knows
-every file it made, even when it is killed.
+A file gets its final name only when complete: fileio writes below
+`DIR/temp` and moves complete files into place, and JoinSlots joins there
+too. A run writes all this in its own work directory, which
+pipeline/output_dir.py moves into --output once the run has succeeded.
 """
 
 import gzip
@@ -29,7 +27,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.value_provider import StaticValueProvider
 
-from sftbeam.transforms import manifest, schema
+from sftbeam.transforms import schema
+from sftbeam.transforms.paths import delete_files
 from sftbeam.transforms.tfrecord import (describe_shard, is_gzip,
                                          write_record)
 
@@ -86,9 +85,14 @@ def _slot_file_naming(suffix: str):
   return name
 
 
-def _temp_dir(work_dir: str, step: str) -> StaticValueProvider:
-  """fileio's temp directory for `step`, inside the run's work directory."""
-  return StaticValueProvider(str, FileSystems.join(work_dir, 'temp-' + step))
+def _temp_dir_of(output_dir: str) -> str:
+  """Where the writers of `output_dir` keep files until complete."""
+  return FileSystems.join(output_dir, 'temp')
+
+
+def _fileio_temp_dir(temp_dir: str, step: str) -> StaticValueProvider:
+  """fileio's temp directory for `step`, inside `temp_dir`."""
+  return StaticValueProvider(str, FileSystems.join(temp_dir, step))
 
 
 _COPY_BYTES = 8 << 20
@@ -97,14 +101,14 @@ _COPY_BYTES = 8 << 20
 class _JoinSlotFn(beam.DoFn):
   """(slot, [FileResult, ...]) -> the slot's final shard path.
 
-  The slot's files are in the work directory, the shard goes to the output
-  directory. Idempotent under retry: when the shard is already in place
-  and the slot's files are gone, an earlier attempt finished the job.
+  The slot's files are in `temp_dir`, the shard goes to `output_dir`.
+  Idempotent under retry: when the shard is already in place and the
+  slot's files are gone, an earlier attempt finished the job.
   """
 
-  def __init__(self, work_dir: str, output_dir: str, num_shards: int,
+  def __init__(self, temp_dir: str, output_dir: str, num_shards: int,
                suffix: str):
-    self._work_dir = work_dir
+    self._temp_dir = temp_dir
     self._output_dir = output_dir
     self._num_shards = num_shards
     self._suffix = suffix
@@ -113,7 +117,7 @@ class _JoinSlotFn(beam.DoFn):
     slot, results = slot_files
     final = FileSystems.join(
         self._output_dir, shard_name(slot, self._num_shards, self._suffix))
-    parts = sorted(FileSystems.join(self._work_dir, result.file_name)
+    parts = sorted(FileSystems.join(self._temp_dir, result.file_name)
                    for result in results)
     present = [path for path in parts if FileSystems.exists(path)]
     if not present and FileSystems.exists(final):
@@ -129,7 +133,7 @@ class _JoinSlotFn(beam.DoFn):
               path, compression_type=CompressionTypes.UNCOMPRESSED) as source:
             while block := source.read(_COPY_BYTES):
               target.write(block)
-      FileSystems.delete(parts)
+      delete_files(parts)
     yield final
 
 
@@ -155,35 +159,32 @@ class WriteBatches(beam.PTransform):
 
   Gives the dataset_info.json entry of every final shard (records, bytes,
   sha256: see tfrecord.describe_shard; each shard described in parallel)
-  once all are in place. `work_dir` is the run's work directory (see
-  transforms.manifest); None: a new one, recorded nowhere.
+  once all are in place.
   """
 
-  def __init__(self, output_dir: str, num_shards: int, compression: str,
-               work_dir: str = None):
+  def __init__(self, output_dir: str, num_shards: int, compression: str):
     super().__init__()
     self._output_dir = output_dir
     self._num_shards = num_shards
     self._compression = compression
-    self._work_dir = work_dir or manifest.new_work_dir(output_dir)
 
   def expand(self, serialized_batches):
     suffix = shard_suffix(self._compression)
     num_shards = self._num_shards
-    work_dir = self._work_dir
+    temp_dir = _temp_dir_of(self._output_dir)
     return (
         serialized_batches
         | 'WriteSlots' >> fileio.WriteToFiles(
-            path=work_dir,
+            path=temp_dir,
             destination=lambda batch: zlib.crc32(batch) % num_shards,
             file_naming=_slot_file_naming(suffix),
-            temp_directory=_temp_dir(work_dir, 'batches'),
+            temp_directory=_fileio_temp_dir(temp_dir, 'batches'),
             sink=lambda _: TFRecordSink(self._compression),
             shards=num_shards,
             max_writers_per_bundle=num_shards)
         | 'BySlot' >> beam.GroupBy(lambda result: result.destination)
         | 'JoinSlots' >> beam.ParDo(
-            _JoinSlotFn(work_dir, self._output_dir, num_shards, suffix))
+            _JoinSlotFn(temp_dir, self._output_dir, num_shards, suffix))
         | 'DescribeShards' >> beam.Map(describe_shard)
         | 'CollectShards' >> beam.combiners.ToList()
         | 'AddEmptyShards' >> beam.FlatMap(
@@ -191,44 +192,27 @@ class WriteBatches(beam.PTransform):
                 self._output_dir, num_shards, self._compression, written)))
 
 
-def _publish_rejected(work_dir: str, output_dir: str, file_results):
-  """Records the rejected files' names, then moves them from the work
-  directory to the output directory; gives their FileResults."""
-  names = [result.file_name for result in file_results]
-  manifest.record_names(work_dir, manifest.REJECTED_LIST, names)
-  FileSystems.rename([FileSystems.join(work_dir, name) for name in names],
-                     [FileSystems.join(output_dir, name) for name in names])
-  return file_results
-
-
 class WriteRejected(beam.PTransform):
   """Rejected records -> `rejected-SSSSS-of-NNNNN.jsonl`, one JSON a line.
 
   Gives the FileResults of the written files (none when nothing was
-  rejected). `work_dir` as for WriteBatches.
+  rejected).
   """
 
-  def __init__(self, output_dir: str, num_shards: int = 1,
-               work_dir: str = None):
+  def __init__(self, output_dir: str, num_shards: int = 1):
     super().__init__()
     self._output_dir = output_dir
     self._num_shards = num_shards
-    self._work_dir = work_dir or manifest.new_work_dir(output_dir)
 
   def expand(self, rejected):
-    work_dir = self._work_dir
     return (
         rejected
         | 'ToJson' >> beam.Map(lambda record: record.to_json())
         | 'WriteRejectedFiles' >> fileio.WriteToFiles(
-            path=work_dir,
+            path=self._output_dir,
             file_naming=fileio.default_file_naming(schema.REJECTED_PREFIX,
                                                    schema.REJECTED_SUFFIX),
-            temp_directory=_temp_dir(work_dir, 'rejected'),
+            temp_directory=_fileio_temp_dir(_temp_dir_of(self._output_dir),
+                                            'rejected'),
             sink=lambda _: fileio.TextSink(),
-            shards=self._num_shards)
-        # One group (one destination): all the files, or none at all.
-        | 'CollectRejected' >> beam.GroupBy(lambda result: result.destination)
-        | 'PublishRejected' >> beam.FlatMap(
-            lambda group: _publish_rejected(work_dir, self._output_dir,
-                                            list(group[1]))))
+            shards=self._num_shards))
