@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 
 from pubsub_emulator import PubSubEmulator  # pylint: disable=wrong-import-position
 # pylint: disable-next=wrong-import-position
-from sftbeam.transforms import example_codec, schema
+from sftbeam.transforms import example_codec, filenames, schema
 
 SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
 GSM8K = os.path.join(os.path.dirname(ROOT), 'shared', 'data',
@@ -67,7 +67,7 @@ class ShardWatcher:
         continue
       now = time.time()
       for name in os.listdir(self._output_dir):
-        if name.startswith(schema.SHARD_PREFIX + '-'):
+        if name.startswith(filenames.SHARD_PREFIX + '-'):
           self.first_seen.setdefault(name, now)
 
   def stop(self):
@@ -216,7 +216,7 @@ def restart(emulator, work_dir: str):
         f'{sum(1 for i in wanted if written[i] > 1)}, never '
         f'{len(wanted - set(written))}; left in the subscription '
         f'{len(emulator.pull_all(subscription))}')
-  with open(os.path.join(output_dir, schema.INFO_FILE), encoding='utf-8') as f:
+  with open(os.path.join(output_dir, filenames.INFO), encoding='utf-8') as f:
     counts = json.load(f)['counts']
   print('dataset_info counts: records_in', counts['records_in'],
         'written', counts['records_written'], 'rejected',

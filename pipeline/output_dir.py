@@ -42,47 +42,13 @@ from apache_beam.io.filesystems import FileSystems
 
 from sftbeam.pipeline import run_lock
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.transforms import manifest, schema
-from sftbeam.transforms.dataset_info import ATOMIC_TEMP_SUFFIX
-from sftbeam.transforms.manifest import WORK_DIR_NAME
+from sftbeam.transforms import filenames, manifest
 from sftbeam.transforms.paths import (delete_files, delete_tree, is_remote,
                                       names_in)
-from sftbeam.transforms.windows import WINDOW_NAME_PATTERN
 
-_INFO_NAMES = (rf'{re.escape(schema.INFO_FILE)}'
-               rf'(?:{re.escape(ATOMIC_TEMP_SUFFIX)})?')
-_SHARD_NAME = (rf'{re.escape(schema.SHARD_PREFIX)}-\d{{5}}-of-\d{{5}}'
-               rf'{re.escape(schema.SHARD_SUFFIX)}(?:\.gz)?')
-_REJECTED_NAME = (rf'{re.escape(schema.REJECTED_PREFIX)}-\d{{5}}-of-\d{{5}}'
-                  rf'{re.escape(schema.REJECTED_SUFFIX)}')
-# A streaming run's window files, which its record does not name.
-_WINDOW_FILE_NAME = (
-    rf'(?:{re.escape(schema.SHARD_PREFIX)}|{re.escape(schema.REJECTED_PREFIX)}'
-    rf'|{re.escape(schema.WINDOW_STATS_PREFIX)}){WINDOW_NAME_PATTERN}'
-    rf'(?:{re.escape(schema.SHARD_SUFFIX)}(?:\.gz)?'
-    rf'|{re.escape(schema.REJECTED_SUFFIX)}'
-    rf'|{re.escape(schema.WINDOW_STATS_SUFFIX)})')
-# The names a batch run gives its files, and a streaming run's window files:
-# one of them already there, but not recorded, is someone else's file (which
-# the run would replace) or an earlier streaming run's (which --overwrite
-# would leave beside the new run's files).
-BATCH_NAMES = re.compile(
-    rf'{_INFO_NAMES}|{_SHARD_NAME}|{_REJECTED_NAME}|{_WINDOW_FILE_NAME}')
-# A streaming run also lists every file of these patterns as its own.
-STREAMING_NAMES = re.compile(
-    rf'{_INFO_NAMES}|{re.escape(schema.SHARD_PREFIX)}-.*'
-    rf'{re.escape(schema.SHARD_SUFFIX)}(?:\.gz)?|'
-    rf'{re.escape(schema.REJECTED_PREFIX)}-.*{re.escape(schema.REJECTED_SUFFIX)}'
-    rf'|{re.escape(schema.WINDOW_STATS_PREFIX)}-.*'
-    rf'{re.escape(schema.WINDOW_STATS_SUFFIX)}(?:{re.escape(ATOMIC_TEMP_SUFFIX)})?')
-# The temp file of the record's atomic write (transforms.dataset_info).
-_RECORD_TEMP = manifest.MANIFEST_FILE + ATOMIC_TEMP_SUFFIX
-# What a record may name as a file: sftbeam's kinds of files, nothing else.
-_RECORDABLE = re.compile(
-    rf'{STREAMING_NAMES.pattern}|{re.escape(_RECORD_TEMP)}')
 # Files a streaming run writes under fixed names (its window files are
 # not recorded: see docs/streaming.md).
-_STREAMING_FILES = [schema.INFO_FILE, schema.INFO_FILE + ATOMIC_TEMP_SUFFIX]
+_STREAMING_FILES = [filenames.INFO, filenames.temp_name(filenames.INFO)]
 
 
 class ReplaceFailed(Exception):
@@ -178,13 +144,13 @@ def _wrong_kind(path: str, wanted: str) -> ConfigError:
 
 def _read_record(output_dir: str):
   """The directory's record (transforms.manifest), checked; None if none."""
-  path = FileSystems.join(output_dir, manifest.MANIFEST_FILE)
+  path = FileSystems.join(output_dir, filenames.MANIFEST)
   data = _read_bytes(path, manifest.MAX_RECORD_BYTES + 1)
   if data is None:
     return None
   try:
     record = manifest.parse_record(data)
-    if not all(map(_RECORDABLE.fullmatch, record['files'])):
+    if not all(map(filenames.RECORDABLE.fullmatch, record['files'])):
       raise manifest.UnreadableRecord('it names files sftbeam does not write')
   except manifest.UnreadableRecord as error:
     raise ConfigError(
@@ -201,7 +167,7 @@ def _check_kinds(output_dir: str, names):
     return  # no links on an object store
   for name in names:
     path = os.path.join(output_dir, name)
-    is_dir = WORK_DIR_NAME.fullmatch(name) is not None
+    is_dir = filenames.WORK_DIR.fullmatch(name) is not None
     try:
       mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -215,10 +181,10 @@ def _remove(output_dir: str, names):
   dataset_info.json first, so readers stop accepting the directory at
   once, work directories last."""
   for name in sorted(names, key=lambda name: (
-      name != schema.INFO_FILE, bool(WORK_DIR_NAME.fullmatch(name)), name)):
+      name != filenames.INFO, bool(filenames.WORK_DIR.fullmatch(name)), name)):
     path = FileSystems.join(output_dir, name)
     try:
-      if WORK_DIR_NAME.fullmatch(name):
+      if filenames.WORK_DIR.fullmatch(name):
         delete_tree(path)
       else:
         delete_files([path])
@@ -239,7 +205,7 @@ def _examine(output_dir: str, overwrite: bool, run_names) -> Earlier:
   this run may write (`run_names`, a regex), and a link or a file of
   another kind where sftbeam would delete or replace one."""
   entries = {_top_level(name) for name in _entries(output_dir)}
-  entries.discard(run_lock.LOCK_FILE)
+  entries.discard(filenames.LOCK)
   if not entries:
     return Earlier(None, [], [])
   if not overwrite:
@@ -249,8 +215,8 @@ def _examine(output_dir: str, overwrite: bool, run_names) -> Earlier:
         'another --output')
   record = _read_record(output_dir)
   files = sorted(entries & set(record['files'] if record else []))
-  leftovers = sorted(name for name in entries if name == _RECORD_TEMP or
-                     WORK_DIR_NAME.fullmatch(name))
+  leftovers = sorted(name for name in entries if name == filenames.temp_name(filenames.MANIFEST) or
+                     filenames.WORK_DIR.fullmatch(name))
   strangers = sorted(name for name in entries - set(files)
                      if run_names.fullmatch(name))
   if strangers:
@@ -277,7 +243,7 @@ class OutputClaim:
                created_dir: bool = False):
     self.output_dir = output_dir
     self.run_id = lock.owner['run_id']
-    self._work_dir_name = manifest.work_dir_name(self.run_id)
+    self._work_dir_name = filenames.work_dir_name(self.run_id)
     self.work_dir = FileSystems.join(output_dir, self._work_dir_name)
     self._lock = lock
     self._earlier = earlier
@@ -302,8 +268,8 @@ class OutputClaim:
     names = [name for name in names_in(self.work_dir) if '/' not in name and
              (is_remote(self.work_dir) or
               os.path.isfile(os.path.join(self.work_dir, name)))]
-    if schema.INFO_FILE not in names:
-      raise ReplaceFailed(f'the run wrote no {schema.INFO_FILE} in '
+    if filenames.INFO not in names:
+      raise ReplaceFailed(f'the run wrote no {filenames.INFO} in '
                           f'{self.work_dir}: it is not complete')
     return names
 
@@ -335,8 +301,8 @@ class OutputClaim:
     self._replacing = True
     try:
       _remove(self.output_dir, self._earlier.files)
-      self._move_in(sorted(set(new_files) - {schema.INFO_FILE}))
-      self._move_in([schema.INFO_FILE])  # last: now the run is readable
+      self._move_in(sorted(set(new_files) - {filenames.INFO}))
+      self._move_in([filenames.INFO])  # last: now the run is readable
       delete_tree(self.work_dir)
     except (OSError, BeamIOError) as error:
       raise ReplaceFailed(
@@ -363,7 +329,7 @@ class OutputClaim:
       return
     _remove(self.output_dir, [self._work_dir_name])
     if self._earlier.record is None:
-      _remove(self.output_dir, [manifest.MANIFEST_FILE])
+      _remove(self.output_dir, [filenames.MANIFEST])
     else:
       manifest.write_record(self.output_dir, self._earlier.record)
 
@@ -408,7 +374,7 @@ def _lock(output_dir: str, inputs, lock):
   if lock is None:
     try:
       lock = run_lock.acquire(output_dir,
-                              run_lock.owner_record(manifest.new_run_id()))
+                              run_lock.owner_record(filenames.new_run_id()))
     except BaseException:
       if created_dir:
         _remove_if_empty(output_dir)
@@ -428,7 +394,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
   """
   lock, created_dir = _lock(output_dir, inputs, lock)
   try:
-    earlier = _examine(output_dir, overwrite, BATCH_NAMES)
+    earlier = _examine(output_dir, overwrite, filenames.BATCH_NAMES)
     _remove(output_dir, earlier.leftovers)
     claim = OutputClaim(output_dir, lock, earlier, created_dir)
     claim.start()
@@ -449,7 +415,7 @@ def prepare_streaming_output_dir(output_dir: str, overwrite: bool,
   """
   lock, _ = _lock(output_dir, (), lock)
   try:
-    earlier = _examine(output_dir, overwrite, STREAMING_NAMES)
+    earlier = _examine(output_dir, overwrite, filenames.STREAMING_NAMES)
     _remove(output_dir, earlier.files + earlier.leftovers)
     manifest.write_record(output_dir, manifest.new_record(
         lock.owner['run_id'], lock.owner, 'running', _STREAMING_FILES))

@@ -34,15 +34,11 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from sftbeam.transforms import example_codec, pack, schema
+from sftbeam.transforms import example_codec, filenames, pack, schema
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.tfrecord import (CorruptRecord, describe_shard,
                                          iter_records)
 
-# Shard names as the batch and streaming writers make them; nothing else
-# (a path separator, `..`, a scheme, a glob character) is ever read.
-_SHARD_NAME = re.compile(re.escape(schema.SHARD_PREFIX) + r'-[A-Za-z0-9._-]+' +
-                         re.escape(schema.SHARD_SUFFIX) + r'(\.gz)?')
 _SHA256 = re.compile(r'[0-9a-f]{64}')
 
 
@@ -67,10 +63,10 @@ def load_dataset_info(output_dir: str) -> dict:
   """The directory's dataset_info.json, checked to exist and be of a
   schema version this code reads."""
   output_dir = os.fspath(output_dir)
-  path = FileSystems.join(output_dir, schema.INFO_FILE)
+  path = FileSystems.join(output_dir, filenames.INFO)
   if not FileSystems.exists(path):
     raise IncompleteOutput(
-        f'{output_dir} has no {schema.INFO_FILE}: the run did not finish '
+        f'{output_dir} has no {filenames.INFO}: the run did not finish '
         '(re-run it with --overwrite)')
   with FileSystems.open(path) as handle:
     info = json.loads(handle.read())
@@ -86,18 +82,18 @@ def load_dataset_info(output_dir: str) -> dict:
 def _check_entry(output_dir: str, entry) -> Shard:
   """One `shards` entry as a Shard, or CorruptOutput saying what is wrong."""
   if not isinstance(entry, dict) or not isinstance(entry.get('name'), str):
-    raise CorruptOutput(f'{output_dir}/{schema.INFO_FILE}: shard entry '
+    raise CorruptOutput(f'{output_dir}/{filenames.INFO}: shard entry '
                         f'{entry!r} has no name')
   name = entry['name']
-  if not _SHARD_NAME.fullmatch(name):
+  if not filenames.SHARD_ENTRY.fullmatch(name):
     raise CorruptOutput(
-        f'{output_dir}/{schema.INFO_FILE} lists shard {name!r}, which is not '
-        f'a shard file name ({schema.SHARD_PREFIX}-*{schema.SHARD_SUFFIX}'
+        f'{output_dir}/{filenames.INFO} lists shard {name!r}, which is not '
+        f'a shard file name ({filenames.SHARD_PREFIX}-*{filenames.SHARD_SUFFIX}'
         '[.gz]) directly in the directory: refused')
   counts = [entry.get(key) for key in ('records', 'bytes')]
   if (not all(type(count) is int and count >= 0 for count in counts) or
       not _SHA256.fullmatch(str(entry.get('sha256')))):
-    raise CorruptOutput(f'{output_dir}/{schema.INFO_FILE}: shard {name} needs '
+    raise CorruptOutput(f'{output_dir}/{filenames.INFO}: shard {name} needs '
                         'integer records and bytes and a hex sha256')
   path = FileSystems.join(output_dir, name)
   if not is_remote(output_dir) and (
@@ -114,13 +110,13 @@ def verified_shards(output_dir: str, info: dict = None) -> list:
   info = info or load_dataset_info(output_dir)
   entries = info.get('shards')
   if not isinstance(entries, list):
-    raise CorruptOutput(f'{output_dir}/{schema.INFO_FILE} has no shard list')
+    raise CorruptOutput(f'{output_dir}/{filenames.INFO} has no shard list')
   shards = [_check_entry(output_dir, entry) for entry in entries]
   names = [shard.name for shard in shards]
   twice = sorted(name for name, count in collections.Counter(names).items()
                  if count > 1)
   if twice:
-    raise CorruptOutput(f'{output_dir}/{schema.INFO_FILE} lists shard '
+    raise CorruptOutput(f'{output_dir}/{filenames.INFO} lists shard '
                         f'{twice[0]} more than once: refused')
   if not shards:
     return []
@@ -128,12 +124,12 @@ def verified_shards(output_dir: str, info: dict = None) -> list:
              if not FileSystems.exists(shard.path)]
   if missing:
     raise IncompleteOutput(f'{len(missing)} shards listed in '
-                           f'{schema.INFO_FILE} are missing, e.g. {missing[0]}')
+                           f'{filenames.INFO} are missing, e.g. {missing[0]}')
   for shard in shards:
     size = _file_size(shard.path)
     if size != shard.bytes:
       raise CorruptOutput(f'shard {shard.name} holds {size} '
-                          f'bytes; {schema.INFO_FILE} says {shard.bytes}')
+                          f'bytes; {filenames.INFO} says {shard.bytes}')
   return shards
 
 
@@ -153,7 +149,7 @@ def _verify_contents(shard: Shard):
     if found[key] != getattr(shard, key):
       raise CorruptOutput(
           f'shard {shard.name}: {key} {found[key]} found, '
-          f'{getattr(shard, key)} in {schema.INFO_FILE}: the shard was '
+          f'{getattr(shard, key)} in {filenames.INFO}: the shard was '
           'changed or replaced after the run')
 
 

@@ -22,8 +22,7 @@ import stat
 import time
 
 from sftbeam.pipeline.options import ConfigError
-
-LOCK_FILE = '.sftbeam-lock'
+from sftbeam.transforms import filenames
 
 
 class OutputLocked(ConfigError):
@@ -68,7 +67,7 @@ class LocalLock:
 
   def __init__(self, directory: str, owner: dict):
     self.owner = owner
-    self._path = os.path.join(directory, LOCK_FILE)
+    self._path = os.path.join(directory, filenames.LOCK)
     self._fd = self._lock_current_file()
     os.ftruncate(self._fd, 0)
     os.write(self._fd, json.dumps(owner).encode('utf-8'))
@@ -153,7 +152,7 @@ class GcsLock:
     bucket_name, prefix = _split_gcs_path(directory)
     self._directory = directory
     self._bucket = client.bucket(bucket_name)
-    self._name = prefix + LOCK_FILE
+    self._name = prefix + filenames.LOCK
     self._generation = self._create(json.dumps(owner))
 
   def _create(self, data: str) -> int:

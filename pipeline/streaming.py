@@ -27,7 +27,7 @@ from sftbeam.pipeline import progress, remote, run_lock, runners
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.output_dir import prepare_streaming_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
-from sftbeam.transforms import manifest, schema
+from sftbeam.transforms import filenames, manifest
 from sftbeam.transforms.dataset_info import (UpdateDatasetInfoFn,
                                              matching_paths)
 from sftbeam.transforms.lines_to_batches import LinesToBatches
@@ -36,7 +36,8 @@ from sftbeam.transforms.stats import SumStatsFn, rejected_by_reason
 from sftbeam.transforms.tfrecord import describe_shard
 from sftbeam.transforms.windows import (IntoWriteWindows, WriteWindowedFiles,
                                         WriteWindowStats)
-from sftbeam.transforms.write import TFRecordSink, shard_suffix
+from sftbeam.transforms.filenames import shard_suffix
+from sftbeam.transforms.write import TFRecordSink
 
 
 def _dead_letter(rejected) -> PubsubMessage:
@@ -71,14 +72,14 @@ def build_streaming_pipeline(root, config, earlier=None):
       outputs['batches']
       | 'WindowBatches' >> IntoWriteWindows(config.window_seconds)
       | 'WriteShards' >> WriteWindowedFiles(
-          config.output, schema.SHARD_PREFIX, shard_suffix(config.compression),
+          config.output, filenames.SHARD_PREFIX, shard_suffix(config.compression),
           lambda _: TFRecordSink(config.compression), config.num_shards))
   rejected_results = (
       outputs['rejected']
       | 'WindowRejected' >> IntoWriteWindows(config.window_seconds)
       | 'RejectedToJson' >> beam.Map(lambda rejected: rejected.to_json())
       | 'WriteRejected' >> WriteWindowedFiles(
-          config.output, schema.REJECTED_PREFIX, schema.REJECTED_SUFFIX,
+          config.output, filenames.REJECTED_PREFIX, filenames.REJECTED_SUFFIX,
           lambda _: fileio.TextSink(), 1))
   _ = outputs['stats'] | 'CountStats' >> beam.ParDo(progress.CountStats())
   window_stats = (
@@ -109,8 +110,8 @@ class EarlierRun(NamedTuple):
 
 def _earlier_run(output_dir: str) -> EarlierRun:
   stats, shards = collections.Counter(), []
-  for path in matching_paths(output_dir, schema.WINDOW_STATS_PREFIX,
-                             schema.WINDOW_STATS_SUFFIX):
+  for path in matching_paths(output_dir, filenames.WINDOW_STATS_PREFIX,
+                             filenames.WINDOW_STATS_SUFFIX):
     with FileSystems.open(path) as handle:
       record = json.loads(handle.read())
     stats.update(record['stats'])
@@ -147,9 +148,9 @@ def prepare_output(config):
   """
   lock = None
   if not config.overwrite and FileSystems.exists(
-      FileSystems.join(config.output, schema.INFO_FILE)):
+      FileSystems.join(config.output, filenames.INFO)):
     lock = run_lock.acquire(config.output,
-                            run_lock.owner_record(manifest.new_run_id()))
+                            run_lock.owner_record(filenames.new_run_id()))
   try:
     if lock is not None and _continues_earlier_run(config):
       return _earlier_run(config.output), lock

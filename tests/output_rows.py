@@ -10,7 +10,7 @@ import os
 import pathlib
 
 from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
-from sftbeam.transforms import schema
+from sftbeam.transforms import filenames, schema
 
 
 def rows_by_id(output_dir: str) -> dict:
@@ -50,5 +50,5 @@ def run_files(output_dir) -> dict:
   dataset_info.json, shards, rejected files."""
   return {name: pathlib.Path(output_dir, name).read_bytes()
           for name in os.listdir(output_dir)
-          if name == schema.INFO_FILE or name.startswith(
-              (schema.SHARD_PREFIX + '-', schema.REJECTED_PREFIX + '-'))}
+          if name == filenames.INFO or name.startswith(
+              (filenames.SHARD_PREFIX + '-', filenames.REJECTED_PREFIX + '-'))}

@@ -18,7 +18,7 @@ from conftest import SAMPLE, run_sftbeam, shared_data
 from sftbeam.pipeline.options import DEFAULT_BOUNDARIES
 from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 from sftbeam import tokenize_prompt_and_output
-from sftbeam.transforms.manifest import MANIFEST_FILE
+from sftbeam.transforms.filenames import MANIFEST
 from sftbeam.transforms.tokenizer_source import embedded_tokenizer_dir
 
 # Runs the pipeline or large references: `pytest -m "not slow"` skips it.
@@ -177,6 +177,6 @@ def test_dataset_info_describes_the_run(tmp_path):
              info['rejected_files'] + ['dataset_info.json'])
   # The run's record names exactly the files it wrote (--overwrite deletes
   # those and nothing else).
-  assert sorted(os.listdir(tmp_path)) == sorted(written + [MANIFEST_FILE])
-  with open(os.path.join(tmp_path, MANIFEST_FILE), encoding='utf-8') as handle:
+  assert sorted(os.listdir(tmp_path)) == sorted(written + [MANIFEST])
+  with open(os.path.join(tmp_path, MANIFEST), encoding='utf-8') as handle:
     assert json.load(handle)['files'] == sorted(written)

@@ -26,7 +26,7 @@ from output_rows import rows_by_id, run_files
 from sftbeam.pipeline import cli
 from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
                               load_dataset_info, read_tf_dataset)
-from sftbeam.transforms import manifest, schema, sft
+from sftbeam.transforms import filenames, manifest, sft
 
 # Runs the pipeline or large references: `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ COPIES = 2
 POLL_SECONDS = 0.002
 KILL_ATTEMPTS = 5
 # A shard under its final name in a run's work directory.
-STAGED_SHARD = manifest.WORK_DIR_PREFIX + '*/' + schema.SHARD_PREFIX + '-*'
+STAGED_SHARD = filenames.work_dir_name('*') + '/' + filenames.SHARD_PREFIX + '-*'
 
 
 
@@ -98,7 +98,7 @@ def kill_when(process, output_dir, pattern, log_path, timeout=300):
 
 def assert_readers_refuse(output_dir):
   output_dir = str(output_dir)
-  assert not os.path.exists(os.path.join(output_dir, schema.INFO_FILE))
+  assert not os.path.exists(os.path.join(output_dir, filenames.INFO))
   with pytest.raises(IncompleteOutput, match='did not finish'):
     load_dataset_info(output_dir)
   with pytest.raises(IncompleteOutput):
@@ -114,7 +114,7 @@ def assert_final_shards_whole(output_dir):
   for name in fnmatch.filter(files_under(output_dir),
                              STAGED_SHARD) + fnmatch.filter(
                                  os.listdir(output_dir),
-                                 schema.SHARD_PREFIX + '-*'):
+                                 filenames.SHARD_PREFIX + '-*'):
     records = tf.data.TFRecordDataset(os.path.join(output_dir, name))
     assert sum(1 for _ in records) > 0  # DataLossError if cut short
 
@@ -127,11 +127,11 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
 
   # 1. Killed while shards are being written to temp files.
   process = start_run(input_path, output_dir, log_path)
-  present = kill_when(process, output_dir, manifest.WORK_DIR_PREFIX + '*/*',
+  present = kill_when(process, output_dir, filenames.work_dir_name('*/*'),
                       log_path)
   # Shards get their final names only after all are written.
-  assert not fnmatch.filter(present, schema.SHARD_PREFIX + '-*')
-  assert schema.INFO_FILE not in present
+  assert not fnmatch.filter(present, filenames.SHARD_PREFIX + '-*')
+  assert filenames.INFO not in present
   assert_readers_refuse(output_dir)
   assert_final_shards_whole(output_dir)
 
@@ -146,10 +146,10 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
   for _ in range(KILL_ATTEMPTS):
     process = start_run(input_path, output_dir, log_path, '--overwrite')
     present = kill_when(process, output_dir, STAGED_SHARD, log_path)
-    if schema.INFO_FILE not in present:
+    if filenames.INFO not in present:
       break
-  assert schema.INFO_FILE not in present, (
-      f'no kill landed between the shards and {schema.INFO_FILE} in '
+  assert filenames.INFO not in present, (
+      f'no kill landed between the shards and {filenames.INFO} in '
       f'{KILL_ATTEMPTS} runs')
   assert_readers_refuse(output_dir)
   assert_final_shards_whole(output_dir)
@@ -162,10 +162,10 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
   assert counts['records_in'] == counts['records_written'] == len(expected)
   assert counts['records_rejected'] == 0 and counts['reconciled'] is True
   assert sorted(fnmatch.filter(os.listdir(output_dir),
-                               schema.SHARD_PREFIX + '-*')) == [
+                               filenames.SHARD_PREFIX + '-*')) == [
                                    shard['name'] for shard in info['shards']]
   assert not fnmatch.filter(os.listdir(output_dir),
-                            manifest.WORK_DIR_PREFIX + '*')
+                            filenames.work_dir_name('*'))
   rows = rows_by_id(str(output_dir))
   assert set(rows) == set(expected)
   for example_id in random.Random(0).sample(sorted(expected), 20):
@@ -181,6 +181,6 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
   # complete run is still there, byte for byte, and reads.
   complete = run_files(output_dir)
   process = start_run(input_path, output_dir, log_path, '--overwrite')
-  kill_when(process, output_dir, manifest.WORK_DIR_PREFIX + '*/*', log_path)
+  kill_when(process, output_dir, filenames.work_dir_name('*/*'), log_path)
   assert run_files(output_dir) == complete
   assert set(rows_by_id(str(output_dir))) == set(expected)

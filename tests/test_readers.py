@@ -20,7 +20,7 @@ from output_rows import rows_by_id
 from sftbeam.readers import (CorruptOutput, IncompleteOutput,
                              iter_numpy_batches, load_dataset_info,
                              read_tf_dataset, torch_dataset)
-from sftbeam.transforms import example_codec, schema
+from sftbeam.transforms import example_codec, filenames, schema
 from sftbeam.transforms.tfrecord import (describe_shard, iter_records,
                                          write_record)
 
@@ -47,14 +47,14 @@ def output(finished, tmp_path):
 
 
 def info_of(output_dir):
-  with open(os.path.join(output_dir, schema.INFO_FILE)) as handle:
+  with open(os.path.join(output_dir, filenames.INFO)) as handle:
     return json.load(handle)
 
 
 def rewrite_info(output_dir, change):
   info = info_of(output_dir)
   change(info)
-  with open(os.path.join(output_dir, schema.INFO_FILE), 'w') as handle:
+  with open(os.path.join(output_dir, filenames.INFO), 'w') as handle:
     json.dump(info, handle)
 
 
@@ -236,7 +236,7 @@ def test_a_missing_shard_or_info_is_refused(output, reader):
   os.remove(shard_path(output, 3))
   with pytest.raises(IncompleteOutput, match='missing'):
     reader(output)
-  os.remove(os.path.join(output, schema.INFO_FILE))
+  os.remove(os.path.join(output, filenames.INFO))
   with pytest.raises(IncompleteOutput, match='did not finish'):
     reader(output)
 
@@ -359,6 +359,6 @@ def test_empty_shards_read_as_nothing(tmp_path, suffix, content):
   (tmp_path / name).write_bytes(content)
   entry = describe_shard(str(tmp_path / name))
   assert entry['records'] == 0
-  (tmp_path / schema.INFO_FILE).write_text(json.dumps(
+  (tmp_path / filenames.INFO).write_text(json.dumps(
       {'schema_version': 2, 'shards': [entry]}))
   assert read_numpy(tmp_path) == [] and read_torch(tmp_path) == []

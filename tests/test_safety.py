@@ -38,7 +38,7 @@ from sftbeam.pipeline import output_dir as output_dir_lib
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
                                       load_dataset_info)
-from sftbeam.transforms import manifest, schema
+from sftbeam.transforms import filenames, manifest
 from sftbeam.transforms.read import (CorruptInputError, DecompressingReader,
                                      corrupt_input_message, iter_lines)
 from sftbeam.transforms.dataset_info import (matching_paths,
@@ -46,7 +46,6 @@ from sftbeam.transforms.dataset_info import (matching_paths,
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  embedded_tokenizer_dir,
                                                  load_tokenizer)
-from sftbeam.transforms.windows import window_file_name
 
 RECORDS_PER_FILE = 200
 COMPRESSORS = {
@@ -185,7 +184,7 @@ def test_corrupt_compressed_input_fails_the_run(extension, gsm8k_head,
   path.write_bytes(bytes(data))
   line = one_error_line(run_main(capsys, path, tmp_path / 'out'), 1)
   assert str(path) in line
-  assert not os.path.exists(tmp_path / 'out' / schema.INFO_FILE)
+  assert not os.path.exists(tmp_path / 'out' / filenames.INFO)
 
 
 def test_every_cut_point_is_refused(gsm8k_head):
@@ -236,19 +235,19 @@ def add_user_files(directory):
 
 
 def read_record(output_dir) -> dict:
-  with open(os.path.join(output_dir, manifest.MANIFEST_FILE),
+  with open(os.path.join(output_dir, filenames.MANIFEST),
             encoding='utf-8') as handle:
     return json.load(handle)
 
 
-OLD_WORK_DIR = manifest.WORK_DIR_PREFIX + '20250101T000000Z-0123abcd'
+OLD_WORK_DIR = filenames.work_dir_name('20250101T000000Z-0123abcd')
 
 
 def standin_earlier_run(output_dir):
   """A directory with what an earlier run left there, as its record names
   it (dataset_info.json, a shard), and the user's notes.txt."""
   output_dir.mkdir()
-  files = ['batches-00000-of-00001.tfrecord', schema.INFO_FILE]  # sorted
+  files = ['batches-00000-of-00001.tfrecord', filenames.INFO]  # sorted
   for name in files:
     (output_dir / name).write_bytes(b'earlier run')
   (output_dir / 'notes.txt').write_bytes(b'keep me')
@@ -256,7 +255,7 @@ def standin_earlier_run(output_dir):
   record = {'run_id': 'earlier', 'owner': None, 'state': 'complete',
             'files': files, 'work_dir': None, 'name_lists': [],
             'sftbeam_version': '0.2.0'}
-  (output_dir / manifest.MANIFEST_FILE).write_text(
+  (output_dir / filenames.MANIFEST).write_text(
       json.dumps(record, indent=2, sort_keys=True))
 
 
@@ -291,11 +290,11 @@ def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
   second = read_record(output_dir)
   assert second['run_id'] != first['run_id']
   written = sorted([shard['name'] for shard in info['shards']] +
-                   info['rejected_files'] + [schema.INFO_FILE])
+                   info['rejected_files'] + [filenames.INFO])
   assert second['files'] == written
   # The first run's 4 shards are gone, the second's 2 are all there is.
   assert sorted(set(after) - set(USER_FILES) - {'.templates'}) == sorted(
-      written + [manifest.MANIFEST_FILE])
+      written + [filenames.MANIFEST])
 
 
 @pytest.fixture(scope='module')
@@ -355,12 +354,12 @@ def readable_run(output_dir, runs: dict):
   """Which of `runs` ({label: run_files}) readers see in `output_dir`, or
   None when they refuse it; fails on a mix of runs."""
   present = run_files(output_dir)
-  if schema.INFO_FILE not in present:
+  if filenames.INFO not in present:
     with pytest.raises(IncompleteOutput, match='did not finish'):
       load_dataset_info(str(output_dir))
     return None
   which = [label for label, files in runs.items() if files == present]
-  assert which, f'{schema.INFO_FILE} beside a mix of runs: {sorted(present)}'
+  assert which, f'{filenames.INFO} beside a mix of runs: {sorted(present)}'
   assert len(list(iter_numpy_batches(str(output_dir)))) == (
       load_dataset_info(str(output_dir))['counts']['batches_written'])
   return which[0]
@@ -394,7 +393,7 @@ def test_a_kill_at_any_point_of_overwrite_leaves_one_whole_run(
     rerun.release()
     assert readable_run(output_dir, runs) == 'new'
     assert sorted(os.listdir(output_dir)) == sorted(
-        list(runs['new']) + [manifest.MANIFEST_FILE])
+        list(runs['new']) + [filenames.MANIFEST])
     assert read_record(output_dir)['files'] == sorted(runs['new'])
   assert seen[0] == 'earlier' and seen[-1] == 'new' and None in seen, seen
   assert seen == sorted(seen, key=[ 'earlier', None, 'new'].index), seen
@@ -410,7 +409,7 @@ def test_a_file_added_meanwhile_under_a_new_runs_name_stops_the_swap(tmp_path):
   with pytest.raises(output_dir_lib.ReplaceFailed,
                      match='got a file batches-00000-of-00002.tfrecord'):
     with output_dir_lib.prepare_output_dir(str(output_dir), True) as claim:
-      for name in (schema.INFO_FILE, 'batches-00000-of-00002.tfrecord'):
+      for name in (filenames.INFO, 'batches-00000-of-00002.tfrecord'):
         pathlib.Path(claim.work_dir, name).write_bytes(b'new run')
       (output_dir / 'batches-00000-of-00002.tfrecord').write_bytes(b'theirs')
       claim.complete()
@@ -436,7 +435,7 @@ def test_an_orphaned_work_directory_is_removed_by_the_next_run(
   assert not (output_dir / OLD_WORK_DIR).exists()
   assert (output_dir / '.sftbeam-run-notes').is_dir()
   assert not [name for name in os.listdir(output_dir)
-              if manifest.WORK_DIR_NAME.fullmatch(name)]
+              if filenames.WORK_DIR.fullmatch(name)]
 
 
 @pytest.mark.slow
@@ -475,7 +474,7 @@ def test_unrecorded_file_under_a_name_sftbeam_writes_is_refused(tmp_path,
   --overwrite refuses rather than replace it."""
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
-  (output_dir / schema.INFO_FILE).write_bytes(b'{"theirs": true}')
+  (output_dir / filenames.INFO).write_bytes(b'{"theirs": true}')
   (output_dir / 'batches-00000-of-00001.tfrecord').write_bytes(b'theirs')
   before = tree(output_dir)
   line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
@@ -494,12 +493,12 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
   streaming = output_dir_lib.prepare_streaming_output_dir(str(output_dir),
                                                           False)
   window = IntervalWindow(1764000000, 1764000060)
-  shard = window_file_name(schema.SHARD_PREFIX, schema.SHARD_SUFFIX, window,
-                           None)
+  shard = filenames.window_file_name(filenames.SHARD_PREFIX,
+                                     filenames.SHARD_SUFFIX, window, None)
   (output_dir / shard).write_bytes(b'x')
-  (output_dir / window_file_name(schema.WINDOW_STATS_PREFIX,
-                                 schema.WINDOW_STATS_SUFFIX, window, None)
-   ).write_bytes(b'{}')
+  (output_dir / filenames.window_file_name(
+      filenames.WINDOW_STATS_PREFIX, filenames.WINDOW_STATS_SUFFIX, window,
+      None)).write_bytes(b'{}')
   streaming.release()
   before = tree(output_dir)
   with pytest.raises(ConfigError,
@@ -513,7 +512,7 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
     {'files': ['../victim.txt'], 'work_dir': None, 'name_lists': []},
     {'files': ['{tmp}/victim.txt'], 'work_dir': None, 'name_lists': []},
     {'files': [], 'work_dir': '../victim', 'name_lists': []},
-    {'files': [], 'work_dir': manifest.WORK_DIR_PREFIX + 'victim',
+    {'files': [], 'work_dir': filenames.work_dir_name('victim'),
      'name_lists': []},
     {'files': 'notes.txt'},
     # A file of the user's, not of a kind sftbeam writes.
@@ -536,7 +535,7 @@ def test_record_naming_other_paths_is_refused(record, tmp_path, capsys):
   output_dir.mkdir()
   (output_dir / 'notes.txt').write_bytes(b'safe')
   (output_dir / OLD_WORK_DIR).mkdir()
-  (output_dir / manifest.MANIFEST_FILE).write_text(
+  (output_dir / filenames.MANIFEST).write_text(
       json.dumps(record).replace('{tmp}', str(tmp_path)))
   before = tree(tmp_path)
   line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
@@ -574,10 +573,10 @@ def test_a_lock_file_that_is_not_a_plain_file_is_refused(kind, tmp_path,
   (tmp_path / 'victim.txt').write_bytes(OUTSIDE)
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
-  make_lock(kind, output_dir / run_lock.LOCK_FILE, tmp_path)
+  make_lock(kind, output_dir / filenames.LOCK, tmp_path)
   before = tree(tmp_path)
   line = one_error_line(run_main(capsys, SAMPLE, output_dir), 2)
-  assert f'{output_dir / run_lock.LOCK_FILE} is ' in line
+  assert f'{output_dir / filenames.LOCK} is ' in line
   assert tree(tmp_path) == before
 
 
@@ -586,17 +585,17 @@ def make_link(case: str, output_dir, outside):
   another kind of file, where sftbeam writes, reads or deletes."""
   if case == 'record-temp-link':
     os.symlink(outside / 'victim.txt',
-               output_dir / (manifest.MANIFEST_FILE + '.incomplete'))
+               output_dir / (filenames.MANIFEST + '.incomplete'))
   elif case == 'record-link':
     record = outside / 'record.json'
-    os.rename(output_dir / manifest.MANIFEST_FILE, record)
-    os.symlink(record, output_dir / manifest.MANIFEST_FILE)
+    os.rename(output_dir / filenames.MANIFEST, record)
+    os.symlink(record, output_dir / filenames.MANIFEST)
   elif case == 'record-directory':
-    os.remove(output_dir / manifest.MANIFEST_FILE)
-    os.mkdir(output_dir / manifest.MANIFEST_FILE)
+    os.remove(output_dir / filenames.MANIFEST)
+    os.mkdir(output_dir / filenames.MANIFEST)
   elif case in ('recorded-shard-link', 'recorded-info-link'):
     name = ('batches-00000-of-00001.tfrecord' if case == 'recorded-shard-link'
-            else schema.INFO_FILE)
+            else filenames.INFO)
     os.remove(output_dir / name)
     os.symlink(outside / 'victim.txt', output_dir / name)
   elif case == 'work-dir-link':
@@ -638,8 +637,8 @@ def test_atomic_write_never_writes_through_a_link(tmp_path):
   victim.write_bytes(OUTSIDE)
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
-  path = output_dir / schema.INFO_FILE
-  temp = output_dir / (schema.INFO_FILE + '.incomplete')
+  path = output_dir / filenames.INFO
+  temp = output_dir / (filenames.INFO + '.incomplete')
   os.symlink(victim, temp)
   with pytest.raises(FileExistsError, match='a link or not a regular file'):
     write_json_atomically(str(path), {'run': 1})
@@ -650,7 +649,7 @@ def test_atomic_write_never_writes_through_a_link(tmp_path):
   write_json_atomically(str(path), {'run': 2})
   assert victim.read_bytes() == OUTSIDE
   assert not path.is_symlink() and json.loads(path.read_bytes()) == {'run': 2}
-  assert sorted(os.listdir(output_dir)) == [schema.INFO_FILE]
+  assert sorted(os.listdir(output_dir)) == [filenames.INFO]
 
 
 # ------------------------------------------------------ paths read literally
@@ -683,8 +682,8 @@ def test_a_streaming_runs_files_are_listed_in_a_directory_named_like_a_glob(
   (tmp_path / 'stream1').mkdir()
   for directory in (output_dir, tmp_path / 'stream1'):
     (directory / 'rejected-a.jsonl').write_bytes(b'')
-  assert matching_paths(str(output_dir), schema.REJECTED_PREFIX,
-                        schema.REJECTED_SUFFIX) == [
+  assert matching_paths(str(output_dir), filenames.REJECTED_PREFIX,
+                        filenames.REJECTED_SUFFIX) == [
                             str(output_dir / 'rejected-a.jsonl')]
 
 
@@ -710,14 +709,14 @@ def test_a_locked_output_is_refused_until_its_owner_dies(tmp_path, capsys):
     line = one_error_line(run_main(capsys, SAMPLE, output_dir), 2)
     assert (f'is in use by run holder-run (pid {holder.pid} on '
             f'{socket.gethostname()}') in line
-    assert os.listdir(output_dir) == [run_lock.LOCK_FILE]
+    assert os.listdir(output_dir) == [filenames.LOCK]
   finally:
     holder.send_signal(signal.SIGKILL)
     holder.wait()
   # Killed, it cannot keep the directory: the kernel dropped its lock.
   result = run_main(capsys, SAMPLE, output_dir)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert run_lock.LOCK_FILE not in os.listdir(output_dir)
+  assert filenames.LOCK not in os.listdir(output_dir)
 
 
 @pytest.mark.slow
@@ -742,7 +741,7 @@ def test_two_runs_at_once_one_writes(tmp_path):
   info = load_dataset_info(str(output_dir))
   assert info['counts']['reconciled']
   assert not [name for name in os.listdir(output_dir)
-              if name.startswith(manifest.WORK_DIR_PREFIX)]
+              if name.startswith(filenames.work_dir_name(''))]
 
 
 class _FakeBlob:
@@ -810,7 +809,7 @@ def test_gcs_lock_is_exclusive_and_released():
   client = _FakeClient()
   first = run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('one'),
                            client)
-  stored = client.bucket('b').objects['sft/run1/' + run_lock.LOCK_FILE]
+  stored = client.bucket('b').objects['sft/run1/' + filenames.LOCK]
   assert json.loads(stored[0])['run_id'] == 'one'
   with pytest.raises(run_lock.OutputLocked, match='in use by run one'):
     run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('two'), client)
@@ -825,7 +824,7 @@ def test_gcs_lock_of_a_dead_owner_here_is_taken_over():
   dead = dict(run_lock.owner_record('dead-run'), pid=_dead_pid())
   run_lock.acquire('gs://b/out', dead, client)
   lock = run_lock.acquire('gs://b/out', run_lock.owner_record('new'), client)
-  stored = client.bucket('b').objects['out/' + run_lock.LOCK_FILE]
+  stored = client.bucket('b').objects['out/' + filenames.LOCK]
   assert json.loads(stored[0])['run_id'] == 'new'
   lock.release()
   assert not client.bucket('b').objects
@@ -845,7 +844,7 @@ def test_gcs_lock_release_leaves_a_lock_taken_over_meanwhile():
   client = _FakeClient()
   mine = run_lock.acquire('gs://b/out', run_lock.owner_record('mine'), client)
   objects = client.bucket('b').objects
-  name = 'out/' + run_lock.LOCK_FILE
+  name = 'out/' + filenames.LOCK
   objects[name] = (b'{"run_id": "theirs"}', 99)
   mine.release()
   assert objects[name][1] == 99
@@ -894,7 +893,7 @@ def test_tokenizer_with_its_own_code_is_refused(tmp_path):
 
 def test_dataset_info_is_never_missing_while_replaced(tmp_path):
   """A reader polling the file sees the old or the new one, whole."""
-  path = str(tmp_path / schema.INFO_FILE)
+  path = str(tmp_path / filenames.INFO)
   write_json_atomically(path, {'version': 0})
   seen, failures, done = set(), [], threading.Event()
 
@@ -916,4 +915,4 @@ def test_dataset_info_is_never_missing_while_replaced(tmp_path):
     poller.join()
   assert not failures, failures[:3]
   assert len(seen) > 1
-  assert os.listdir(tmp_path) == [schema.INFO_FILE]
+  assert os.listdir(tmp_path) == [filenames.INFO]

@@ -22,7 +22,7 @@ from sftbeam.pipeline import run_lock, streaming
 from sftbeam.pipeline.options import ConfigError, defaults, make_config
 from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 from pubsub_emulator import PubSubEmulator, missing
-from sftbeam.transforms import schema
+from sftbeam.transforms import filenames, schema
 
 # Runs the pipeline or large references: `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def _wait_until_accounted(output_dir: str, total: int, run) -> dict:
   deadline = time.time() + DEADLINE_SECONDS
   while time.time() < deadline:
     assert run.poll() is None, 'the streaming run exited early'
-    if os.path.exists(os.path.join(output_dir, schema.INFO_FILE)):
+    if os.path.exists(os.path.join(output_dir, filenames.INFO)):
       info = load_dataset_info(output_dir)
       counts = info['counts']
       if counts['records_written'] + counts['records_rejected'] >= total:
@@ -160,7 +160,7 @@ def test_streaming_matches_batch_and_loses_nothing(emulator, tmp_path):
              [entry['name'] for entry in info['shards']] +
              info['rejected_files'])
   window_stats = [name for name in os.listdir(output_dir)
-                  if name.startswith(schema.WINDOW_STATS_PREFIX)]
+                  if name.startswith(filenames.WINDOW_STATS_PREFIX)]
   assert window_stats and all(WINDOW_FILE.search(name)
                               for name in window_stats)
   written = 0
@@ -201,10 +201,10 @@ def _write_json(path, value):
 def test_restart_continues_a_streaming_output(tmp_path):
   config = _config(streaming=True, output=str(tmp_path),
                    input_subscription='projects/p/subscriptions/s')
-  _write_json(tmp_path / schema.INFO_FILE, {
+  _write_json(tmp_path / filenames.INFO, {
       'schema_version': schema.SCHEMA_VERSION, 'config': config.to_dict()})
   for name, written in (('a', 3), ('b', 4)):
-    _write_json(tmp_path / f'{schema.WINDOW_STATS_PREFIX}-{name}.json',
+    _write_json(tmp_path / f'{filenames.WINDOW_STATS_PREFIX}-{name}.json',
                 {'stats': {'records_written': written, 'lines': 5},
                  'shards': [{'name': f'batches-{name}.tfrecord'}]})
   earlier, lock = streaming.prepare_output(config)

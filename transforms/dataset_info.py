@@ -18,15 +18,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.userstate import (BagStateSpec,
                                               CombiningValueStateSpec)
 
-from sftbeam.transforms import schema
+from sftbeam.transforms import filenames, schema
 from sftbeam.transforms.paths import create_new_file, is_remote, names_in
 from sftbeam.transforms.stats import SumStatsFn, backend_records, summarize
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
 from sftbeam.version import VERSION
-
-
-# What write_json_atomically adds to a local path for its temp file.
-ATOMIC_TEMP_SUFFIX = '.incomplete'
 
 
 def write_json_atomically(path: str, value: dict):
@@ -40,7 +36,7 @@ def write_json_atomically(path: str, value: dict):
     with FileSystems.create(path) as handle:
       handle.write(data)
     return
-  temp_path = path + ATOMIC_TEMP_SUFFIX
+  temp_path = filenames.temp_name(path)
   with create_new_file(temp_path) as handle:
     handle.write(data)
   os.replace(temp_path, path)
@@ -51,7 +47,8 @@ def matching_paths(output_dir: str, prefix: str, suffix: str) -> list:
   directory's path, not a pattern: see transforms.paths)."""
   return [FileSystems.join(output_dir, name)
           for name in sorted(names_in(output_dir))
-          if fnmatch.fnmatchcase(name, f'{prefix}-*{suffix}') and
+          if fnmatch.fnmatchcase(name, filenames.kind_pattern(prefix, suffix))
+          and
           '/' not in name]
 
 
@@ -91,7 +88,7 @@ def build_info(config: dict, stats: dict, shard_entries,
 
 
 def write_info(output_dir: str, info: dict) -> dict:
-  write_json_atomically(FileSystems.join(output_dir, schema.INFO_FILE), info)
+  write_json_atomically(FileSystems.join(output_dir, filenames.INFO), info)
   return info
 
 
@@ -165,5 +162,5 @@ class UpdateDatasetInfoFn(beam.DoFn):
     yield write_info(self._output_dir, build_info(
         self._config, dict(stats),
         list(self._earlier.shards) + list(shards.read()),
-        matching_paths(self._output_dir, schema.REJECTED_PREFIX,
-                       schema.REJECTED_SUFFIX)))
+        matching_paths(self._output_dir, filenames.REJECTED_PREFIX,
+                       filenames.REJECTED_SUFFIX)))

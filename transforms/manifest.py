@@ -20,38 +20,19 @@ name; a record that says otherwise is not read further.
 """
 
 import json
-import re
-import time
-import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
+from sftbeam.transforms import filenames
 from sftbeam.transforms.dataset_info import write_json_atomically
 from sftbeam.version import VERSION
 
-MANIFEST_FILE = '.sftbeam-manifest.json'
-WORK_DIR_PREFIX = '.sftbeam-run-'
-# A run id: UTC start time and a random part (new_run_id).
-_RUN_ID = r'\d{8}T\d{6}Z-[0-9a-f]{8}'
-# A work directory's name: sftbeam's alone, so one that no record names
-# (its run killed as it finished) is known to be a leftover.
-WORK_DIR_NAME = re.compile(re.escape(WORK_DIR_PREFIX) + _RUN_ID)
 # A record lists a few names per shard: far below this.
 MAX_RECORD_BYTES = 64 << 20
 
 
 class UnreadableRecord(ValueError):
   """The record is not one sftbeam wrote, or names paths outside DIR."""
-
-
-def new_run_id() -> str:
-  """A run id: UTC start time and a random part, unique per run."""
-  return time.strftime('%Y%m%dT%H%M%SZ', time.gmtime()) + '-' + (
-      uuid.uuid4().hex[:8])
-
-
-def work_dir_name(run_id: str) -> str:
-  return WORK_DIR_PREFIX + run_id
 
 
 def _plain_name(name) -> bool:
@@ -70,7 +51,8 @@ def new_record(run_id: str, owner: dict, state: str, files,
 
 def write_record(output_dir: str, record: dict):
   """Writes `record` as the directory's record."""
-  write_json_atomically(FileSystems.join(output_dir, MANIFEST_FILE), record)
+  write_json_atomically(FileSystems.join(output_dir, filenames.MANIFEST),
+                        record)
 
 
 def parse_record(data: bytes) -> dict:
@@ -89,6 +71,6 @@ def parse_record(data: bytes) -> dict:
   if not isinstance(names, list) or not all(map(_plain_name, names)):
     raise UnreadableRecord('it names files outside the directory')
   if work_dir is not None and not (isinstance(work_dir, str) and
-                                   WORK_DIR_NAME.fullmatch(work_dir)):
+                                   filenames.WORK_DIR.fullmatch(work_dir)):
     raise UnreadableRecord('its work_dir is not a work directory of sftbeam')
   return record

@@ -1,5 +1,5 @@
-"""The output schema: one `tf.train.Example` per batch, its features per
-layout, and the names of the files a run writes.
+"""The output schema: one `tf.train.Example` per batch, and its features
+per layout (the names of the files a run writes: transforms/filenames.py).
 
 Writers and readers both import this module; nothing else names a feature.
 Turning a batch into Example bytes and back is transforms/example_codec.py.
@@ -49,16 +49,6 @@ LAYOUTS = {
 MATRIX_FEATURES = LAYOUTS['padded'].matrix
 ROW_FEATURES = LAYOUTS['padded'].vectors
 
-SHARD_PREFIX = 'batches'
-SHARD_SUFFIX = '.tfrecord'
-# A slot's files before JoinSlots joins them into its shard (write.py).
-UNFINISHED_SHARD_PREFIX = 'unfinished-batches'
-REJECTED_PREFIX = 'rejected'
-REJECTED_SUFFIX = '.jsonl'
-INFO_FILE = 'dataset_info.json'
-# Streaming mode also writes one stats record per window firing.
-WINDOW_STATS_PREFIX = 'window-stats'
-WINDOW_STATS_SUFFIX = '.json'
 
 
 def describe_features(layout: str = 'padded') -> dict:

@@ -20,7 +20,6 @@ record (counts and files of the firing).
 import collections
 import os
 import time
-import uuid
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -28,16 +27,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import trigger, window
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from sftbeam.transforms import schema
+from sftbeam.transforms import filenames
 from sftbeam.transforms.dataset_info import write_json_atomically
 from sftbeam.transforms.stats import summarize
 
 # A safety net only: stamped with the wall-clock time, elements are never
 # behind the watermark (see the module docstring).
 ALLOWED_LATENESS_SECONDS = 3600
-_TIME_FORMAT = '%Y%m%dT%H%M%SZ'
-# What window_file_name puts between a file's prefix and its suffix.
-WINDOW_NAME_PATTERN = r'-\d{8}T\d{6}Z-\d{8}T\d{6}Z-\d+-[0-9a-f]{12}'
 
 
 def write_windows(window_seconds: int) -> beam.WindowInto:
@@ -73,22 +69,6 @@ class IntoWriteWindows(beam.PTransform):
         | 'FixedWindows' >> write_windows(self._window_seconds))
 
 
-def _utc(timestamp) -> str:
-  return timestamp.to_utc_datetime().strftime(_TIME_FORMAT)
-
-
-def window_file_name(prefix: str, suffix: str, window_, pane) -> str:
-  """`<prefix>-<start>-<end>-<pane>-<random><suffix>` of a window firing.
-
-  fileio's own names leave the pane out, so a second firing of a window, or
-  a restarted run writing the same window, would reuse a name; the random
-  part keeps every file's name its own.
-  """
-  pane_index = pane.index if pane else 0
-  return (f'{prefix}-{_utc(window_.start)}-{_utc(window_.end)}-{pane_index}-'
-          f'{uuid.uuid4().hex[:12]}{suffix}')
-
-
 class WriteWindowedFiles(beam.PTransform):
   """Windowed elements -> files of each window firing; gives FileResults."""
 
@@ -102,7 +82,7 @@ class WriteWindowedFiles(beam.PTransform):
     self._shards = shards
 
   def _file_naming(self, window_, pane, *unused_shard_and_destination):
-    return window_file_name(self._prefix, self._suffix, window_, pane)
+    return filenames.window_file_name(self._prefix, self._suffix, window_, pane)
 
   def expand(self, pcoll):
     return pcoll | 'WriteToFiles' >> fileio.WriteToFiles(
@@ -133,7 +113,8 @@ class WriteWindowStats(beam.DoFn):
     for window_stats in groups['stats']:
       stats.update(window_stats)
     record = {
-        'window': {'start': _utc(window_.start), 'end': _utc(window_.end)},
+        'window': {'start': filenames.utc(window_.start),
+                   'end': filenames.utc(window_.end)},
         'pane': {'index': pane.index,
                  'timing': PaneInfoTiming.to_string(pane.timing)},
         'counts': summarize(stats),
@@ -143,7 +124,8 @@ class WriteWindowStats(beam.DoFn):
                                      groups['rejected_files'])),
         'written_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
     }
-    name = window_file_name(schema.WINDOW_STATS_PREFIX,
-                            schema.WINDOW_STATS_SUFFIX, window_, pane)
+    name = filenames.window_file_name(filenames.WINDOW_STATS_PREFIX,
+                                      filenames.WINDOW_STATS_SUFFIX, window_,
+                                      pane)
     write_json_atomically(FileSystems.join(self._output_dir, name), record)
     yield '', {'stats': dict(stats), 'shards': record['shards']}

@@ -27,7 +27,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.value_provider import StaticValueProvider
 
-from sftbeam.transforms import schema
+from sftbeam.transforms import filenames
+from sftbeam.transforms.filenames import shard_name, shard_names, shard_suffix
 from sftbeam.transforms.paths import delete_files
 from sftbeam.transforms.tfrecord import (describe_shard, is_gzip,
                                          write_record)
@@ -62,26 +63,11 @@ class TFRecordSink(fileio.FileSink):
       self._handle.flush()
 
 
-def shard_suffix(compression: str) -> str:
-  return schema.SHARD_SUFFIX + ('.gz' if compression == 'gzip' else '')
-
-
-def shard_name(slot: int, num_shards: int, suffix: str) -> str:
-  return f'{schema.SHARD_PREFIX}-{slot:05d}-of-{num_shards:05d}{suffix}'
-
-
-def shard_names(num_shards: int, compression: str) -> list:
-  """The names of a batch run's shards, known before it starts."""
-  suffix = shard_suffix(compression)
-  return [shard_name(slot, num_shards, suffix) for slot in range(num_shards)]
-
-
 def _slot_file_naming(suffix: str):
   """fileio naming of the files a slot gets before JoinSlots."""
   def name(window, pane, index, count, compression, destination):
     del window, pane, compression  # batch mode: global window, one pane
-    return (f'{schema.UNFINISHED_SHARD_PREFIX}-{destination:05d}-'
-            f'{index:05d}-of-{count:05d}{suffix}')
+    return filenames.slot_file_name(destination, index, count, suffix)
   return name
 
 
@@ -210,8 +196,8 @@ class WriteRejected(beam.PTransform):
         | 'ToJson' >> beam.Map(lambda record: record.to_json())
         | 'WriteRejectedFiles' >> fileio.WriteToFiles(
             path=self._output_dir,
-            file_naming=fileio.default_file_naming(schema.REJECTED_PREFIX,
-                                                   schema.REJECTED_SUFFIX),
+            file_naming=fileio.default_file_naming(
+                filenames.REJECTED_PREFIX, filenames.REJECTED_SUFFIX),
             temp_directory=_fileio_temp_dir(_temp_dir_of(self._output_dir),
                                             'rejected'),
             sink=lambda _: fileio.TextSink(),
