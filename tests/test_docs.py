@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 
+import doc_blocks
 from conftest import ROOT
 
 
@@ -72,13 +73,6 @@ CITATION = re.compile(
     r'|`::(?P<continued>[^`]+)`')
 
 
-def documents() -> list:
-  """README.md and every docs/*.md, as paths relative to the repository."""
-  docs = sorted(name for name in os.listdir(os.path.join(ROOT, 'docs'))
-                if name.endswith('.md'))
-  return ['README.md'] + [os.path.join('docs', name) for name in docs]
-
-
 def cited_tests(text: str) -> list:
   """(file, kind, what) for every test citation in `text`, in order; kind
   is 'file', 'name' or 'case'. A `::name` before any file is ('', 'name',
@@ -135,7 +129,7 @@ def citation_exists(kind: str, what: str, test_ids: list,
 def test_every_test_the_docs_cite_exists():
   """`docs/x.md: test_y.py::name` for every citation naming no test."""
   citations = []
-  for doc in documents():
+  for doc in doc_blocks.documents():
     with open(os.path.join(ROOT, doc), encoding='utf-8') as handle:
       citations += [(doc, *cited) for cited in cited_tests(handle.read())]
   assert len(citations) > 50  # the parser still finds safety.md's table
@@ -147,3 +141,34 @@ def test_every_test_the_docs_cite_exists():
            if file not in test_ids or not citation_exists(
                kind, what, test_ids[file], top_level_names(file))]
   assert not wrong, '\n'.join(wrong)
+
+
+def imported_names(tree: ast.AST) -> set:
+  """The names `tree`'s imports bind."""
+  return {(alias.asname or alias.name).split('.')[0]
+          for node in ast.walk(tree)
+          if isinstance(node, (ast.Import, ast.ImportFrom))
+          for alias in node.names}
+
+
+def assigned_names(tree: ast.AST) -> set:
+  """The names `tree` binds otherwise: assignments, loop and with targets,
+  functions and classes."""
+  return ({node.id for node in ast.walk(tree)
+           if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+          | {node.name for node in ast.walk(tree)
+             if isinstance(node, (ast.FunctionDef, ast.ClassDef))})
+
+
+def test_no_doc_rebinds_a_name_it_imports():
+  """A reader runs a page's python blocks one after the other: a block that
+  assigns to a name an earlier one imported (`cu_seqlens, max_seqlen =
+  cu_seqlens(...)`) breaks the next call."""
+  rebound = []
+  for doc in doc_blocks.documents():
+    trees = [ast.parse(block.code) for block in doc_blocks.blocks(doc)
+             if block.language == 'python']
+    imported = set().union(*map(imported_names, trees))
+    assigned = set().union(*map(assigned_names, trees))
+    rebound += [f'{doc}: {name}' for name in sorted(imported & assigned)]
+  assert not rebound, rebound
