@@ -12,9 +12,9 @@ in that copy and must print every line shown, in order (`...` elides).
 Python blocks of a doc run in one interpreter (tests/doc_session.py), with
 their declared stand-ins (tests/doc_stand_ins.py), in a directory holding
 small runs under the names the docs read: `out/sample` and `out/run1`
-(padded), `out/packed`. Small (16 records, rows of at most 32 tokens, 4 rows a
-batch), because a stand-in model's logits span Qwen's 151,936 ids per
-token.
+(padded), `out/packed`. Small (16 records, rows of at most 32 tokens, 4
+rows a batch), because a stand-in model's logits span Qwen's 151,936 ids
+per token.
 """
 
 import hashlib
@@ -92,9 +92,10 @@ def new_users_environment() -> dict:
   `.venv/bin/...` fails."""
   environment = {name: value for name, value in os.environ.items()
                  if name not in ('VIRTUAL_ENV', 'PYTHONPATH')}
+  venv_bin = os.path.realpath(os.path.join(VENV, 'bin'))
   environment['PATH'] = os.pathsep.join(
       entry for entry in os.environ['PATH'].split(os.pathsep)
-      if os.path.realpath(entry) != os.path.realpath(os.path.join(VENV, 'bin')))
+      if os.path.realpath(entry) != venv_bin)
   return environment
 
 
@@ -164,7 +165,7 @@ def test_shown_commands_print_what_they_show(doc, ran_bash_blocks):
     assert where == sorted(where), f'{doc}:{block.line}: another order'
 
 
-def test_reading_mds_dataset_info_is_its_runs(ran_bash_blocks):
+def test_the_dataset_info_excerpt_in_reading_md_is_its_run(ran_bash_blocks):
   """docs/reading.md's dataset_info.json excerpt: the first shard of the
   run its first block makes (names, counts, size, the sha256's start)."""
   doc = 'docs/reading.md'
@@ -172,9 +173,9 @@ def test_reading_mds_dataset_info_is_its_runs(ran_bash_blocks):
   assert not failures, '\n\n'.join(failures)
   excerpt, = [block.code for block in doc_blocks.blocks(doc)
               if block.language == 'json']
-  shown = re.search(r'"name": "(?P<name>[^"]+)", "records": (?P<records>\d+),'
-                    r'\s+"bytes": (?P<bytes>\d+), "sha256": "(?P<sha>\w+)\.\.\."',
-                    excerpt)
+  shown = re.search(
+      r'"name": "(?P<name>[^"]+)", "records": (?P<records>\d+),\s+'
+      r'"bytes": (?P<bytes>\d+), "sha256": "(?P<sha>\w+)\.\.\."', excerpt)
   with open(os.path.join(workspace, 'out', 'run1', 'dataset_info.json'),
             encoding='utf-8') as handle:
     first = json.load(handle)['shards'][0]
@@ -197,8 +198,9 @@ def small_runs(tmp_path_factory):
             '--input', head, '--batch_size', '4', '--max_seq_len', '32',
             '--truncation', 'output_right']
   runs = [subprocess.Popen(
-      [SFTBEAM, *common, '--output', os.path.join(directory, 'out', name),
-       *layout], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      offline([SFTBEAM, *common, '--output',
+               os.path.join(directory, 'out', name), *layout]),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
           for name, layout in [('sample', []), ('packed', [
               '--layout', 'packed', '--pack_length', '32'])]]
   for run in runs:
