@@ -34,13 +34,6 @@ pytestmark = pytest.mark.slow
 
 VENV = os.path.join(ROOT, '.venv')
 
-# Docs another change rewrites: their blocks may fail until then.
-BEING_REWRITTEN = {
-    'docs/chat.md': 'the lead is rewriting docs/chat.md; remove this entry '
-                    'with that change',
-}
-
-
 def blocks_to_run(doc: str, language: str) -> list:
   """The blocks of `doc` in `language` that are not marked `not run`."""
   return [block for block in doc_blocks.blocks(doc)
@@ -49,10 +42,8 @@ def blocks_to_run(doc: str, language: str) -> list:
 
 def docs_with(language: str) -> list:
   """The docs with blocks in `language` to run, as pytest parameters."""
-  return [pytest.param(doc, id=doc, marks=(
-      [pytest.mark.xfail(reason=BEING_REWRITTEN[doc], strict=False)]
-      if doc in BEING_REWRITTEN else []))
-          for doc in doc_blocks.documents() if blocks_to_run(doc, language)]
+  return [pytest.param(doc, id=doc) for doc in doc_blocks.documents()
+          if blocks_to_run(doc, language)]
 
 
 def venv_is_current() -> bool:
