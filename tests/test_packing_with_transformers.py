@@ -14,7 +14,7 @@ import transformers
 import doc_blocks
 from token_chunks import pairs_chunk
 from sftbeam.pipeline.readers import numpy_batch
-from sftbeam.transforms import pack, schema
+from sftbeam.transforms import example_codec, pack
 
 VOCABULARY = 64
 PACK_LENGTH = 24
@@ -56,8 +56,8 @@ def packed_batch() -> dict:
   chunk = pairs_chunk(prompts, outputs)
   rows = pack.best_fit_decreasing(chunk.lengths - 1, PACK_LENGTH)
   arrays = pack.packed_arrays(chunk, rows, PACK_LENGTH, PAD_ID)
-  batch = numpy_batch(schema.serialize_batch(arrays, arrays['example_ids'],
-                                             'packed'))
+  batch = numpy_batch(example_codec.serialize_batch(
+      arrays, arrays['example_ids'], 'packed'))
   assert batch['examples_per_row'].max() > 1  # examples share rows
   return batch
 
