@@ -445,52 +445,6 @@ def test_stats_count_tool_calls_and_reasoning(renderer, encode):
 
 # -------------------------------------------------------- never dropped
 
-def test_drops_name_the_field_and_the_fix(renderer, encode):
-  _, outcome = one(CASES['two_user_turns_with_reasoning'][0], renderer,
-                   encode)
-  [(_, why)] = outcome.rejected
-  assert str(why) == (
-      'the chat template leaves out "reasoning_content" of messages[1] '
-      '(assistant): the row is the same without it; --chat_rows per_turn '
-      'keeps it (one row per learned turn)')
-  _, outcome = one(CASES['ends_with_user'][0], renderer, encode,
-                   chat_rows='per_turn')
-  assert 'no per_turn row holds "content" of messages[2] (user)' in str(
-      outcome.rejected[0][1])
-
-
-@pytest.fixture(scope='module')
-def chatml(qwen):
-  return chat.renderer_for(qwen, CHATML)
-
-
-@pytest.mark.parametrize('name, says', [
-    ('single_tool_call', 'leaves out tools of the record'),
-    ('multi_step_tools_with_reasoning', 'leaves out tools of the record'),
-    ('two_user_turns_with_reasoning',
-     'leaves out "reasoning_content" of messages[1]'),
-])
-def test_a_plain_chatml_template_drops_tools_and_reasoning(name, says, chatml,
-                                                           encode):
-  record = CASES[name][0]
-  for chat_rows in ('whole', 'per_turn'):
-    _, outcome = one(record, chatml, encode, chat_rows=chat_rows)
-    [(_, why)] = outcome.rejected
-    assert why.reason == 'template_drops_field'
-    assert says in str(why)
-
-
-def test_a_template_that_ignores_a_role_drops_its_content(qwen, encode):
-  renderer = chat.renderer_for(qwen, CHATML.replace(
-      '{% for message in messages %}',
-      "{% for message in messages if message.role != 'tool' %}"))
-  record = {'messages': [m('user', 'q'), m('assistant', 'calling'),
-                         m('tool', 'result 42'), m('assistant', 'done')]}
-  _, outcome = one(record, renderer, encode)
-  assert 'leaves out "content" of messages[2] (tool)' in str(
-      outcome.rejected[0][1])
-
-
 def test_whitespace_a_template_trims_is_not_a_drop(qwen, renderer, encode):
   record = {'messages': [m('user', 'q'), m('assistant', 'a',
                                            reasoning_content='\n\n')]}
@@ -528,49 +482,6 @@ def test_special_text_in_content_follows_the_mode(qwen, renderer, encode):
 
 
 # --------------------------------------------------------------- failures
-
-def test_a_template_that_raises_rejects_the_record(qwen, encode):
-  renderer = chat.renderer_for(qwen, CHATML.replace(
-      '{% for message in messages %}',
-      "{% for message in messages %}{% if message.content == 'boom' %}"
-      "{{ raise_exception('no boom') }}{% endif %}"))
-  records = [CASES['one_turn'][0],
-             {'messages': [m('user', 'boom'), m('assistant', 'x')]}]
-  results, _ = rows_of(records, renderer, encode)
-  assert results[1] == 'invalid_messages'
-  assert not isinstance(results[0], str)
-
-
-def test_an_unusable_template_is_refused_when_built(qwen):
-  with pytest.raises(ValueError, match='no special token after'):
-    chat.renderer_for(qwen, '{% for m in messages %}{{ m.content }}\n'
-                      '{% endfor %}')
-  with pytest.raises(ValueError, match='fails on a plain conversation'):
-    chat.renderer_for(qwen, "{{ raise_exception('never') }}")
-  with pytest.raises(ValueError, match='does not compile: line 1'):
-    chat.renderer_for(qwen, '{% for m in messages %}')
-
-
-def test_a_runaway_render_rejects_its_record(qwen, encode):
-  renderer = chat.renderer_for(qwen, CHATML.replace(
-      '{{ message.content }}',
-      "{% if message.content == 'loop' %}{% for i in range(99999) %}"
-      "{% for j in range(99999) %}{% endfor %}{% endfor %}{% endif %}"
-      '{{ message.content }}'))
-  records = [{'messages': [m('user', 'loop'), m('assistant', 'x')]},
-             CASES['one_turn'][0]]
-  results, outcome = rows_of(records, renderer, encode)
-  assert results[0] == 'chat_template_limit'
-  assert 'iterated over more than' in str(outcome.rejected[0][1])
-  assert not isinstance(results[1], str)
-
-
-def test_a_first_assistant_message_has_no_prompt(renderer, encode):
-  rows, outcome = one({'prompt': [], 'completion': [m('assistant', 'x')]},
-                      renderer, encode)
-  assert rows == 'invalid_messages'
-  assert 'no prompt for it to answer' in str(outcome.rejected[0][1])
-
 
 def test_a_failing_encode_rejects_only_its_record(renderer, encode):
   def picky_encode(texts, split_special_tokens):
