@@ -182,12 +182,12 @@ def _flag_values(namespace) -> dict:
       continue
     if option.kind == 'list':
       values[name] = list(text)
-      continue
-    try:
-      values[name] = _cli_value(option, text)
-    except ValueError:
-      raise ConfigError(f'--{name}: cannot read {shown(text)} as '
-                        f'{option.kind.replace("_", " ")}') from None
+    else:
+      try:
+        values[name] = _cli_value(option, text)
+      except ValueError:
+        raise ConfigError(f'--{name}: cannot read {shown(text)} as '
+                          f'{option.kind.replace("_", " ")}') from None
     check_value(name, values[name], f'--{name}')
   return values
 

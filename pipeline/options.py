@@ -30,6 +30,12 @@ DEFAULT_BOUNDARIES = tuple(range(16, 513, 16)) + tuple(range(576, 4097, 64))
 MAX_TOKEN_ID = 2**31 - 1
 # A value shown in an error message is cut to about this many characters.
 MAX_SHOWN_CHARS = 80
+# Longest string option value (a path, a field name, a Pub/Sub name): Linux's
+# PATH_MAX. Values travel into every rejection message and worker.
+MAX_OPTION_CHARS = 4096
+# Most positions in a row (a bucket boundary, pack_length): a batch's arrays
+# are allocated whole, B x this many int64s per feature.
+MAX_ROW_TOKENS = 1 << 20
 DEFAULT_BATCH_SIZE = 32
 
 
@@ -58,6 +64,10 @@ def _is_int(value):
 
 def _positive_int(value):
   return _is_int(value) and value > 0
+
+
+def _row_length(value):
+  return _positive_int(value) and value <= MAX_ROW_TOKENS
 
 
 def _is_pubsub_path(value: str, kind: str) -> bool:
@@ -128,11 +138,12 @@ OPTIONS = (
            'tokenizers), or "auto" (fastokens when it gives hf\'s ids on a '
            'probe set and the first records, else hf)', choices=BACKENDS),
     Option('boundaries', 'ints', list(DEFAULT_BOUNDARIES),
-           'bucket boundaries on L = prompt + output - 1 tokens',
-           check=lambda b: bool(b) and all(map(_positive_int, b)) and
+           'bucket boundaries on L = prompt + output - 1 tokens, each at '
+           f'most {MAX_ROW_TOKENS}',
+           check=lambda b: bool(b) and all(map(_row_length, b)) and
            list(b) == sorted(set(b)),
            requirement='a non-empty, strictly increasing list of positive '
-           'integers'),
+           f'integers up to {MAX_ROW_TOKENS}'),
     Option('max_seq_len', 'optional_int', None,
            'longest L kept (null: the largest boundary; for layout packed, '
            'pack_length)',
@@ -155,8 +166,9 @@ OPTIONS = (
            'with segment ids and positions (docs/packing.md)',
            choices=tuple(schema.LAYOUTS)),
     Option('pack_length', 'int', 2048,
-           'packed layout: positions per row (and the max_seq_len)',
-           check=_positive_int, requirement='a positive integer'),
+           'packed layout: positions per row (and the max_seq_len), at most '
+           f'{MAX_ROW_TOKENS}', check=_row_length,
+           requirement=f'a positive integer up to {MAX_ROW_TOKENS}'),
     Option('pack_window', 'int', DEFAULT_PACK_WINDOW,
            'packed layout: records packed together by best fit decreasing '
            '(memory is bounded by it; larger packs tighter)',
@@ -275,6 +287,13 @@ def check_value(name: str, value, source: str):
   if option.choices and value is not None and value not in option.choices:
     raise ConfigError(f'{source}: {name} must be one of '
                       f'{", ".join(option.choices)}; got {shown(value)}')
+  texts = value if option.kind == 'list' else [value]
+  too_long = [text for text in texts
+              if isinstance(text, str) and len(text) > MAX_OPTION_CHARS]
+  if too_long:
+    raise ConfigError(f'{source}: {name} must be at most {MAX_OPTION_CHARS} '
+                      f'characters; got {len(too_long[0])}: '
+                      f'{shown(too_long[0])}')
   if option.check and not option.check(value):
     raise ConfigError(f'{source}: {name} must be {option.requirement}; '
                       f'got {shown(value)}')

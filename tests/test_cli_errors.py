@@ -114,7 +114,18 @@ CASES = [
      "truncation must be one of none, output_right, prompt_left; got 'xxx"),
     ('long-list-cut', f'boundaries: {list(range(50000, 0, -1))}\n', [],
      'boundaries must be a non-empty, strictly increasing list of positive '
-     'integers; got [50000, 49999,'),
+     'integers up to 1048576; got [50000, 49999,'),
+    # Bounded work for bounded input: refused before anything is allocated.
+    ('pack-length-over-max', None, ['--layout', 'packed', '--pack_length',
+                                    str(2**31 - 1)],
+     'pack_length must be a positive integer up to 1048576; got 2147483647'),
+    ('boundary-over-max', None, ['--boundaries', f'16,{2**31 - 1}'],
+     'boundaries must be a non-empty, strictly increasing list of positive '
+     'integers up to 1048576'),
+    ('megabyte-field-name', None, ['--prompt_field', 'p' * 2**20],
+     'prompt_field must be at most 4096 characters; got 1048576'),
+    ('long-input-pattern', None, ['--input', 'x' * 5000],
+     'input must be at most 4096 characters; got 5000'),
 ]
 
 
