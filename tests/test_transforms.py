@@ -15,7 +15,9 @@ from conftest import beam_test_pipeline, dofn_outputs
 from sftbeam.transforms.padded import batch_stats
 from sftbeam.transforms.parse import FieldNames, ParseLines, content_id
 from sftbeam.transforms.read import ReadLineChunks, iter_lines
-from sftbeam.transforms.records import LineChunk, RecordChunk, Rejected
+from sftbeam.pipeline.options import MAX_OPTION_CHARS
+from sftbeam.transforms.records import (MAX_MESSAGE_CHARS, LineChunk,
+                                        RecordChunk, Rejected)
 from sftbeam.transforms.stats import SumStatsFn, summarize
 from sftbeam.transforms.tokenize import (TokenizeRecords, TokenizeSettings,
                                          fit_lengths)
@@ -76,6 +78,24 @@ def test_parse_gives_content_ids_and_custom_fields():
   main, _ = dofn_outputs(ParseLines(FieldNames('q', 'a', 'key'), 1000),
                      LineChunk('f', [(8, line, len(line))]))
   assert main[0].example_ids == [content_id('Hi', 'Yo')]
+
+
+def test_rejection_messages_are_capped_whatever_the_field_name():
+  """A field name as long as an option may be (4096 characters) is not
+  repeated whole in every rejection; neither is a message made later."""
+  fields = FieldNames(prompt='p' * MAX_OPTION_CHARS)
+  chunk = LineChunk('f', [(1, GOOD, len(GOOD))])
+  _, tagged = dofn_outputs(ParseLines(fields, 1000), chunk)
+  [rejected] = tagged['rejected']
+  assert rejected.reason == 'missing_field'
+  whole = f'no "{fields.prompt}" field'
+  assert rejected.message == (whole[:MAX_MESSAGE_CHARS] + f'...['
+                              f'{len(whole) - MAX_MESSAGE_CHARS} more chars]')
+  records = RecordChunk.empty('f')
+  records.add(2, 'q2', GOOD, 'What is 2+2?', '4')
+  later = records.reject(0, 'tokenizer_error', 'x' * 10**6)
+  assert later.message.startswith('x' * MAX_MESSAGE_CHARS + '...[')
+  assert len(later.message) < MAX_MESSAGE_CHARS + 30
 
 
 def test_parse_lines_in_pipeline():

@@ -25,7 +25,7 @@ import orjson
 
 from sftbeam.transforms import chat_records
 from sftbeam.transforms.records import (MAX_RAW_CHARS, LineChunk, RecordChunk,
-                                        Rejected, cap_raw)
+                                        Rejected)
 
 _BOM_BYTES = '\ufeff'.encode('utf-8')
 
@@ -248,8 +248,8 @@ def parse_line(source: str, line_number: int, line: bytes, total_bytes: int,
   rejection by a later step.
   """
   def rejected(reason, message, raw: bytes):
-    return Rejected(source, line_number, reason, message,
-                    cap_raw(raw.decode('utf-8', 'replace')))
+    return Rejected.capped(source, line_number, reason, message,
+                           raw.decode('utf-8', 'replace'))
 
   if total_bytes > max_line_bytes:
     return rejected('line_too_long',

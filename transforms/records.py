@@ -13,8 +13,10 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-# Rejected output keeps at most this much of the offending line.
+# Rejected output keeps at most this much of the offending line, and of
+# the message saying why (messages quote field names and contents).
 MAX_RAW_CHARS = 1000
+MAX_MESSAGE_CHARS = 500
 
 
 class LineChunk(NamedTuple):
@@ -64,8 +66,8 @@ class RecordChunk(NamedTuple):
 
   def reject(self, index: int, reason: str, message: str) -> 'Rejected':
     """Record `index` as a Rejected with this reason."""
-    return Rejected(self.source, self.line_numbers[index], reason, message,
-                    cap_raw(self.lines[index].decode('utf-8')))
+    return Rejected.capped(self.source, self.line_numbers[index], reason,
+                           message, self.lines[index].decode('utf-8'))
 
 
 class Rejected(NamedTuple):
@@ -75,15 +77,24 @@ class Rejected(NamedTuple):
   message: str
   raw: str
 
+  @staticmethod
+  def capped(source: str, line_number: Optional[int], reason: str,
+             message: str, raw: str) -> 'Rejected':
+    """A Rejected whose message and raw line are cut to MAX_MESSAGE_CHARS
+    and MAX_RAW_CHARS: a rejected file stays a few KB per line whatever
+    the line or the options."""
+    return Rejected(source, line_number, reason,
+                    _cut(message, MAX_MESSAGE_CHARS), _cut(raw, MAX_RAW_CHARS))
+
   def to_json(self) -> str:
     return json.dumps(self._asdict(), ensure_ascii=False)
 
 
-def cap_raw(text: str) -> str:
-  """At most MAX_RAW_CHARS of `text`, marking what was cut."""
-  if len(text) <= MAX_RAW_CHARS:
+def _cut(text: str, limit: int) -> str:
+  """At most `limit` characters of `text`, marking what was cut."""
+  if len(text) <= limit:
     return text
-  return text[:MAX_RAW_CHARS] + f'...[{len(text) - MAX_RAW_CHARS} more chars]'
+  return text[:limit] + f'...[{len(text) - limit} more chars]'
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
