@@ -8,8 +8,10 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from sftbeam.readers import (CorruptOutput, IncompleteOutput,
                              read_tf_dataset, torch_dataset)
 from sftbeam.transforms import example_codec, filenames, schema
 from sftbeam.transforms.tfrecord import (describe_shard, iter_records,
-                                         write_record)
+                                         masked_crc32c, write_record)
 
 # Runs the pipeline or large references: `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -218,6 +220,29 @@ def test_a_changed_shard_is_refused(output, reader, tamper, message):
   with pytest.raises(CorruptOutput, match=message) as raised:
     reader(output)
   assert name in str(raised.value)
+
+
+@pytest.mark.parametrize('announced', [2**30, 2**40])
+def test_a_huge_announced_record_is_refused_before_allocating(output,
+                                                              announced):
+  """A record header (its CRC valid) announcing 1 GiB or 1 TiB, at the end
+  of a shard whose listed size is updated to match."""
+  path = shard_path(output, 1)
+  length = struct.pack('<Q', announced)
+  with open(path, 'ab') as handle:
+    handle.write(length + struct.pack('<I', masked_crc32c(length)) +
+                 b'data' * 100)
+  rewrite_info(output, lambda info: info['shards'][1].update(
+      bytes=os.path.getsize(path)))
+  tracemalloc.start()
+  try:
+    with pytest.raises(CorruptOutput, match='the header announces') as raised:
+      read_numpy(output)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert os.path.basename(path) in str(raised.value)
+  assert peak < 64 << 20
 
 
 def test_no_batch_of_a_changed_shard_is_given(output):

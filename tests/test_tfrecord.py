@@ -2,7 +2,10 @@
 
 import gzip
 import hashlib
+import io
 import os
+import struct
+import tracemalloc
 
 import pytest
 import tensorflow as tf
@@ -129,6 +132,41 @@ def test_damaged_gzip_names_the_file(tmp_path, damage):
   with pytest.raises(tfrecord.CorruptRecord) as raised:
     tfrecord.describe_shard(path)
   assert path in str(raised.value)
+
+
+def forged_header(length: int) -> bytes:
+  """A record header announcing `length` data bytes, its CRC valid."""
+  length_bytes = struct.pack('<Q', length)
+  return length_bytes + struct.pack('<I', tfrecord.masked_crc32c(length_bytes))
+
+
+@pytest.mark.parametrize('compress', [False, True])
+@pytest.mark.parametrize('announced, problem', [
+    (2**30, r'only \d+ bytes are left in the file|ends inside the record'),
+    (2**40, 'more than a record can hold'),
+])
+def test_a_huge_announced_length_is_refused_before_allocating(
+    tmp_path, compress, announced, problem):
+  """A damaged header with a valid CRC announcing 1 GiB or 1 TiB: refused
+  with the file and offset named, reading at most a few MB."""
+  content = io.BytesIO()
+  for record in RECORDS[:2]:
+    tfrecord.write_record(content, record)
+  offset = len(content.getvalue())
+  content.write(forged_header(announced) + b'some data' * 100)
+  path = tmp_path / ('a.tfrecord' + ('.gz' if compress else ''))
+  path.write_bytes(gzip.compress(content.getvalue()) if compress
+                   else content.getvalue())
+  tracemalloc.start()
+  try:
+    with pytest.raises(tfrecord.CorruptRecord, match=problem) as raised:
+      list(tfrecord.iter_records(str(path)))
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert f'{path}: record 2 at ' in str(raised.value)
+  assert f'offset {offset}: ' in str(raised.value)
+  assert peak < 16 << 20
 
 
 def test_masked_crc_matches_tensorflow_framing(tmp_path):

@@ -28,6 +28,9 @@ _HEADER_BYTES = _LENGTH.size + _CRC.size
 # What a gzip stream raises when it is cut short or a byte in it is flipped.
 _GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
 _READ_CHUNK = 1 << 20
+# No record is larger: a record is a tf.train.Example, a protobuf message,
+# and protobuf refuses messages of 2 GiB or more.
+MAX_RECORD_BYTES = 2**31 - 1
 
 
 class CorruptRecord(ValueError):
@@ -56,25 +59,47 @@ def is_gzip(path: str) -> bool:
 
 
 def _read_exactly(handle, size: int) -> bytes:
-  """`size` bytes, or fewer only at the end of the stream."""
-  data = handle.read(size)
-  while len(data) < size:
-    more = handle.read(size - len(data))
-    if not more:
+  """`size` bytes, or fewer only at the end of the stream.
+
+  Reads at most _READ_CHUNK at a time: a read of n bytes allocates n bytes
+  first, so memory grows with what the stream holds, never with a size a
+  damaged header announces.
+  """
+  parts = []
+  left = size
+  while left:
+    part = handle.read(min(left, _READ_CHUNK))
+    if not part:
       break
-    data += more
-  return data
+    parts.append(part)
+    left -= len(part)
+  return b''.join(parts)
 
 
 def _damaged(path, index, where, offset, problem) -> CorruptRecord:
   return CorruptRecord(f'{path}: record {index} at {where} {offset}: {problem}')
 
 
-def _framed_records(handle, path: str, where: str) -> Iterator[bytes]:
+def _length_problem(length: int, left: int = None):
+  """Why a record cannot announce `length` data bytes with `left` bytes
+  left in the stream (None: unknown, gzip), or None when it can."""
+  if length > MAX_RECORD_BYTES:
+    return (f'the header announces {length} data bytes, more than a record '
+            f'can hold ({MAX_RECORD_BYTES}): the file is corrupted')
+  if left is not None and length + _CRC.size > left:
+    return (f'the header announces {length} data bytes, but only {left} '
+            'bytes are left in the file: it was cut short or corrupted')
+  return None
+
+
+def _framed_records(handle, path: str, where: str,
+                    stream_bytes: int = None) -> Iterator[bytes]:
   """The data of each record in an open (decompressed) stream, CRCs checked.
 
   `where` names the kind of offset in error messages (the byte offsets of a
-  gzip shard are those of its uncompressed stream).
+  gzip shard are those of its uncompressed stream). `stream_bytes`: the
+  stream's size when known (an uncompressed file), to check each announced
+  length against before reading it.
   """
   offset = 0
   index = 0
@@ -90,6 +115,10 @@ def _framed_records(handle, path: str, where: str) -> Iterator[bytes]:
     if masked_crc32c(length_bytes) != _CRC.unpack(length_crc)[0]:
       raise damaged('the length CRC does not match: the file is corrupted')
     length = _LENGTH.unpack(length_bytes)[0]
+    problem = _length_problem(length, None if stream_bytes is None else
+                              stream_bytes - offset - _HEADER_BYTES)
+    if problem:
+      raise damaged(problem)
     data = _read_exactly(handle, length)
     data_crc = _read_exactly(handle, _CRC.size)
     if len(data) < length or len(data_crc) < _CRC.size:
@@ -105,7 +134,7 @@ def _framed_records(handle, path: str, where: str) -> Iterator[bytes]:
 def _records(raw, path: str) -> Iterator[bytes]:
   """Records of an open raw file, gunzipped when `path` ends in .gz."""
   if not is_gzip(path):
-    yield from _framed_records(raw, path, 'byte offset')
+    yield from _framed_records(raw, path, 'byte offset', _file_size(path))
     return
   stream = gzip.GzipFile(fileobj=raw, mode='rb')
   records = _framed_records(stream, path, 'uncompressed byte offset')
@@ -119,6 +148,10 @@ def _records(raw, path: str) -> Iterator[bytes]:
           f'{path}: the gzip stream is damaged after {raw.tell()} bytes of '
           f'the file ({error})') from error
     yield record
+
+
+def _file_size(path: str) -> int:
+  return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
 
 
 def _open_raw(path: str):
