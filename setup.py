@@ -56,5 +56,5 @@ setuptools.setup(
         # benchmarks/: the `datasets` contender; the loop writes with tf.
         'benchmark': ['datasets==5.2.0', TENSORFLOW],
     },
-    entry_points={'console_scripts': ['sftbeam = sftbeam.pipeline.cli:console_main']},
+    entry_points={'console_scripts': ['sftbeam = sftbeam.console:main']},
 )

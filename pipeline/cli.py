@@ -10,7 +10,7 @@
 
 Exit codes: 0 done; 1 the run failed or rejected more than
 --max_rejected_fraction of its input; 2 a config error (one line, before
-anything runs).
+anything runs); 130 interrupted (Ctrl-C).
 """
 
 import argparse
@@ -22,6 +22,7 @@ import time
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from sftbeam import console
 from sftbeam.pipeline import config as config_lib
 from sftbeam.pipeline import (inspect, progress, remote, report, runners,
                               streaming)
@@ -188,11 +189,25 @@ def run_pipeline(config, options, work_dir) -> float:
       with runners.new_pipeline(options) as root:
         build_batch_pipeline(root, config, work_dir)
   except Exception as error:  # pylint: disable=broad-except
+    if _caused_by_interrupt(error):
+      raise KeyboardInterrupt from None
     message = corrupt_input_message(error)
     if message is None:
       raise
     raise RunFailed(message) from None
   return time.time() - started
+
+
+def _caused_by_interrupt(error: BaseException) -> bool:
+  """Whether a Ctrl-C is behind `error`: Beam re-raises a KeyboardInterrupt
+  inside a step as a RuntimeError."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, KeyboardInterrupt):
+      return True
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def _counted(count: int, noun: str) -> str:
@@ -303,14 +318,17 @@ def _quiet_libraries():
   os.environ.setdefault('TRANSFORMERS_NO_ADVISORY_WARNINGS', '1')
   for name in ('apache_beam.runners.common',  # a step in this process
                'apache_beam.runners.portability.local_job_service'):  # workers
-    logging.getLogger(name).addFilter(_skip_corrupt_input_logs)
+    logging.getLogger(name).addFilter(_skip_logs_of_one_line_errors)
 
 
-def _skip_corrupt_input_logs(record) -> bool:
+def _skip_logs_of_one_line_errors(record) -> bool:
   """Beam logs a failing step's exception, traceback and all, before it
-  raises it; sftbeam prints its own input errors as one line instead."""
+  raises it; sftbeam prints its own input errors, and Ctrl-C, as one line
+  instead."""
+  message = record.getMessage()
   return (not isinstance(record.msg, CorruptInputError) and
-          CorruptInputError.__name__ not in record.getMessage())
+          CorruptInputError.__name__ not in message and
+          not message.startswith(KeyboardInterrupt.__name__))
 
 
 def main(argv=None) -> int:
@@ -320,7 +338,7 @@ def main(argv=None) -> int:
     if args.command != 'run':  # inspect, stats: no Beam options
       if beam_args:
         raise ConfigError(f'unrecognized arguments: {" ".join(beam_args)}')
-      return args.handler(args)
+      return _printed(args.handler, args)
     return run_command(args, beam_args)
   except ConfigError as error:
     print(f'sftbeam: error: {one_line(error)}', file=sys.stderr)
@@ -328,6 +346,22 @@ def main(argv=None) -> int:
   except (RunFailed, ReplaceFailed) as error:
     print(f'sftbeam: error: {one_line(error)}', file=sys.stderr)
     return 1
+  except KeyboardInterrupt:
+    return console.interrupted()
+
+
+def _printed(handler, args) -> int:
+  """Runs a command that prints what it found; gives its exit code.
+
+  A reader that stops early (`| head`) is no error.
+  """
+  try:
+    code = handler(args)
+    sys.stdout.flush()
+    return code
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def one_line(error) -> str:
@@ -338,18 +372,3 @@ def one_line(error) -> str:
   return (f'{line[:MAX_ERROR_CHARS]}...[{len(line) - MAX_ERROR_CHARS} more '
           'chars]')
 
-
-def console_main() -> int:
-  """The `sftbeam` command: main() in a process of its own.
-
-  transformers imports PyTorch whenever it is installed, seconds of
-  start-up, though tokenizers never use it; neither does the command (the
-  torch reader runs in the user's training process). Hidden here, not in
-  main(), which tests call in a process that uses PyTorch.
-  """
-  sys.modules.setdefault('torch', None)
-  return main()
-
-
-if __name__ == '__main__':
-  sys.exit(console_main())

@@ -17,8 +17,6 @@ such as `<|im_end|>` as they are. A row's padding tail is one line.
 
 import argparse
 import json
-import os
-import sys
 
 import numpy as np
 
@@ -242,7 +240,9 @@ def _batches(output_dir: str):
 def find_row(output_dir: str, example_id=None, batch=None, row=None):
   """(shard name, batch number, decoded batch, row) holding example_id, or
   row `row` of batch `batch`."""
+  batches = 0
   for shard_name, number, record in _batches(output_dir):
+    batches += 1
     if example_id is not None:
       ids = example_codec.decode_batch(record,
                                        names=(schema.ID_FEATURE,))
@@ -262,7 +262,7 @@ def find_row(output_dir: str, example_id=None, batch=None, row=None):
       return shard_name, number, decoded, row
   if example_id is not None:
     raise ConfigError(f'no example with id {example_id!r} in {output_dir}')
-  raise ConfigError(f'{output_dir} has {number} batches; there is no batch '
+  raise ConfigError(f'{output_dir} has {batches} batches; there is no batch '
                     f'{batch}')
 
 
@@ -321,8 +321,5 @@ def run(args: argparse.Namespace) -> int:
       raise ConfigError('inspect needs OUTPUT_DIR with --id ID or with '
                         '--batch N --row I (or --prompt and --output)')
     lines = _output_dir_lines(args)
-  try:
-    print('\n'.join(lines), flush=True)
-  except BrokenPipeError:  # `| head`: the reader stopped early, no error
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  print('\n'.join(lines))
   return 0

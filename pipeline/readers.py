@@ -34,6 +34,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from sftbeam.pipeline.options import OPTIONS_BY_NAME, shown
 from sftbeam.transforms import example_codec, filenames, pack, schema
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.tfrecord import (CorruptRecord, describe_shard,
@@ -59,23 +60,107 @@ class Shard(NamedTuple):
   sha256: str
 
 
+def _is_count(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _all(mapping, names, predicate) -> bool:
+  return isinstance(mapping, dict) and all(
+      predicate(mapping.get(name)) for name in names)
+
+
+_COUNTS = ('lines', 'blank_lines', 'records_in', 'records_written',
+           'records_rejected', 'records_truncated', 'chat_records',
+           'assistant_turns', 'records_with_special_token_text',
+           'batches_written', 'real_tokens', 'stored_tokens',
+           'supervised_tokens')
+
+
+def _counts_ok(counts) -> bool:
+  """Whether `counts` is the counts section transforms/stats.py writes."""
+  return (_all(counts, _COUNTS, _is_count) and
+          isinstance(counts.get('reconciled'), bool) and
+          _all(counts.get('rejected_by_reason'),
+               counts.get('rejected_by_reason', ()), _is_count) and
+          isinstance(counts.get('buckets'), dict) and
+          all(_all(bucket, ('batches', 'records'), _is_count)
+              for bucket in counts['buckets'].values()) and
+          (counts.get('padding_efficiency') is None or
+           _is_number(counts['padding_efficiency'])) and
+          (counts.get('packing') is None or (
+              _all(counts['packing'], ('packed_rows', 'examples_per_row_max'),
+                   _is_count) and
+              _is_number(counts['packing'].get('examples_per_row_mean')))))
+
+
+# Each section of dataset_info.json that a reader, `stats`, `inspect` or
+# the summary uses: (key, check, what the check wants).
+_SECTIONS = (
+    ('sftbeam_version', lambda v: isinstance(v, str), 'a string'),
+    ('layout', lambda v: v in schema.LAYOUTS,
+     f'one of {", ".join(schema.LAYOUTS)}'),
+    ('tokenizer', lambda v: _all(v, ('name', 'backend', 'backend_reason'),
+                                 lambda text: isinstance(text, str)),
+     'a mapping with the strings name, backend and backend_reason'),
+    ('config', lambda v: isinstance(v, dict), 'a mapping'),
+    ('bucket_boundaries', OPTIONS_BY_NAME['boundaries'].check,
+     OPTIONS_BY_NAME['boundaries'].requirement),
+    ('counts', _counts_ok, 'the counts of docs/output.md'),
+    ('shards', lambda v: isinstance(v, list), 'a list'),
+)
+
+
+def _section_problem(info: dict):
+  """What is wrong with the first malformed section of `info`, or None."""
+  for key, check, wanted in _SECTIONS:
+    if not check(info.get(key)):
+      return f'"{key}" must be {wanted}; got {shown(info.get(key))}'
+  packed = info['layout'] == 'packed'
+  if not (_is_count(info.get('pack_length')) if packed
+          else info.get('pack_length') is None):
+    return (f'"pack_length" must be {"a count" if packed else "null"} in '
+            f'the {info["layout"]} layout; got {shown(info.get("pack_length"))}')
+  return None
+
+
+def _read_json(path: str):
+  """The JSON value in the file at `path`, or CorruptOutput."""
+  try:
+    with FileSystems.open(path) as handle:
+      return json.loads(handle.read())
+  except RecursionError:
+    raise CorruptOutput(f'{path} is damaged: JSON nested too deeply') from None
+  except (OSError, ValueError) as error:  # ValueError: not JSON or UTF-8
+    raise CorruptOutput(f'{path} is not readable JSON: {error}') from None
+
+
 def load_dataset_info(output_dir: str) -> dict:
-  """The directory's dataset_info.json, checked to exist and be of a
-  schema version this code reads."""
+  """The directory's dataset_info.json, checked to exist, to be of a
+  schema version this code reads, and to hold every section sftbeam writes
+  and reads (IncompleteOutput, CorruptOutput)."""
   output_dir = os.fspath(output_dir)
   path = FileSystems.join(output_dir, filenames.INFO)
   if not FileSystems.exists(path):
     raise IncompleteOutput(
         f'{output_dir} has no {filenames.INFO}: the run did not finish '
         '(re-run it with --overwrite)')
-  with FileSystems.open(path) as handle:
-    info = json.loads(handle.read())
+  info = _read_json(path)
+  if not isinstance(info, dict):
+    raise CorruptOutput(f'{path} is damaged: it holds {shown(info)}, not a '
+                        'JSON object')
   version = info.get('schema_version')
   if version not in schema.SUPPORTED_SCHEMA_VERSIONS:
     raise IncompleteOutput(
-        f'{path} has schema version {version}; this sftbeam reads '
+        f'{path} has schema version {shown(version)}; this sftbeam reads '
         f'{schema.SUPPORTED_SCHEMA_VERSIONS}: use the sftbeam version that '
         'wrote it, or run the pipeline again')
+  problem = _section_problem(info)
+  if problem:
+    raise CorruptOutput(f'{path} is damaged: {problem}')
   return info
 
 
@@ -83,7 +168,7 @@ def _check_entry(output_dir: str, entry) -> Shard:
   """One `shards` entry as a Shard, or CorruptOutput saying what is wrong."""
   if not isinstance(entry, dict) or not isinstance(entry.get('name'), str):
     raise CorruptOutput(f'{output_dir}/{filenames.INFO}: shard entry '
-                        f'{entry!r} has no name')
+                        f'{shown(entry)} has no name')
   name = entry['name']
   if not filenames.SHARD_ENTRY.fullmatch(name):
     raise CorruptOutput(
@@ -108,10 +193,7 @@ def verified_shards(output_dir: str, info: dict = None) -> list:
   `output_dir`, listed once, present and of the listed size."""
   output_dir = os.fspath(output_dir)
   info = info or load_dataset_info(output_dir)
-  entries = info.get('shards')
-  if not isinstance(entries, list):
-    raise CorruptOutput(f'{output_dir}/{filenames.INFO} has no shard list')
-  shards = [_check_entry(output_dir, entry) for entry in entries]
+  shards = [_check_entry(output_dir, entry) for entry in info['shards']]
   names = [shard.name for shard in shards]
   twice = sorted(name for name, count in collections.Counter(names).items()
                  if count > 1)

@@ -16,7 +16,7 @@ import numpy as np
 
 from sftbeam.pipeline import readers
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.transforms import example_codec, pack, schema
+from sftbeam.transforms import example_codec, filenames, pack, schema
 
 _LENGTH_FEATURES = ('prompt_lengths', 'output_lengths')
 _BAR_WIDTH = 40
@@ -51,8 +51,8 @@ def collect(output_dir: str) -> dict:
           record, names=_LENGTH_FEATURES + (schema.SHAPE_FEATURE,))
       rows, width = (int(value) for value in batch[schema.SHAPE_FEATURE])
       real = batch['prompt_lengths'] + batch['output_lengths'] - 1
-      bucket = width if info.get('layout') == 'packed' else int(
-          boundaries[np.searchsorted(boundaries, real.max())])
+      bucket = width if info['layout'] == 'packed' else _bucket_of(
+          int(real.max()), boundaries, shard.name)
       buckets[bucket].update(rows=rows, batches=1,
                              real_tokens=int(real.sum()),
                              stored_tokens=rows * width)
@@ -63,6 +63,16 @@ def collect(output_dir: str) -> dict:
   return dict(found, info=info,
               buckets={bucket: dict(buckets[bucket])
                        for bucket in sorted(buckets)})
+
+
+def _bucket_of(length: int, boundaries: np.ndarray, shard_name: str) -> int:
+  """The smallest boundary holding a row of `length` positions."""
+  if length > boundaries[-1]:
+    raise readers.CorruptOutput(
+        f'shard {shard_name} holds a row of {length} positions, more than '
+        f'the largest bucket boundary in {filenames.INFO} '
+        f'({boundaries[-1]}): they do not belong together')
+  return int(boundaries[np.searchsorted(boundaries, length)])
 
 
 def _length_edges(largest: int) -> list:

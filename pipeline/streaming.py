@@ -26,7 +26,7 @@ from apache_beam.transforms import window
 from sftbeam.pipeline import progress, remote, run_lock, runners
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.output_dir import prepare_streaming_output_dir
-from sftbeam.pipeline.readers import load_dataset_info
+from sftbeam.pipeline.readers import IncompleteOutput, load_dataset_info
 from sftbeam.transforms import filenames, manifest
 from sftbeam.transforms.dataset_info import (UpdateDatasetInfoFn,
                                              matching_paths)
@@ -122,7 +122,12 @@ def _earlier_run(output_dir: str) -> EarlierRun:
 def _continues_earlier_run(config) -> bool:
   """Whether --output, which holds a dataset_info.json, holds a streaming
   run of this config to continue."""
-  earlier = dict(load_dataset_info(config.output)['config'], overwrite=False)
+  try:
+    earlier = dict(load_dataset_info(config.output)['config'],
+                   overwrite=False)
+  except IncompleteOutput as error:
+    raise ConfigError(f'{error}: pass --overwrite to replace what is in '
+                      f'{config.output}, or another --output') from None
   if not earlier.get('streaming'):
     return False
   changed = sorted(name for name, value in dict(config.to_dict(),

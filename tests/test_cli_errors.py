@@ -8,10 +8,13 @@ through the installed `sftbeam` script, offline.
 import json
 import os
 import shutil
+import signal
+import subprocess
+import time
 
 import pytest
 
-from conftest import run_sftbeam
+from conftest import SFTBEAM, offline, run_sftbeam, shared_data
 from sftbeam.pipeline import cli
 from sftbeam.transforms.tokenizer_source import embedded_tokenizer_dir
 
@@ -222,3 +225,45 @@ def test_installed_script_exits_2_with_one_line(paths):
   result = run_sftbeam(*command_line(yaml_text, [], paths), network=False)
   assert_one_line_error(result.returncode, result.stdout, result.stderr,
                         message)
+
+
+def interrupted(command, when_ready, timeout=300):
+  """(exit code, stdout, stderr) of `command` sent SIGINT (Ctrl-C) as soon
+  as `when_ready()` holds."""
+  process = subprocess.Popen(offline(command), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + timeout
+  while not when_ready() and process.poll() is None:
+    assert time.monotonic() < deadline, 'never ready'
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  stdout, stderr = process.communicate(timeout=timeout)
+  return process.returncode, stdout, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('moment', ['starting', 'running'])
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, moment):
+  """While the command loads its libraries, and in the middle of a run
+  (Beam re-raises the interrupt inside a step as a RuntimeError)."""
+  data = shared_data('alpaca_5000.jsonl')
+  output = tmp_path / 'out'
+  started = time.monotonic()
+  # At 1 s the command is importing Beam and transformers (2 s or more).
+  ready = {'starting': lambda: time.monotonic() > started + 1,
+           'running': lambda: (output / '.sftbeam-manifest.json').exists()}
+  code, stdout, stderr = interrupted(
+      [SFTBEAM, 'run', '--input', *[data] * 8, '--output', str(output)],
+      ready[moment])
+  assert (code, stdout, stderr) == (
+      130, '', 'sftbeam: error: interrupted (Ctrl-C)\n')
+
+
+def test_ctrl_c_in_stats_and_inspect_is_one_line(capsys, monkeypatch):
+  def interrupt(*unused_args):
+    raise KeyboardInterrupt
+  monkeypatch.setattr('sftbeam.pipeline.readers.load_dataset_info', interrupt)
+  for command in (['stats', 'out'], ['inspect', 'out', '--id', 'x']):
+    assert cli.main(command) == 130
+    captured = capsys.readouterr()
+    assert captured.err == 'sftbeam: error: interrupted (Ctrl-C)\n'

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -11,7 +12,8 @@ import pytest
 from conftest import ROOT, SAMPLE, run_sftbeam
 from sftbeam import tokenize_prompt_and_output
 from sftbeam.pipeline import cli
-from sftbeam.readers import iter_numpy_batches, load_dataset_info
+from sftbeam.readers import (CorruptOutput, iter_numpy_batches,
+                             load_dataset_info)
 
 # Runs the pipeline or large references: `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -185,18 +187,99 @@ def test_stats_plot_without_matplotlib_is_one_clear_line(capsys, finished,
                          "install 'sftbeam[plot]'")
 
 
-def test_stats_of_a_run_without_rows(capsys, tmp_path):
-  bad = tmp_path / 'bad.jsonl'
+@pytest.fixture(scope='module')
+def without_rows(tmp_path_factory):
+  """A finished run whose only line was rejected: no batch written."""
+  work = tmp_path_factory.mktemp('without-rows')
+  bad = work / 'bad.jsonl'
   bad.write_text('not json\n', encoding='utf-8')
-  output_dir = str(tmp_path / 'out')
+  output_dir = str(work / 'out')
   run_sftbeam('run', '--config', os.path.join(ROOT, 'configs/local.yaml'),
               '--input', str(bad), '--output', output_dir, network=False)
-  code, lines, _ = sftbeam(capsys, 'stats', output_dir, '--plot',
+  return output_dir
+
+
+def test_stats_of_a_run_without_rows(capsys, tmp_path, without_rows):
+  code, lines, _ = sftbeam(capsys, 'stats', without_rows, '--plot',
                            str(tmp_path / 'empty.png'))
   assert code == 0
   assert 'prompt tokens: none' in lines
   assert lines[-2] == 'rejected: invalid_json 1'
   assert os.path.getsize(tmp_path / 'empty.png') > 10000
+
+
+def test_inspect_a_batch_of_a_run_without_batches(capsys, without_rows):
+  code, lines, err = sftbeam(capsys, 'inspect', without_rows, '--batch', '0',
+                             '--row', '0')
+  assert code == 2 and not lines
+  assert err == (f'sftbeam: error: {without_rows} has 0 batches; there is no '
+                 'batch 0\n')
+
+
+def _without(key):
+  def change(text):
+    info = json.loads(text)
+    del info[key]
+    return json.dumps(info)
+  return change
+
+
+def _with(key, value):
+  return lambda text: json.dumps(dict(json.loads(text), **{key: value}))
+
+
+# (case, the file's new text from its text, part of the one-line error)
+MALFORMED_INFOS = [
+    ('a-list', lambda text: '[]', 'it holds [], not a JSON object'),
+    ('cut', lambda text: text[:len(text) // 2], 'is not readable JSON'),
+    ('not-utf8', lambda text: '\udcff' + text, 'is not readable JSON'),
+    ('no-counts', _without('counts'), '"counts" must be the counts of'),
+    ('counts-a-number', _with('counts', 3), '"counts" must be'),
+    ('no-tokenizer', _without('tokenizer'), '"tokenizer" must be a mapping'),
+    ('empty-boundaries', _with('bucket_boundaries', []),
+     '"bucket_boundaries" must be a non-empty'),
+    ('unknown-layout', _with('layout', 'rolled'), '"layout" must be one of'),
+    ('deep-nesting', lambda text: '{"a": ' + '[' * 100000 + ']' * 100000 + '}',
+     'JSON nested too deeply'),
+]
+
+
+@pytest.mark.parametrize('change, message', [case[1:] for case in
+                                             MALFORMED_INFOS],
+                         ids=[case[0] for case in MALFORMED_INFOS])
+def test_a_malformed_dataset_info_is_one_line(capsys, finished, tmp_path,
+                                               change, message):
+  """stats and inspect exit 2 with one line; the readers raise
+  CorruptOutput saying the same."""
+  output_dir = str(shutil.copytree(finished, tmp_path / 'out'))
+  path = os.path.join(output_dir, 'dataset_info.json')
+  with open(path, encoding='utf-8') as handle:
+    text = handle.read()
+  with open(path, 'w', encoding='utf-8', errors='surrogateescape') as handle:
+    handle.write(change(text))
+  for command in (['stats', output_dir],
+                  ['inspect', output_dir, '--batch', '0', '--row', '0']):
+    code, lines, err = sftbeam(capsys, *command)
+    assert code == 2 and not lines
+    assert err.startswith(f'sftbeam: error: {path} ') and message in err
+    assert len(err.splitlines()) == 1 and len(err) < 700
+  with pytest.raises(CorruptOutput, match=re.escape(message)):
+    next(iter_numpy_batches(output_dir))
+
+
+def test_stats_refuses_rows_longer_than_the_listed_buckets(capsys, finished,
+                                                           tmp_path):
+  output_dir = str(shutil.copytree(finished, tmp_path / 'out'))
+  rewrite = _with('bucket_boundaries', [16])
+  path = os.path.join(output_dir, 'dataset_info.json')
+  with open(path, encoding='utf-8') as handle:
+    text = rewrite(handle.read())
+  with open(path, 'w', encoding='utf-8') as handle:
+    handle.write(text)
+  code, lines, err = sftbeam(capsys, 'stats', output_dir)
+  assert code == 2 and not lines
+  assert 'more than the largest bucket boundary in dataset_info.json (16)' in (
+      err)
 
 
 def test_the_installed_command_runs_inspect(tmp_path):

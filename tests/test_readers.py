@@ -378,12 +378,12 @@ def test_torch_order_is_fixed_by_seed_and_epoch(finished):
 
 @pytest.mark.parametrize('suffix, content', [
     ('.tfrecord', b''), ('.tfrecord.gz', gzip.compress(b''))])
-def test_empty_shards_read_as_nothing(tmp_path, suffix, content):
+def test_empty_shards_read_as_nothing(finished, tmp_path, suffix, content):
   """A slot that got no batch may be written as an empty shard."""
   name = 'batches-00000-of-00001' + suffix
   (tmp_path / name).write_bytes(content)
   entry = describe_shard(str(tmp_path / name))
   assert entry['records'] == 0
   (tmp_path / filenames.INFO).write_text(json.dumps(
-      {'schema_version': 2, 'shards': [entry]}))
+      dict(info_of(finished), shards=[entry])))
   assert read_numpy(tmp_path) == [] and read_torch(tmp_path) == []

@@ -23,6 +23,7 @@ from sftbeam.pipeline.options import ConfigError, defaults, make_config
 from sftbeam.pipeline.readers import iter_numpy_batches, load_dataset_info
 from pubsub_emulator import PubSubEmulator, missing
 from sftbeam.transforms import filenames, schema
+from sftbeam.transforms.dataset_info import build_info
 
 # Runs the pipeline or large references: `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -201,8 +202,8 @@ def _write_json(path, value):
 def test_restart_continues_a_streaming_output(tmp_path):
   config = _config(streaming=True, output=str(tmp_path),
                    input_subscription='projects/p/subscriptions/s')
-  _write_json(tmp_path / filenames.INFO, {
-      'schema_version': schema.SCHEMA_VERSION, 'config': config.to_dict()})
+  _write_json(tmp_path / filenames.INFO,
+              build_info(config.to_dict(), {}, [], []))
   for name, written in (('a', 3), ('b', 4)):
     _write_json(tmp_path / f'{filenames.WINDOW_STATS_PREFIX}-{name}.json',
                 {'stats': {'records_written': written, 'lines': 5},
@@ -219,6 +220,14 @@ def test_restart_continues_a_streaming_output(tmp_path):
                     input_subscription='projects/p/subscriptions/s')
   with pytest.raises(ConfigError, match=r'other options \(batch_size\)'):
     streaming.prepare_output(changed)
+
+
+def test_a_malformed_earlier_dataset_info_is_one_config_error(tmp_path):
+  config = _config(streaming=True, output=str(tmp_path),
+                   input_subscription='projects/p/subscriptions/s')
+  (tmp_path / filenames.INFO).write_text('[]')
+  with pytest.raises(ConfigError, match=r'not a JSON object: pass --overwrite'):
+    streaming.prepare_output(config)
 
 
 def test_dataflow_streaming_job_builds_offline():
