@@ -269,16 +269,50 @@ def format_summary(info: dict, wall_seconds: float) -> str:
   return '\n'.join(f'{name:<{width}}  {value}' for name, value in rows)
 
 
-def rejected_too_much(info: dict, max_fraction: float):
-  counts = info['counts']
+_FIELDS_HINT = (
+    'the records lack the fields --prompt_field and --output_field name (now '
+    '"{prompt_field}" and "{output_field}"): pass the names of yours; a '
+    'conversation needs a "messages" list of {{role, content}} (docs/chat.md)')
+_MESSAGES_HINT = (
+    'a conversation needs "messages": [{{"role": "user", "content": "..."}}, '
+    '{{"role": "assistant", "content": "..."}}] (docs/chat.md)')
+_JSON_LINES_HINT = 'the input must be JSON Lines: one JSON object per line'
+# What most often causes each rejection reason, said to a run that rejected
+# too much about its commonest reason; filled in from the run's config.
+_HINTS = {
+    'missing_field': _FIELDS_HINT,
+    'field_not_string': _FIELDS_HINT,
+    'invalid_messages': _MESSAGES_HINT,
+    'no_assistant_turn': _MESSAGES_HINT,
+    'invalid_json': _JSON_LINES_HINT,
+    'not_an_object': _JSON_LINES_HINT,
+    'invalid_utf8': 'the input must be UTF-8 JSON Lines',
+    'too_long': 'records are longer than max_seq_len {max_seq_len}: raise '
+                '--max_seq_len (and --boundaries or --pack_length) or pass '
+                '--truncation output_right',
+}
+
+
+def run_problem(info: dict):
+  """Why a finished run fails (exit 1), or None: its input held no record,
+  or more of it was rejected than max_rejected_fraction. Names the
+  commonest rejection reasons, with the hint that fits the first."""
+  counts, config = info['counts'], info['config']
   if not counts['records_in']:
-    return None
+    return 'nothing written: the input holds no record (no line, or blank ones)'
   fraction = counts['records_rejected'] / counts['records_in']
-  if fraction > max_fraction:
-    return (f'{fraction:.1%} of the input was rejected, more than '
-            f'--max_rejected_fraction {max_fraction}; see the rejected-*.jsonl '
-            'files (outputs kept for inspection)')
-  return None
+  if fraction <= config['max_rejected_fraction']:
+    return None
+  reasons = sorted(counts['rejected_by_reason'].items(),
+                   key=lambda item: -item[1])
+  what = (f'nothing written: all {counts["records_in"]} records were rejected'
+          if not counts['records_written'] else
+          f'{fraction:.1%} of the records were rejected, more than '
+          f'--max_rejected_fraction {config["max_rejected_fraction"]}')
+  top = ', '.join(f'{reason} {count}' for reason, count in reasons[:3])
+  hint = _HINTS.get(reasons[0][0], 'see docs/bad_input.md').format(**config)
+  return (f'{what} ({top}); {hint}; every rejected line is in '
+          f'{config["output"]}/rejected-*.jsonl (outputs kept)')
 
 
 def run_command(args, beam_args) -> int:
@@ -302,7 +336,7 @@ def run_command(args, beam_args) -> int:
     info = load_dataset_info(config.output)
   print(format_summary(info, wall_seconds))
   print(f'output: {config.output}')
-  problem = rejected_too_much(info, config.max_rejected_fraction)
+  problem = run_problem(info)
   if problem:
     print(f'sftbeam: error: {problem}', file=sys.stderr)
     return 1

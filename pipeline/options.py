@@ -192,8 +192,11 @@ OPTIONS = (
     Option('max_line_bytes', 'int', 8 << 20,
            'longer input lines are rejected unread (line_too_long)',
            check=_positive_int, requirement='a positive integer'),
-    Option('max_rejected_fraction', 'float', 1.0,
-           'fail the run (exit 1) when more of the input is rejected',
+    Option('max_rejected_fraction', 'float', 0.5,
+           'fail the run (exit 1, outputs kept) when more of its records are '
+           'rejected: by default a run that rejects most of its input (a '
+           'wrong field name or format) fails, saying why; 1.0 never fails '
+           'for rejections. A run whose input holds no record fails too',
            check=lambda v: 0.0 <= v <= 1.0, requirement='between 0 and 1'),
     Option('batching', 'optional_str', None,
            'how batches form: "global" reshuffles chunks and groups each '

@@ -34,6 +34,8 @@ from token_chunks import pairs_chunk
 pytestmark = pytest.mark.slow
 
 IM_END = 151645  # <|im_end|> in the Qwen vocabulary
+# Most of the hostile file is bad on purpose: its runs accept any rejections.
+ANY_REJECTED = ('--max_rejected_fraction', '1')
 MAX_REJECTED_LINE_BYTES = 8 * MAX_RAW_CHARS  # "a few KB" per rejected line
 
 
@@ -54,9 +56,10 @@ def run(input_path, output_dir, *flags):
 
 @pytest.fixture(scope='module')
 def default_run(hostile, tmp_path_factory):
-  """Output dir of the hostile file run with the defaults."""
+  """Output dir of the hostile file run with the defaults (but
+  ANY_REJECTED)."""
   output_dir = str(tmp_path_factory.mktemp('hostile-default'))
-  result = run(hostile[0], output_dir)
+  result = run(hostile[0], output_dir, *ANY_REJECTED)
   assert result.returncode == 0, result.stderr
   assert 'Traceback' not in result.stderr
   return output_dir
@@ -191,10 +194,50 @@ def test_special_tokens_in_text_text_and_max_rejected_fraction(
                   add_special_tokens=False)['input_ids']) > 1
 
 
+WRONG_FIELDS = '{"instruction": "Say hi.", "response": "Hi."}\n'
+SHAREGPT = ('{"messages": [{"from": "human", "value": "Hi"}, '
+            '{"from": "gpt", "value": "Hello"}]}\n')
+
+
+@pytest.mark.parametrize('text, message', [
+    (WRONG_FIELDS * 5,
+     'nothing written: all 5 records were rejected (missing_field 5); the '
+     'records lack the fields --prompt_field and --output_field name (now '
+     '"prompt" and "output"): pass the names of yours; a conversation needs '
+     'a "messages" list of {role, content} (docs/chat.md); every rejected '
+     'line is in {output}/rejected-*.jsonl (outputs kept)'),
+    (SHAREGPT * 3 + 'not json\n',
+     'nothing written: all 4 records were rejected (invalid_messages 3, '
+     'invalid_json 1); a conversation needs "messages": [{"role": "user", '
+     '"content": "..."}, {"role": "assistant", "content": "..."}] '
+     '(docs/chat.md); every rejected line is in {output}/rejected-*.jsonl '
+     '(outputs kept)'),
+    ('{"prompt": "Hi", "output": "Hello"}\n' + WRONG_FIELDS * 2,
+     '66.7% of the records were rejected, more than --max_rejected_fraction '
+     '0.5 (missing_field 2); the records lack the fields'),
+    ('\n \n', 'nothing written: the input holds no record (no line, or '
+     'blank ones)'),
+], ids=['wrong-fields', 'sharegpt-messages', 'two-thirds-rejected',
+        'only-blank-lines'])
+def test_a_run_that_writes_little_or_nothing_fails_saying_why(
+    tmp_path, text, message):
+  """The default max_rejected_fraction (0.5) fails a run that rejects most
+  records, with the commonest reasons and the hint that fits."""
+  input_path = tmp_path / 'in.jsonl'
+  input_path.write_text(text, encoding='utf-8')
+  output_dir = str(tmp_path / 'out')
+  result = run(str(input_path), output_dir)
+  assert result.returncode == 1, result.stderr
+  [line] = result.stderr.splitlines()
+  assert line.startswith('sftbeam: error: ' + message.replace(
+      '{output}', output_dir))
+  assert load_dataset_info(output_dir)['counts']['reconciled']
+
+
 def test_same_input_and_config_give_identical_rows(hostile, default_run,
                                                    tmp_path):
   """Rows are a pure function of record and config; batching may differ."""
-  result = run(hostile[0], tmp_path)
+  result = run(hostile[0], tmp_path, *ANY_REJECTED)
   assert result.returncode == 0, result.stderr
   assert rows_by_id(str(tmp_path)) == rows_by_id(default_run)
   assert rejected_lines(str(tmp_path)) == rejected_lines(default_run)
@@ -252,8 +295,9 @@ def test_truncation_modes_end_to_end(mode, tmp_path, qwen):
   input_path = str(tmp_path / 'in.jsonl')
   write_file(input_path, TRUNCATION_CASES)
   output_dir = tmp_path / 'out'
-  result = run(input_path, output_dir, '--truncation', mode, '--boundaries',
-               ','.join(map(str, BOUNDARIES)), '--max_seq_len', str(MAX_SEQ_LEN))
+  result = run(input_path, output_dir, *ANY_REJECTED, '--truncation', mode,
+               '--boundaries', ','.join(map(str, BOUNDARIES)),
+               '--max_seq_len', str(MAX_SEQ_LEN))
   assert result.returncode == 0, result.stderr
   outcomes = dict(zip((case.name for case in TRUNCATION_CASES),
                       TRUNCATION_OUTCOMES[mode]))
