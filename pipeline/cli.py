@@ -238,11 +238,13 @@ def format_summary(info: dict, wall_seconds: float) -> str:
   ]
   rows += [(f'    {reason}', count)
            for reason, count in counts['rejected_by_reason'].items()]
+  if counts['chat_records']:  # a prompt/output run has no chat row
+    rows.append(('  chat records', f'{counts["chat_records"]} '
+                 f'({counts["assistant_turns"]} assistant turns learned, '
+                 f'{counts["tool_calls_learned"]} tool calls, '
+                 f'{counts["reasoning_turns_learned"]} with reasoning; '
+                 f'{counts["examples_written"]} rows)'))
   rows += [
-      ('  chat records', f'{counts["chat_records"]} ({counts["assistant_turns"]}'
-       f' assistant turns learned, {counts["tool_calls_learned"]} tool calls,'
-       f' {counts["reasoning_turns_learned"]} with reasoning; '
-       f'{counts["examples_written"]} rows)'),
       ('  truncated (written)', counts['records_truncated']),
       ('  with special-token text', f'{counts["records_with_special_token_text"]} '
        '(' + ('mapped to special ids' if info['config'][

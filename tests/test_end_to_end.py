@@ -112,6 +112,7 @@ def test_sample_end_to_end(tmp_path, qwen, pad_to, flags):
   assert counts['rejected_by_reason'] == SAMPLE_REJECTIONS
   assert counts['records_written'] == 300
   assert counts['reconciled'] and re.search(r'reconciled +yes', stdout)
+  assert 'chat records' not in stdout  # prompt/output records only
   records = load_records(SAMPLE)
   seen, rows_per_width, real, stored = check_output(tmp_path, records, qwen,
                                                     pad_to)
