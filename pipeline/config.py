@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from sftbeam.pipeline.options import (OPTIONS, OPTIONS_BY_NAME, ConfigError,
                                       check_value, defaults, make_config,
-                                      shown)
+                                      nearest_name, shown)
 
 BEAM_SECTION = 'beam'
 # More values than any config needs: YAML aliases can make a small file
@@ -169,9 +169,12 @@ def check_beam_args(beam_args: list):
   for arg in unknown:
     if not arg.startswith('--'):
       raise ConfigError(f'unexpected argument {arg!r}')
-    raise ConfigError(f'unknown flag {arg.split("=", 1)[0]}: not an sftbeam '
-                      'option (see sftbeam run --help) nor a Beam pipeline '
-                      'option')
+    flag = arg.split('=', 1)[0]
+    nearest = nearest_name(flag[2:], list(OPTIONS_BY_NAME) + list(
+        PipelineOptions([]).get_all_options()))
+    raise ConfigError(f'unknown flag {flag}: not an sftbeam option (see '
+                      'sftbeam run --help) nor a Beam pipeline option' + (
+                          f'; did you mean --{nearest}?' if nearest else ''))
 
 
 def _flag_values(namespace) -> dict:

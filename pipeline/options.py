@@ -5,6 +5,7 @@ CLI flags and the checks all read it.
 """
 
 import dataclasses
+import difflib
 import re
 import reprlib
 import types
@@ -278,12 +279,24 @@ _KIND_WORDS = {
     'ints': 'a list of integers', 'object': 'a JSON object'}
 
 
+def nearest_name(name: str, known) -> Optional[str]:
+  """The name in `known` that `name` most likely misspells (a hyphen for an
+  underscore, a letter off), or None when none is close."""
+  spelled = name.replace('-', '_')
+  if spelled in known:
+    return spelled
+  close = difflib.get_close_matches(spelled, known, n=1, cutoff=0.75)
+  return close[0] if close else None
+
+
 def check_value(name: str, value, source: str):
   """Raises ConfigError unless `value` is a valid value of option `name`."""
   option = OPTIONS_BY_NAME.get(name)
   if option is None:
-    raise ConfigError(f'{source}: unknown option "{name}"; known options: '
-                      f'{", ".join(OPTIONS_BY_NAME)}')
+    nearest = nearest_name(str(name), OPTIONS_BY_NAME)
+    raise ConfigError(f'{source}: unknown option "{name}"' + (
+        f' (did you mean {nearest}?)' if nearest else '') +
+                      f'; known options: {", ".join(OPTIONS_BY_NAME)}')
   if not _type_ok(option, value):
     raise ConfigError(f'{source}: {name} must be {_KIND_WORDS[option.kind]}, '
                       f'got {shown(value)}')

@@ -39,6 +39,17 @@ CASES = [
     ('missing-config-file', None, ['--config', '{tmp}/nope.yaml'],
      'cannot read config'),
     ('unknown-flag', None, ['--batchsize', '3'], 'unknown flag --batchsize'),
+    # An unknown flag or key names the option it most likely misspells.
+    ('misspelled-flag', None, ['--batchsize', '3'],
+     'nor a Beam pipeline option; did you mean --batch_size?'),
+    ('hyphenated-flag', None, ['--batch-size', '3'],
+     'unknown flag --batch-size: not an sftbeam option (see sftbeam run '
+     '--help) nor a Beam pipeline option; did you mean --batch_size?'),
+    ('misspelled-beam-flag', None, ['--runer', 'DataflowRunner'],
+     'did you mean --runner?'),
+    ('misspelled-yaml-key', 'prompt-field: q\n', [],
+     'unknown option "prompt-field" (did you mean prompt_field?); known '
+     'options: input,'),
     ('stray-argument', None, ['stray'], "unexpected argument 'stray'"),
     ('wrong-type-cli-int', None, ['--batch_size', 'many'],
      "--batch_size: cannot read 'many'"),
