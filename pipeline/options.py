@@ -6,11 +6,11 @@ CLI flags and the checks all read it.
 
 import dataclasses
 import difflib
-import re
 import reprlib
 import types
 from typing import Any, Callable, Optional, Tuple
 
+from sftbeam.pipeline import gcp_names
 from sftbeam.transforms import schema
 from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.pack import DEFAULT_PACK_WINDOW
@@ -71,8 +71,21 @@ def _row_length(value):
   return _positive_int(value) and value <= MAX_ROW_TOKENS
 
 
-def _is_pubsub_path(value: str, kind: str) -> bool:
-  return re.fullmatch(f'projects/[^/]+/{kind}/[^/]+', value) is not None
+def _valid_buckets(paths) -> bool:
+  """Whether every gs:// path of `paths` names a valid bucket."""
+  return all(gcp_names.bucket_problem(path) is None for path in paths)
+
+
+def _pubsub_check(kind: str) -> dict:
+  """The check and requirement of an optional Pub/Sub `kind` path."""
+  return {'check': lambda value: not value or gcp_names.pubsub_problem(
+              value, kind) is None,
+          'requirement': f'projects/P/{kind}/NAME, P a project id '
+                         f'({gcp_names.PROJECT_RULES}), NAME '
+                         f'{gcp_names.PUBSUB_NAME_RULES}'}
+
+
+_BUCKET_NOTE = f'(a gs:// bucket name is {gcp_names.BUCKET_RULES})'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,15 +102,22 @@ class Option:
 
 
 OPTIONS = (
-    Option('input', 'list', [], 'input file patterns (globs; local or gs://)'),
+    Option('input', 'list', [], 'input file patterns (globs; local or gs://)',
+           check=_valid_buckets,
+           requirement=f'local or gs:// patterns {_BUCKET_NOTE}'),
     Option('output', 'str', '', 'output directory (local or gs://)',
            # Beam lists and deletes objects by glob, with no escape.
-           check=lambda v: not (is_remote(v) and GLOB_CHARACTERS.search(v)),
+           check=lambda v: not (is_remote(v) and GLOB_CHARACTERS.search(v))
+           and _valid_buckets([v]),
            requirement='a local directory, or a remote one without [ * ? in '
-           'its path (Beam reads them as glob characters there)'),
+           f'its path (Beam reads them as glob characters there) '
+           f'{_BUCKET_NOTE}'),
     Option('tokenizer', 'str', EMBEDDED,
            'HuggingFace hub name, local directory, gs:// directory, or '
-           '"embedded" (the bundled Qwen tokenizer)'),
+           '"embedded" (the bundled Qwen tokenizer)',
+           check=lambda v: _valid_buckets([v]),
+           requirement=f'a hub name, or a local or gs:// directory '
+           f'{_BUCKET_NOTE}'),
     Option('prompt_field', 'str', 'prompt', 'JSON field of the prompt'),
     Option('output_field', 'str', 'output', 'JSON field of the output'),
     Option('id_field', 'str', 'id',
@@ -216,13 +236,11 @@ OPTIONS = (
     Option('input_subscription', 'str', '',
            'streaming: the Pub/Sub subscription to read, '
            'projects/P/subscriptions/S',
-           check=lambda v: not v or _is_pubsub_path(v, 'subscriptions'),
-           requirement='projects/P/subscriptions/S'),
+           **_pubsub_check('subscriptions')),
     Option('input_topic', 'str', '',
            'streaming: the Pub/Sub topic to read, projects/P/topics/T (a '
            'temporary subscription made at start: earlier messages are not '
-           'seen)', check=lambda v: not v or _is_pubsub_path(v, 'topics'),
-           requirement='projects/P/topics/T'),
+           'seen)', **_pubsub_check('topics')),
     Option('window_seconds', 'int', 60,
            'streaming: shards are written per window of this many seconds',
            check=_positive_int, requirement='a positive integer'),
@@ -231,8 +249,7 @@ OPTIONS = (
            check=lambda v: v > 0, requirement='a positive number'),
     Option('dead_letter_topic', 'str', '',
            'streaming: also publish rejected records to this Pub/Sub topic',
-           check=lambda v: not v or _is_pubsub_path(v, 'topics'),
-           requirement='projects/P/topics/T'),
+           **_pubsub_check('topics')),
 )
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}

@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions,
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 
+from sftbeam.pipeline import gcp_names
 from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.runners import new_pipeline, runner_of
@@ -64,6 +65,7 @@ def check_dataflow_job(config, options):
                       'waits for them; it does not create templates')
   if not (cloud.temp_location or '').startswith('gs://'):
     raise ConfigError('DataflowRunner needs --temp_location gs://BUCKET/tmp')
+  _check_cloud_names(cloud)
   setup_file = options.view_as(SetupOptions).setup_file
   if setup_file and not os.path.isfile(setup_file):
     raise ConfigError(f'--setup_file {setup_file} not found: run sftbeam from '
@@ -77,6 +79,18 @@ def check_dataflow_job(config, options):
     raise ConfigError(f'--tokenizer {config.tokenizer} is a local directory, '
                       'which Dataflow workers cannot reach: copy it to '
                       'gs://BUCKET/DIR and pass that')
+
+
+def _check_cloud_names(cloud: GoogleCloudOptions):
+  """Refuses a project id or temp/staging bucket Google Cloud would refuse:
+  Beam, given them, retries credentials and DNS for minutes."""
+  problems = [('project', cloud.project and
+                gcp_names.project_problem(cloud.project))] + [
+                    (name, gcp_names.bucket_problem(getattr(cloud, name) or ''))
+                    for name in ('temp_location', 'staging_location')]
+  for name, problem in problems:
+    if problem:
+      raise ConfigError(f'--{name} {getattr(cloud, name)}: {problem}')
 
 
 def build_dataflow_job(config, options,

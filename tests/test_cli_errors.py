@@ -112,9 +112,11 @@ CASES = [
      'full is a directory; pass its files, e.g. --input "{tmp}/full/*.jsonl"'),
     ('input-directory-with-slash', None, ['--input', '{tmp}/full/'],
      'full is a directory; pass its files, e.g. --input "{tmp}/full/*.jsonl"'),
-    ('gs-input-directory-with-slash', None, ['--input', 'gs://b/data/'],
-     'gs://b/data is a directory; pass its files'),
-    ('gs-output-with-glob-characters', None, ['--output', 'gs://b/run[1]'],
+    ('gs-input-directory-with-slash', None,
+     ['--input', 'gs://my-bucket/data/'],
+     'gs://my-bucket/data is a directory; pass its files'),
+    ('gs-output-with-glob-characters', None,
+     ['--output', 'gs://my-bucket/run[1]'],
      'output must be a local directory, or a remote one without [ * ? in its '
      'path'),
     ('yaml-alias-bomb', 'boundaries:\n' + ''.join(
@@ -140,6 +142,42 @@ CASES = [
      'prompt_field must be at most 4096 characters; got 1048576'),
     ('long-input-pattern', None, ['--input', 'x' * 5000],
      'input must be at most 4096 characters; got 5000'),
+    # Google Cloud names are checked offline by their rules: Beam, given
+    # names Google Cloud refuses, retries credentials and DNS for minutes.
+    ('placeholder-bucket-input', None, ['--input', 'gs://BUCKET/data/*.jsonl'],
+     'input must be local or gs:// patterns (a gs:// bucket name is 3-63 '
+     'lowercase letters, digits, "-", "_" or "."); got '
+     "['gs://BUCKET/data/*.jsonl']"),
+    ('short-bucket-output', None, ['--output', 'gs://ab/run1'],
+     '(a gs:// bucket name is 3-63 lowercase letters, digits, "-", "_" or '
+     '"."); got \'gs://ab/run1\''),
+    ('google-bucket-tokenizer', None, ['--tokenizer', 'gs://my-google-x/tok'],
+     'tokenizer must be a hub name, or a local or gs:// directory'),
+    ('pubsub-project-too-short', None, [
+        '--streaming', '--input_subscription', 'projects/abc/subscriptions/s1'],
+     'input_subscription must be projects/P/subscriptions/NAME, P a project '
+     'id (6-30 lowercase letters, digits or "-", from a letter)'),
+    ('pubsub-placeholder-project', None, [
+        '--streaming', '--input_topic', 'projects/PROJECT/topics/records'],
+     'input_topic must be projects/P/topics/NAME'),
+    ('pubsub-name-too-short', None, [
+        '--dead_letter_topic', 'projects/my-project/topics/t'],
+     'dead_letter_topic must be projects/P/topics/NAME'),
+    ('dataflow-placeholder-project', None, [
+        '--runner', 'DataflowRunner', '--project', 'PROJECT', '--region',
+        'us-central1', '--temp_location', 'gs://my-bucket/tmp'],
+     '--project PROJECT: project id "PROJECT" is not a Google Cloud project '
+     'id (6-30 lowercase letters, digits or "-", from a letter)'),
+    ('dataflow-placeholder-temp-bucket', None, [
+        '--runner', 'DataflowRunner', '--project', 'my-project',
+        '--temp_location', 'gs://BUCKET/sftbeam/tmp'],
+     '--temp_location gs://BUCKET/sftbeam/tmp: bucket name "BUCKET" is not a '
+     'Cloud Storage bucket name'),
+    ('dataflow-ip-staging-bucket', None, [
+        '--runner', 'DataflowRunner', '--project', 'my-project',
+        '--temp_location', 'gs://my-bucket/tmp', '--staging_location',
+        'gs://192.168.1.1/s'],
+     'bucket name "192.168.1.1" is not a Cloud Storage bucket name'),
 ]
 
 

@@ -137,6 +137,35 @@ def test_dataflow_mistakes_are_config_errors(capsys, flags, message):
   assert message in capsys.readouterr().err
 
 
+# docs/dataflow.md's command with its own placeholders.
+PLACEHOLDER_FLAGS = ('--input', 'gs://BUCKET/data/*.jsonl',
+                     '--output', 'gs://BUCKET/sft/run1',
+                     '--project', 'PROJECT', '--region', 'us-central1',
+                     '--temp_location', 'gs://BUCKET/sftbeam/tmp',
+                     '--staging_location', 'gs://BUCKET/sftbeam/staging')
+
+
+@pytest.mark.parametrize('fixed, message', [
+    ((), '--input: input must be local or gs:// patterns'),
+    (GCS_FLAGS[:4], '--project PROJECT: project id "PROJECT" is not a Google '
+     'Cloud project id'),
+    (GCS_FLAGS[:6], '--temp_location gs://BUCKET/sftbeam/tmp: bucket name '
+     '"BUCKET" is not a Cloud Storage bucket name'),
+])
+def test_the_docs_dry_run_with_placeholders_is_refused_at_once(fixed,
+                                                               message):
+  """Offline: one line and exit 2 within the timeout, where Beam retried
+  credentials and DNS for minutes. `fixed`: real values for the first
+  placeholders, so that each one after them is found in turn."""
+  with contextlib.chdir(ROOT):
+    result = run_sftbeam('run', '--config', 'configs/dataflow.yaml',
+                         *PLACEHOLDER_FLAGS, *fixed, '--dry_run=True',
+                         network=False, timeout=60)
+  assert result.returncode == 2 and not result.stdout
+  [line] = result.stderr.splitlines()
+  assert line.startswith('sftbeam: error: ') and message in line
+
+
 def test_beam_flags_take_their_value_either_way():
   args = ['--project', 'my-project', '--region=europe-west4',
           '--no_use_public_ips', '--max_num_workers', '3']
