@@ -313,8 +313,7 @@ def run_problem(info: dict):
           f'--max_rejected_fraction {config["max_rejected_fraction"]}')
   top = ', '.join(f'{reason} {count}' for reason, count in reasons[:3])
   hint = _HINTS.get(reasons[0][0], 'see docs/bad_input.md').format(**config)
-  return (f'{what} ({top}); {hint}; every rejected line is in '
-          f'{config["output"]}/rejected-*.jsonl (outputs kept)')
+  return f'{what} ({top}); {hint}'
 
 
 def run_command(args, beam_args) -> int:
@@ -334,11 +333,20 @@ def run_command(args, beam_args) -> int:
   with prepare_output_dir(config.output, config.overwrite,
                           config.input) as claim:
     wall_seconds = run_pipeline(config, options, claim.work_dir)
-    claim.complete()
-    info = load_dataset_info(config.output)
+    info = load_dataset_info(claim.work_dir)
+    problem = run_problem(info)
+    if problem and claim.replaces_a_complete_run:
+      # A failed run does not replace a complete one.
+      claim.abandon()
+      problem += (f'; the earlier run in {config.output} is kept and this '
+                  'one discarded (pass another --output to keep it)')
+    else:
+      claim.complete()
+      if problem:
+        problem += (f'; every rejected line is in {config.output}/'
+                    'rejected-*.jsonl (outputs kept)')
   print(format_summary(info, wall_seconds))
   print(f'output: {config.output}')
-  problem = run_problem(info)
   if problem:
     print(f'sftbeam: error: {problem}', file=sys.stderr)
     return 1

@@ -251,6 +251,11 @@ class OutputClaim:
     self._completed = False
     self._created_dir = created_dir  # a local directory this run made
 
+  @property
+  def replaces_a_complete_run(self) -> bool:
+    """Whether complete() would replace a complete earlier run."""
+    return filenames.INFO in self._earlier.files
+
   def _write_record(self, state: str, files, running: bool):
     manifest.write_record(self.output_dir, manifest.new_record(
         self.run_id, self._lock.owner, state, files,

@@ -234,6 +234,23 @@ def test_a_run_that_writes_little_or_nothing_fails_saying_why(
   assert load_dataset_info(output_dir)['counts']['reconciled']
 
 
+def test_a_run_that_writes_nothing_does_not_replace_a_complete_run(tmp_path):
+  good = tmp_path / 'good.jsonl'
+  good.write_text('{"prompt": "Hi", "output": "Hello"}\n', encoding='utf-8')
+  output_dir = str(tmp_path / 'out')
+  assert run(str(good), output_dir).returncode == 0
+  before = rows_by_id(output_dir)
+  wrong = tmp_path / 'wrong.jsonl'
+  wrong.write_text(WRONG_FIELDS * 3, encoding='utf-8')
+  result = run(str(wrong), output_dir, '--overwrite')
+  assert result.returncode == 1, result.stderr
+  [line] = result.stderr.splitlines()
+  assert line.endswith(f'; the earlier run in {output_dir} is kept and this '
+                       'one discarded (pass another --output to keep it)')
+  assert rows_by_id(output_dir) == before
+  assert load_dataset_info(output_dir)['counts']['records_in'] == 1
+
+
 def test_same_input_and_config_give_identical_rows(hostile, default_run,
                                                    tmp_path):
   """Rows are a pure function of record and config; batching may differ."""
