@@ -36,7 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from sftbeam.pipeline.options import OPTIONS_BY_NAME, shown
 from sftbeam.transforms import example_codec, filenames, pack, schema
-from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.paths import file_size, is_remote
 from sftbeam.transforms.tfrecord import (CorruptRecord, describe_shard,
                                          iter_records)
 
@@ -208,17 +208,11 @@ def verified_shards(output_dir: str, info: dict = None) -> list:
     raise IncompleteOutput(f'{len(missing)} shards listed in '
                            f'{filenames.INFO} are missing, e.g. {missing[0]}')
   for shard in shards:
-    size = _file_size(shard.path)
+    size = file_size(shard.path)
     if size != shard.bytes:
       raise CorruptOutput(f'shard {shard.name} holds {size} '
                           f'bytes; {filenames.INFO} says {shard.bytes}')
   return shards
-
-
-def _file_size(path: str) -> int:
-  """The size of the file at `path`, by its exact path (FileSystems.match
-  would read `[`, `*`, `?` in the directory's name as a glob)."""
-  return FileSystems.get_filesystem(path).metadata(path).size_in_bytes
 
 
 def _verify_contents(shard: Shard):

@@ -33,6 +33,11 @@ def names_in(directory: str) -> list:
   return [metadata.path[len(prefix):] for metadata in match.metadata_list]
 
 
+def file_size(path: str) -> int:
+  """The size of the file at `path`, by its exact path."""
+  return FileSystems.get_filesystem(path).metadata(path).size_in_bytes
+
+
 def delete_files(paths):
   """Deletes these files (local ones by their exact path, never what a
   link points to)."""

@@ -22,6 +22,8 @@ import google_crc32c
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from sftbeam.transforms.paths import file_size
+
 _LENGTH = struct.Struct('<Q')
 _CRC = struct.Struct('<I')
 _HEADER_BYTES = _LENGTH.size + _CRC.size
@@ -134,7 +136,7 @@ def _framed_records(handle, path: str, where: str,
 def _records(raw, path: str) -> Iterator[bytes]:
   """Records of an open raw file, gunzipped when `path` ends in .gz."""
   if not is_gzip(path):
-    yield from _framed_records(raw, path, 'byte offset', _file_size(path))
+    yield from _framed_records(raw, path, 'byte offset', file_size(path))
     return
   stream = gzip.GzipFile(fileobj=raw, mode='rb')
   records = _framed_records(stream, path, 'uncompressed byte offset')
@@ -148,10 +150,6 @@ def _records(raw, path: str) -> Iterator[bytes]:
           f'{path}: the gzip stream is damaged after {raw.tell()} bytes of '
           f'the file ({error})') from error
     yield record
-
-
-def _file_size(path: str) -> int:
-  return FileSystems.match([path])[0].metadata_list[0].size_in_bytes
 
 
 def _open_raw(path: str):
