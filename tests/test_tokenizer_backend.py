@@ -174,9 +174,11 @@ def test_auto_runs_on_hf_and_says_why(word_level_tokenizer, tmp_path):
 # -------------------------------------------------------------- end to end
 
 def _run(input_paths, output_dir, backend):
+  """Any rejections accepted: the hostile file is mostly bad on purpose."""
   return run_sftbeam('run', '--config', 'configs/local.yaml', '--input',
                      *input_paths, '--output', str(output_dir),
-                     '--tokenizer_backend', backend, network=False)
+                     '--tokenizer_backend', backend,
+                     '--max_rejected_fraction', '1', network=False)
 
 
 @pytest.mark.parametrize('name', ['shared', 'hostile'])
