@@ -38,10 +38,15 @@ CASES = [
      '"beam" must be a mapping'),
     ('missing-config-file', None, ['--config', '{tmp}/nope.yaml'],
      'cannot read config'),
-    ('unknown-flag', None, ['--batchsize', '3'], 'unknown flag --batchsize'),
+    ('unknown-flag', None, ['--frobnicate', '3'],
+     'unknown flag --frobnicate: not an sftbeam option (see sftbeam run '
+     '--help) nor a Beam pipeline option'),
     # An unknown flag or key names the option it most likely misspells.
     ('misspelled-flag', None, ['--batchsize', '3'],
-     'nor a Beam pipeline option; did you mean --batch_size?'),
+     'unknown flag --batchsize: not an sftbeam option (see sftbeam run '
+     '--help) nor a Beam pipeline option; did you mean --batch_size?'),
+    ('misspelled-flag-plural', None, ['--boundary', '16,32'],
+     'did you mean --boundaries?'),
     ('hyphenated-flag', None, ['--batch-size', '3'],
      'unknown flag --batch-size: not an sftbeam option (see sftbeam run '
      '--help) nor a Beam pipeline option; did you mean --batch_size?'),
