@@ -110,13 +110,13 @@ OPTIONS = (
            check=lambda v: not (is_remote(v) and GLOB_CHARACTERS.search(v))
            and _valid_buckets([v]),
            requirement='a local directory, or a remote one without [ * ? in '
-           f'its path (Beam reads them as glob characters there) '
+           'its path (Beam reads them as glob characters there) '
            f'{_BUCKET_NOTE}'),
     Option('tokenizer', 'str', EMBEDDED,
            'HuggingFace hub name, local directory, gs:// directory, or '
            '"embedded" (the bundled Qwen tokenizer)',
            check=lambda v: _valid_buckets([v]),
-           requirement=f'a hub name, or a local or gs:// directory '
+           requirement='a hub name, or a local or gs:// directory '
            f'{_BUCKET_NOTE}'),
     Option('prompt_field', 'str', 'prompt', 'JSON field of the prompt'),
     Option('output_field', 'str', 'output', 'JSON field of the output'),

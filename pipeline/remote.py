@@ -84,11 +84,13 @@ def check_dataflow_job(config, options):
 def _check_cloud_names(cloud: GoogleCloudOptions):
   """Refuses a project id or temp/staging bucket Google Cloud would refuse:
   Beam, given them, retries credentials and DNS for minutes."""
-  problems = [('project', cloud.project and
-                gcp_names.project_problem(cloud.project))] + [
-                    (name, gcp_names.bucket_problem(getattr(cloud, name) or ''))
-                    for name in ('temp_location', 'staging_location')]
-  for name, problem in problems:
+  problems = {
+      'project': cloud.project and gcp_names.project_problem(cloud.project),
+      'temp_location': gcp_names.bucket_problem(cloud.temp_location or ''),
+      'staging_location': gcp_names.bucket_problem(
+          cloud.staging_location or ''),
+  }
+  for name, problem in problems.items():
     if problem:
       raise ConfigError(f'--{name} {getattr(cloud, name)}: {problem}')
 
