@@ -78,10 +78,30 @@ def test_inspect_a_conversation_masks_the_assistant_turns(capsys, qwen):
   assert qwen.decode(ids) == qwen.apply_chat_template(messages,
                                                       tokenize=False)
   learned = [label for _, _, label, mask in shown if mask]
-  assert qwen.decode(learned) == 'Hello!<|im_end|>4<|im_end|>'
+  assert qwen.decode(learned) == (
+      'Hello!<|im_end|><think>\n\n</think>\n\n4<|im_end|>')
   code, _, error = sftbeam(capsys, 'inspect', '--messages', json.dumps(
       messages[:2]))
   assert code == 2 and 'no_assistant_turn' in error
+
+
+def test_inspect_a_tool_calling_record_per_turn(capsys, qwen):
+  record = {'tools': [{'type': 'function', 'function': {
+      'name': 'weather', 'parameters': {'type': 'object'}}}],
+            'messages': [
+                {'role': 'user', 'content': 'Oslo?'},
+                {'role': 'assistant', 'content': None, 'tool_calls': [
+                    {'type': 'function', 'function': {
+                        'name': 'weather', 'arguments': {'city': 'Oslo'}}}]},
+                {'role': 'tool', 'content': '-3 C'},
+                {'role': 'assistant', 'content': 'It is -3 C.'}]}
+  code, lines, _ = sftbeam(capsys, 'inspect', '--messages', json.dumps(record),
+                           '--chat_rows', 'per_turn')
+  assert code == 0
+  assert lines[0].startswith('conversation: 2 row(s), 2 assistant turn(s) '
+                             'learned, 1 tool call(s), 0 with reasoning')
+  assert [line.split(':')[0] for line in lines if line.startswith('row')] == [
+      'row#1', 'row#3']
 
 
 def test_inspect_by_id_and_by_batch_row_show_the_written_row(capsys,
