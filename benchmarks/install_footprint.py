@@ -33,7 +33,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The modules whose DoFns a worker unpickles (pipeline/graph.py's steps).
+# The modules whose DoFns a worker unpickles (pipeline/batch.py's steps).
 WORKER_IMPORTS = ('apache_beam', 'sftbeam.transforms.read',
                   'sftbeam.transforms.parse', 'sftbeam.transforms.tokenize',
                   'sftbeam.transforms.padded', 'sftbeam.transforms.packed',

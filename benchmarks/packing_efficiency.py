@@ -40,9 +40,9 @@ import numpy as np
 
 from sftbeam.pipeline.options import DEFAULT_BOUNDARIES
 from sftbeam.transforms.pack import (DEFAULT_PACK_WINDOW, best_fit_decreasing,
-                                     packed_arrays, packing_stats,
-                                     packing_summary, rows_per_batch)
+                                     packed_arrays, rows_per_batch)
 from sftbeam.transforms.records import TokenChunk
+from sftbeam.transforms.stats import packing_stats, packing_summary
 from sftbeam.transforms.tokenizer_source import embedded_tokenizer_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

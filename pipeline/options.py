@@ -50,6 +50,20 @@ _LIMITED_REPR.maxstring = _LIMITED_REPR.maxother = _LIMITED_REPR.maxlong = (
     MAX_SHOWN_CHARS)
 
 
+# An error is one line of at most this many characters (a cut is marked):
+# messages quote values, and some come from libraries.
+MAX_ERROR_CHARS = 600
+
+
+def one_line(error) -> str:
+  """An error's message on one line of at most MAX_ERROR_CHARS."""
+  line = ' '.join(str(error).split())
+  if len(line) <= MAX_ERROR_CHARS:
+    return line
+  return (f'{line[:MAX_ERROR_CHARS]}...[{len(line) - MAX_ERROR_CHARS} more '
+          'chars]')
+
+
 def shown(value) -> str:
   """repr(value) for an error message: at most MAX_SHOWN_CHARS (and a mark
   saying how much was cut), at a cost bounded whatever the value's size."""

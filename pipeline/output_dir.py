@@ -230,9 +230,27 @@ def _examine(output_dir: str, overwrite: bool, run_names) -> Earlier:
   return Earlier(record, files, leftovers)
 
 
-class OutputClaim:
-  """An output directory locked for one batch run, and the run's work
-  directory in it (`work_dir`), where the run writes its whole output.
+class Claim:
+  """An output directory locked for one run (batch or streaming): another
+  run is refused until `release` (or the end of a `with` block)."""
+
+  def __init__(self, output_dir: str, lock):
+    self.output_dir = output_dir
+    self._lock = lock
+
+  def release(self):
+    self._lock.release()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, traceback):
+    self.release()
+
+
+class OutputClaim(Claim):
+  """A batch run's claim: also the run's work directory in the output
+  directory (`work_dir`), where the run writes its whole output.
 
   Use it as a context manager: a run that raises deletes its work
   directory and puts the record back (`abandon`), and the lock is released
@@ -241,11 +259,10 @@ class OutputClaim:
 
   def __init__(self, output_dir: str, lock, earlier: Earlier,
                created_dir: bool = False):
-    self.output_dir = output_dir
+    super().__init__(output_dir, lock)
     self.run_id = lock.owner['run_id']
     self._work_dir_name = filenames.work_dir_name(self.run_id)
     self.work_dir = FileSystems.join(output_dir, self._work_dir_name)
-    self._lock = lock
     self._earlier = earlier
     self._replacing = False  # complete() has begun to change output_dir
     self._completed = False
@@ -338,12 +355,6 @@ class OutputClaim:
     else:
       manifest.write_record(self.output_dir, self._earlier.record)
 
-  def release(self):
-    self._lock.release()
-
-  def __enter__(self):
-    return self
-
   def __exit__(self, exc_type, exc, traceback):
     try:
       # Not on Ctrl-C: a Dataflow job may still be writing.
@@ -412,11 +423,11 @@ def prepare_output_dir(output_dir: str, overwrite: bool, inputs=(),
 
 
 def prepare_streaming_output_dir(output_dir: str, overwrite: bool,
-                                 lock=None):
+                                 lock=None) -> Claim:
   """Claims `output_dir` for a streaming run, which writes straight into it:
   the same checks as prepare_output_dir, then (with overwrite) the earlier
   run's files are deleted now, and the record names the streaming run's
-  fixed files. Gives the lock: release it when the run ends.
+  fixed files. Release the claim when the run ends.
   """
   lock, _ = _lock(output_dir, (), lock)
   try:
@@ -427,4 +438,4 @@ def prepare_streaming_output_dir(output_dir: str, overwrite: bool,
   except BaseException:
     lock.release()
     raise
-  return lock
+  return Claim(output_dir, lock)

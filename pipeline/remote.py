@@ -17,7 +17,6 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 
 from sftbeam.pipeline import gcp_names
-from sftbeam.pipeline.graph import build_batch_pipeline
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.runners import new_pipeline, runner_of
 from sftbeam.transforms.paths import is_remote
@@ -95,8 +94,7 @@ def _check_cloud_names(cloud: GoogleCloudOptions):
       raise ConfigError(f'--{name} {getattr(cloud, name)}: {problem}')
 
 
-def build_dataflow_job(config, options,
-                       build=build_batch_pipeline) -> DataflowRunner:
+def build_dataflow_job(config, options, build) -> DataflowRunner:
   """Builds the job under --dry_run (not submitted); gives the runner.
 
   `build(root, config)` adds the graph (batch, or streaming's). The runner's
@@ -152,8 +150,9 @@ def describe_job(runner: DataflowRunner) -> dict:
   }
 
 
-def dry_run(config, options, build=build_batch_pipeline) -> str:
-  """Builds the Dataflow job without submitting it; gives a report."""
+def dry_run(config, options, build) -> str:
+  """Builds the Dataflow job of `build(root, config)` without submitting
+  it; gives a report."""
   description = describe_job(build_dataflow_job(config, options, build))
   return ('dry run: built the Dataflow job below and did not submit it; '
           'nothing was read from or written to GCS\n' +

@@ -1,11 +1,11 @@
 """`sftbeam stats OUTPUT_DIR [--plot FILE.png]`: what a finished run holds.
 
-Prints the summary of dataset_info.json, then what only the shards tell:
-histograms of prompt, output and total (prompt + output) tokens per
-example, and per bucket the rows, batches and padding efficiency (real
-tokens, prompt + output - 1 per example, over stored tokens, B x L per
-batch); then the rejected records by reason. `--plot` draws the same into
-one PNG with matplotlib (extra `sftbeam[plot]`).
+Prints the run's summary (pipeline/summary.py, as `sftbeam run` printed
+it), then what only the shards tell: histograms of prompt, output and total
+(prompt + output) tokens per example, and per bucket the rows, batches and
+padding efficiency (real tokens, prompt + output - 1 per example, over
+stored tokens, B x L per batch). `--plot` draws the same, and the rejected
+records by reason, into one PNG with matplotlib (extra `sftbeam[plot]`).
 """
 
 import argparse
@@ -16,7 +16,8 @@ import numpy as np
 
 from sftbeam.pipeline import readers
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.transforms import example_codec, filenames, pack, schema
+from sftbeam.pipeline.summary import summary_lines
+from sftbeam.transforms import example_codec, filenames, schema
 
 _LENGTH_FEATURES = ('prompt_lengths', 'output_lengths')
 _BAR_WIDTH = 40
@@ -101,29 +102,15 @@ def _histogram_lines(title: str, values: np.ndarray) -> list:
 
 
 def _summary_lines(output_dir: str, info: dict) -> list:
-  counts = info['counts']
-  efficiency = counts['padding_efficiency']
-  packing = counts.get('packing')
-  packed = [] if not packing else [
-      f'packed rows {packing["packed_rows"]} of {info["pack_length"]} '
-      f'positions, {pack.records_per_row_text(packing)}']
-  chat = [] if not counts.get('chat_records') else [
-      f'chat records {counts["chat_records"]}: '
-      f'{counts.get("assistant_turns", 0)} assistant turns learned, '
-      f'{counts.get("tool_calls_learned", 0)} tool calls, '
-      f'{counts.get("reasoning_turns_learned", 0)} with reasoning; '
-      f'{counts.get("examples_written", counts["records_written"])} rows']
-  return [
-      f'{output_dir}: {info.get("layout", "padded")} batches, tokenizer '
-      f'{info["tokenizer"]["name"]}, sftbeam {info["sftbeam_version"]}',
-      f'records in {counts["records_in"]}, written '
-      f'{counts["records_written"]}, rejected {counts["records_rejected"]}, '
-      f'truncated {counts["records_truncated"]}',
-      f'batches {counts["batches_written"]} in {len(info["shards"])} shards, '
-      f'{counts["real_tokens"]} real of {counts["stored_tokens"]} stored '
-      f'tokens, {"packing" if packing else "padding"} efficiency '
-      + ('n/a' if efficiency is None else f'{efficiency:.3f}'),
-  ] + chat + packed
+  """What the run said when it ended (but its wall time), under a line
+  naming the run."""
+  layout = info.get('layout', 'padded')
+  packing = info['counts'].get('packing')
+  positions = (f', rows of {info["pack_length"]} positions' if packing
+               else '')
+  return [f'{output_dir}: {layout} batches in {len(info["shards"])} shards'
+          f'{positions}, tokenizer {info["tokenizer"]["name"]}, sftbeam '
+          f'{info["sftbeam_version"]}'] + summary_lines(info)
 
 
 def _bucket_lines(buckets: dict) -> list:
@@ -145,9 +132,6 @@ def format_report(output_dir: str, found: dict) -> str:
   lines += _histogram_lines('output tokens', output)
   lines += _histogram_lines('total tokens (prompt + output)', prompt + output)
   lines += _bucket_lines(found['buckets'])
-  rejected = info['counts']['rejected_by_reason']
-  lines.append('rejected: ' + (', '.join(
-      f'{reason} {count}' for reason, count in rejected.items()) or 'none'))
   return '\n'.join(lines)
 
 

@@ -25,7 +25,8 @@ from apache_beam.transforms import window
 
 from sftbeam.pipeline import progress, remote, run_lock, runners
 from sftbeam.pipeline.options import ConfigError
-from sftbeam.pipeline.output_dir import prepare_streaming_output_dir
+from sftbeam.pipeline.checks import check_run
+from sftbeam.pipeline.output_dir import Claim, prepare_streaming_output_dir
 from sftbeam.pipeline.readers import IncompleteOutput, load_dataset_info
 from sftbeam.transforms import filenames, manifest
 from sftbeam.transforms.dataset_info import (UpdateDatasetInfoFn,
@@ -34,9 +35,9 @@ from sftbeam.transforms.lines_to_batches import LinesToBatches
 from sftbeam.transforms.read import message_to_chunk
 from sftbeam.transforms.stats import SumStatsFn, rejected_by_reason
 from sftbeam.transforms.tfrecord import describe_shard
+from sftbeam.transforms.filenames import shard_suffix
 from sftbeam.transforms.windows import (IntoWriteWindows, WriteWindowedFiles,
                                         WriteWindowStats)
-from sftbeam.transforms.filenames import shard_suffix
 from sftbeam.transforms.write import TFRecordSink
 
 
@@ -142,7 +143,7 @@ def _continues_earlier_run(config) -> bool:
 
 
 def prepare_output(config):
-  """Claims --output: gives (the earlier run it continues, the lock to
+  """Claims --output: gives (the earlier run it continues, the Claim to
   release when the run ends).
 
   The directory is locked first, as a batch run locks it. One holding a
@@ -158,16 +159,16 @@ def prepare_output(config):
                             run_lock.owner_record(filenames.new_run_id()))
   try:
     if lock is not None and _continues_earlier_run(config):
-      return _earlier_run(config.output), lock
+      return _earlier_run(config.output), Claim(config.output, lock)
     # Not a run to continue: claimed with a batch run's checks (the lock
     # held throughout, so no other run slips in between).
-    lock = prepare_streaming_output_dir(config.output, config.overwrite,
-                                        lock=lock)
+    claim = prepare_streaming_output_dir(config.output, config.overwrite,
+                                         lock=lock)
   except BaseException:
     if lock is not None:
       lock.release()
     raise
-  return EarlierRun({}, []), lock
+  return EarlierRun({}, []), claim
 
 
 def _describe_progress(tally: dict, elapsed: float) -> str:
@@ -181,11 +182,11 @@ def _describe_progress(tally: dict, elapsed: float) -> str:
 def run(config, beam_args) -> int:
   """Runs the streaming job until it is cancelled (locally: Ctrl-C)."""
   options = runners.pipeline_options(beam_args, streaming=True)
-  remote.check_dataflow_job(config, options)
+  check_run(config, options)
   if remote.is_dry_run(options):
     print(remote.dry_run(config, options, build_streaming_pipeline))
     return 0
-  earlier, lock = prepare_output(config)
+  earlier, claim = prepare_output(config)
   source = config.input_subscription or config.input_topic
   print(f'streaming {source} into {config.output}, windows of '
         f'{config.window_seconds} s; stop with Ctrl-C', flush=True)
@@ -200,5 +201,5 @@ def run(config, beam_args) -> int:
           'written yet; a Dataflow job keeps running: drain it with gcloud '
           'dataflow jobs drain (docs/streaming.md)', flush=True)
   finally:
-    lock.release()
+    claim.release()
   return 0

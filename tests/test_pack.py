@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from conftest import shared_data
 from sftbeam import tokenize_prompt_and_output
 from sftbeam.transforms.pack import (best_fit_decreasing, packed_arrays,
-                                     packing_stats, packing_summary,
                                      rows_per_batch, cu_seqlens)
 from sftbeam.transforms.records import TokenChunk
+from sftbeam.transforms.stats import packing_stats, packing_summary
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 PAD = -1  # no token has this id, so padding is told apart from tokens

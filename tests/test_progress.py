@@ -7,7 +7,7 @@ import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline
-from sftbeam.pipeline.cli import progress_describer
+from sftbeam.pipeline.batch import progress_describer
 from sftbeam.pipeline import progress
 from sftbeam.pipeline.progress import CountStats
 

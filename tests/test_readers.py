@@ -123,7 +123,7 @@ def test_cli_readers_and_workers_import_no_tensorflow(finished):
   worker imports (the graph's transforms); torch only with torch_dataset."""
   code = '\n'.join([
       'import sys',
-      'import sftbeam.pipeline.cli, sftbeam.pipeline.graph, sftbeam.readers',
+      'import sftbeam.pipeline.cli, sftbeam.pipeline.batch, sftbeam.readers',
       'from sftbeam.readers import iter_numpy_batches',
       f'assert list(iter_numpy_batches({finished!r}))',
       'heavy = ("tensorflow", "torch", "matplotlib")',

@@ -490,8 +490,8 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
   than leave them beside its own shards."""
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
-  streaming = output_dir_lib.prepare_streaming_output_dir(str(output_dir),
-                                                          False)
+  claim = output_dir_lib.prepare_streaming_output_dir(str(output_dir),
+                                                      False)
   window = IntervalWindow(1764000000, 1764000060)
   shard = filenames.window_file_name(filenames.SHARD_PREFIX,
                                      filenames.SHARD_SUFFIX, window, None)
@@ -499,7 +499,7 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
   (output_dir / filenames.window_file_name(
       filenames.WINDOW_STATS_PREFIX, filenames.WINDOW_STATS_SUFFIX, window,
       None)).write_bytes(b'{}')
-  streaming.release()
+  claim.release()
   before = tree(output_dir)
   with pytest.raises(ConfigError,
                      match=f'holds {shard} and 1 more, which no sftbeam run '

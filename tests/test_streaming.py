@@ -208,11 +208,11 @@ def test_restart_continues_a_streaming_output(tmp_path):
     _write_json(tmp_path / f'{filenames.WINDOW_STATS_PREFIX}-{name}.json',
                 {'stats': {'records_written': written, 'lines': 5},
                  'shards': [{'name': f'batches-{name}.tfrecord'}]})
-  earlier, lock = streaming.prepare_output(config)
+  earlier, claim = streaming.prepare_output(config)
   # The continued run holds the directory: a second one is refused.
   with pytest.raises(run_lock.OutputLocked):
     streaming.prepare_output(config)
-  lock.release()
+  claim.release()
   assert earlier.stats == {'records_written': 7, 'lines': 10}
   assert sorted(entry['name'] for entry in earlier.shards) == [
       'batches-a.tfrecord', 'batches-b.tfrecord']

@@ -12,7 +12,7 @@ from apache_beam.io import fileio
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline, dofn_outputs
-from sftbeam.transforms.padded import batch_stats
+from sftbeam.transforms.stats import padded_batch_stats
 from sftbeam.transforms.parse import FieldNames, ParseLines, content_id
 from sftbeam.transforms.read import ReadLineChunks, iter_lines
 from sftbeam.pipeline.options import MAX_OPTION_CHARS
@@ -286,7 +286,7 @@ def test_sum_stats_directly_and_in_pipeline():
 
 def test_summarize_reconciles():
   stats = {'lines': 5, 'blank_lines': 1, 'rejected/invalid_json': 1,
-           **batch_stats(8, {'input_ids': np.zeros((3, 8)),
+           **padded_batch_stats(8, {'input_ids': np.zeros((3, 8)),
                              'response_mask': np.zeros((3, 8), bool),
                              'prompt_lengths': np.array([1, 2, 3]),
                              'output_lengths': np.array([1, 1, 1])})}

@@ -1,5 +1,5 @@
 """sftbeam's DoFns and PTransforms, one concern a module.
 
-For people who compose their own Beam pipelines; `sftbeam.pipeline.graph`
+For people who compose their own Beam pipelines; `sftbeam.pipeline.batch`
 shows how the command line assembles them.
 """

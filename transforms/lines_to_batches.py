@@ -4,7 +4,7 @@
                                                (packed layout: PackIntoRows
                                                 -> PackedBatches)
 
-Batch runs (sftbeam.pipeline.graph) and streaming runs
+Batch runs (sftbeam.pipeline.batch) and streaming runs
 (sftbeam.pipeline.streaming) both use `LinesToBatches`; only reading and
 writing differ.
 """

@@ -2,8 +2,8 @@
 
 This module owns the packed layout's arithmetic, apart from Beam: which
 examples share a row (`best_fit_decreasing`), the arrays of a packed batch
-(`packed_arrays`), its stats (`packing_stats`, `packing_summary`), the
-boundaries variable-length attention needs (`cu_seqlens`), and the
+(`packed_arrays`), the boundaries variable-length attention needs
+(`cu_seqlens`), and the
 rows of a token-budget batch (`rows_per_batch`). It imports only numpy (and
 the `TokenChunk` it reads), so readers can use it without Beam.
 
@@ -15,7 +15,6 @@ A row holds whole examples, never split, then the pad id up to
 """
 
 import bisect
-import collections
 import heapq
 from typing import List, Sequence, Tuple
 
@@ -161,52 +160,6 @@ def rows_per_batch(width: int, batch_tokens: int) -> int:
     if not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f'{name} must be a positive integer, not {value!r}')
   return max(1, batch_tokens // width)
-
-
-def packing_stats(arrays: dict) -> dict:
-  """The stats one packed batch contributes, flat counts that add up across
-  batches (see transforms/stats.py; `packing_summary` reads their sum).
-
-  real_tokens are the positions examples fill, stored_tokens all B x L, and
-  `examples_per_row/<k>` counts the rows holding k examples.
-  """
-  rows, pack_length = arrays['segment_ids'].shape
-  examples_per_row = arrays['examples_per_row']
-  stats = {
-      'records_written': int(examples_per_row.sum()),
-      'batches_written': 1,
-      'packed_rows': rows,
-      'real_tokens': int(np.count_nonzero(arrays['segment_ids'])),
-      'stored_tokens': rows * pack_length,
-  }
-  counts = collections.Counter(examples_per_row.tolist())
-  stats.update({f'examples_per_row/{k}': count
-                for k, count in counts.items()})
-  return stats
-
-
-def packing_summary(stats: dict) -> dict:
-  """From summed `packing_stats`: rows, examples per row (mean, max) and
-  packing efficiency (real / stored tokens)."""
-  per_row = {int(name.split('/', 1)[1]): count
-             for name, count in stats.items()
-             if name.startswith('examples_per_row/')}
-  rows = stats.get('packed_rows', 0)
-  stored = stats.get('stored_tokens', 0)
-  return {
-      'packed_rows': rows,
-      'examples_per_row_mean': (stats.get('records_written', 0) / rows
-                                if rows else None),
-      'examples_per_row_max': max(per_row, default=None),
-      'packing_efficiency': (stats.get('real_tokens', 0) / stored
-                             if stored else None),
-  }
-
-
-def records_per_row_text(packing: dict) -> str:
-  """How full rows are, from packing_summary's dict (with rows), in words."""
-  return (f'{packing["examples_per_row_mean"]:.1f} records per row on '
-          f'average, at most {packing["examples_per_row_max"]}')
 
 
 def cu_seqlens(segment_ids: np.ndarray) -> Tuple[np.ndarray, int]:

@@ -17,6 +17,7 @@ import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
 from sftbeam.transforms import example_codec, pack
+from sftbeam.transforms.stats import packing_stats
 from sftbeam.transforms.batch import BufferPerKeyFn, WithPadIdFn
 from sftbeam.transforms.records import TokenChunk
 
@@ -187,7 +188,7 @@ class PackedBatches(WithPadIdFn):
     pack_length, rows = keyed_rows
     arrays = pack.packed_arrays(rows.chunk, rows.rows(), pack_length,
                                 self._pad_id)
-    stats = pack.packing_stats(arrays)
+    stats = packing_stats(arrays)
     stats['supervised_tokens'] = int(arrays['response_mask'].sum())
     yield beam.pvalue.TaggedOutput(self.STATS, stats)
     yield example_codec.serialize_batch(arrays, arrays['example_ids'],

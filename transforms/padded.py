@@ -17,7 +17,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import example_codec, pack, sft
+from sftbeam.transforms import example_codec, pack, sft, stats
 from sftbeam.transforms.batch import (BATCHING_STRATEGIES, BufferPerKeyFn,
                                       WithPadIdFn)
 from sftbeam.transforms.records import TokenChunk
@@ -156,22 +156,6 @@ class BatchByBucket(beam.PTransform):
                 self._shape, self._max_buffering_seconds, self._clock)))
 
 
-def batch_stats(bucket: int, arrays: dict) -> dict:
-  """The stats one written batch contributes (see transforms/stats.py)."""
-  rows, width = arrays['input_ids'].shape
-  real_tokens = int((arrays['prompt_lengths'] + arrays['output_lengths']
-                     - 1).sum())
-  return {
-      'records_written': rows,
-      'batches_written': 1,
-      f'bucket/{bucket}/records': rows,
-      f'bucket/{bucket}/batches': 1,
-      'real_tokens': real_tokens,
-      'stored_tokens': rows * width,
-      'supervised_tokens': int(arrays['response_mask'].sum()),
-  }
-
-
 class PadBatches(WithPadIdFn):
   """(bucket, TokenChunk of one batch) -> serialized batch Example (bytes).
 
@@ -192,5 +176,6 @@ class PadBatches(WithPadIdFn):
     arrays = sft.pad_shift_mask(
         records, self._pad_id,
         width=bucket if self._pad_to == 'bucket' else None)
-    yield beam.pvalue.TaggedOutput(self.STATS, batch_stats(bucket, arrays))
+    yield beam.pvalue.TaggedOutput(self.STATS,
+                                   stats.padded_batch_stats(bucket, arrays))
     yield example_codec.serialize_batch(arrays, records.example_ids)

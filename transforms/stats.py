@@ -7,26 +7,29 @@ Every step that learns something emits a flat `{name: count}` dict on its
   CountStats       Beam counters (Dataflow's job page shows them) and the
                    live tally the CLI prints while a local run goes
                    (pipeline/progress.py).
-Names:
+Names (the keys with a `/` are built and read here only):
   lines, blank_lines, input_bytes          from the parser, per chunk
   rejected/<reason>                        one per rejected record
+                                           (rejection_stats)
   truncated, records_with_special_token_text,
-  tokenizer_backend/<name>, chat_records,
-  assistant_turns, tool_calls_learned,
-  reasoning_turns_learned, chat_extra_rows from the tokenizer step
+  tokenizer_backend/<name> (backend_stats),
+  chat_records, assistant_turns,
+  tool_calls_learned, reasoning_turns_learned,
+  chat_extra_rows                          from the tokenizer step
   records_written (examples: rows of one
   record each), batches_written, real_tokens, stored_tokens,
   supervised_tokens, bucket/<boundary>/records,
   bucket/<boundary>/batches                per padded batch
-  packed_rows, examples_per_row/<k>        per packed batch (and the
-                                           counts above but buckets)
+                                           (padded_batch_stats)
+  packed_rows, examples_per_row/<k>        per packed batch, with the
+                                           counts above but buckets
+                                           (packing_stats)
 """
 
 import collections
 
 import apache_beam as beam
-
-from sftbeam.transforms import pack
+import numpy as np
 
 
 class SumStatsFn(beam.CombineFn):
@@ -60,6 +63,67 @@ def rejection_stats(rejected) -> dict:
   return {f'rejected/{rejected.reason}': 1}
 
 
+def backend_stats(backend: str, records: int) -> dict:
+  """The stats of `records` records one tokenizer backend encoded."""
+  return {f'tokenizer_backend/{backend}': records}
+
+
+def padded_batch_stats(bucket: int, arrays: dict) -> dict:
+  """The stats one written padded batch contributes."""
+  rows, width = arrays['input_ids'].shape
+  real_tokens = int((arrays['prompt_lengths'] + arrays['output_lengths']
+                     - 1).sum())
+  return {
+      'records_written': rows,
+      'batches_written': 1,
+      f'bucket/{bucket}/records': rows,
+      f'bucket/{bucket}/batches': 1,
+      'real_tokens': real_tokens,
+      'stored_tokens': rows * width,
+      'supervised_tokens': int(arrays['response_mask'].sum()),
+  }
+
+
+def packing_stats(arrays: dict) -> dict:
+  """The stats one packed batch contributes, flat counts that add up across
+  batches (see transforms/stats.py; `packing_summary` reads their sum).
+
+  real_tokens are the positions examples fill, stored_tokens all B x L, and
+  `examples_per_row/<k>` counts the rows holding k examples.
+  """
+  rows, pack_length = arrays['segment_ids'].shape
+  examples_per_row = arrays['examples_per_row']
+  stats = {
+      'records_written': int(examples_per_row.sum()),
+      'batches_written': 1,
+      'packed_rows': rows,
+      'real_tokens': int(np.count_nonzero(arrays['segment_ids'])),
+      'stored_tokens': rows * pack_length,
+  }
+  counts = collections.Counter(examples_per_row.tolist())
+  stats.update({f'examples_per_row/{k}': count
+                for k, count in counts.items()})
+  return stats
+
+
+def packing_summary(stats: dict) -> dict:
+  """From summed `packing_stats`: rows, examples per row (mean, max) and
+  packing efficiency (real / stored tokens)."""
+  per_row = {int(name.split('/', 1)[1]): count
+             for name, count in stats.items()
+             if name.startswith('examples_per_row/')}
+  rows = stats.get('packed_rows', 0)
+  stored = stats.get('stored_tokens', 0)
+  return {
+      'packed_rows': rows,
+      'examples_per_row_mean': (stats.get('records_written', 0) / rows
+                                if rows else None),
+      'examples_per_row_max': max(per_row, default=None),
+      'packing_efficiency': (stats.get('real_tokens', 0) / stored
+                             if stored else None),
+  }
+
+
 def summarize(stats: dict) -> dict:
   """Structures summed stats into the `counts` section of dataset_info."""
   rejected = rejected_by_reason(stats)
@@ -73,7 +137,7 @@ def summarize(stats: dict) -> dict:
   # A per_turn chat record is written as one example per learned turn.
   written = examples - stats.get('chat_extra_rows', 0)
   stored = stats.get('stored_tokens', 0)
-  packing = pack.packing_summary(stats) if 'packed_rows' in stats else None
+  packing = packing_summary(stats) if 'packed_rows' in stats else None
   return {
       'lines': stats.get('lines', 0),
       'blank_lines': stats.get('blank_lines', 0),

@@ -22,6 +22,7 @@ import numpy as np
 from sftbeam.transforms import chat, sft
 from sftbeam.transforms.chat_records import ChatRejected, chat_strings
 from sftbeam.transforms.records import RecordChunk, TokenChunk
+from sftbeam.transforms.stats import backend_stats
 from sftbeam.transforms.tokenizer_backend import (EncodeMode, segment_encode,
                                                   special_text_pattern)
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
@@ -174,8 +175,8 @@ class TokenizeRecords(beam.DoFn):
     for _, rejected, part_stats in parts:
       yield from (beam.pvalue.TaggedOutput(self.REJECTED, r) for r in rejected)
       stats.update(part_stats)
-    stats[f'tokenizer_backend/{self._tokenizer.encoder.name}'] = len(
-        records.example_ids)
+    stats.update(backend_stats(self._tokenizer.encoder.name,
+                               len(records.example_ids)))
     yield beam.pvalue.TaggedOutput(self.STATS, dict(stats))
     chunks = [chunk for chunk, _, _ in parts if len(chunk)]
     if chunks:

@@ -1,0 +1,205 @@
+"""Batch mode: files in, a complete output directory out.
+
+  ReadInput -> LinesToBatches (parse, tokenize, batch, pad) ->
+  WriteBatches, WriteRejected, SumStats -> WriteDatasetInfo (and
+  CountStats: Beam counters and the live progress line)
+
+`run` checks the run (pipeline/checks.py), claims --output
+(pipeline/output_dir.py), runs the job in the claim's work directory, and
+moves the finished run into place, or keeps the earlier one when this one
+fails. `LinesToBatches` (transforms/lines_to_batches.py) is the whole
+computation from raw lines to serialized batches; the streaming job
+(pipeline/streaming.py) uses it too.
+"""
+
+import sys
+import time
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from sftbeam.pipeline import progress, remote, runners
+from sftbeam.pipeline.checks import check_run
+from sftbeam.pipeline.output_dir import prepare_output_dir
+from sftbeam.pipeline.readers import load_dataset_info
+from sftbeam.pipeline.summary import summary_lines
+from sftbeam.transforms.dataset_info import WriteDatasetInfo
+from sftbeam.transforms.lines_to_batches import LinesToBatches
+from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.read import ReadLineChunks, corrupt_input_message
+from sftbeam.transforms.stats import SumStatsFn, rejected_by_reason
+from sftbeam.transforms.write import WriteBatches, WriteRejected
+
+
+class RunFailed(Exception):
+  """The run failed for a reason sftbeam names in one line (exit 1)."""
+
+
+def build_batch_pipeline(root, config, run_dir=None):
+  """Adds the whole batch job under `root`; gives the info PCollection.
+
+  `run_dir`: the directory the job writes its whole output in (shards,
+  rejected files, dataset_info.json; temp files below it): an OutputClaim's
+  work directory, moved into --output once the job has succeeded. None:
+  --output itself (dry runs, which write nothing).
+  """
+  batching = runners.batching(config, root.options)
+  outputs = (
+      root
+      | 'ReadInput' >> ReadLineChunks(config.input, config.read_chunk_lines,
+                                      config.max_line_bytes, batching)
+      | 'LinesToBatches' >> LinesToBatches(config, batching))
+  run_dir = run_dir or config.output
+  shard_entries = outputs['batches'] | 'WriteBatches' >> WriteBatches(
+      run_dir, config.num_shards, config.compression)
+  rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(
+      run_dir)
+  _ = outputs['stats'] | 'CountStats' >> beam.ParDo(progress.CountStats())
+  stats = outputs['stats'] | 'SumStats' >> beam.CombineGlobally(SumStatsFn())
+  return root | 'WriteDatasetInfo' >> WriteDatasetInfo(
+      run_dir, config.to_dict(), stats, shard_entries, rejected_results)
+
+
+def run(config, beam_args) -> int:
+  """Runs the batch job to its end: prints its summary; gives the exit
+  code (0, or 1 when it wrote too little). Raises ConfigError before
+  anything runs, RunFailed when it fails."""
+  options = runners.pipeline_options(beam_args)
+  check_run(config, options)
+  if remote.is_dry_run(options):
+    print(remote.dry_run(config, options, build_batch_pipeline))
+    return 0
+  with prepare_output_dir(config.output, config.overwrite,
+                          config.input) as claim:
+    wall_seconds = _run_job(config, options, claim.work_dir)
+    info = load_dataset_info(claim.work_dir)
+    problem = run_problem(info)
+    if problem and claim.replaces_a_complete_run:
+      # A failed run does not replace a complete one.
+      claim.abandon()
+      problem += (f'; the earlier run in {config.output} is kept and this '
+                  'one discarded (pass another --output to keep it)')
+    else:
+      claim.complete()
+      if problem:
+        problem += (f'; every rejected line is in {config.output}/'
+                    'rejected-*.jsonl (outputs kept)')
+  print('\n'.join(summary_lines(info, wall_seconds)))
+  print(f'output: {config.output}')
+  if problem:
+    print(f'sftbeam: error: {problem}', file=sys.stderr)
+    return 1
+  return 0
+
+
+def _run_job(config, options, work_dir) -> float:
+  """Runs the job to completion; gives its wall time in seconds.
+
+  Raises RunFailed when an input file is cut short or corrupt.
+  """
+  started = time.time()
+  describe = progress_describer(input_size(config.input))
+  try:
+    with progress.printed(describe,
+                          enabled=runners.runs_in_this_process(options)):
+      with runners.new_pipeline(options) as root:
+        build_batch_pipeline(root, config, work_dir)
+  except Exception as error:  # pylint: disable=broad-except
+    if caused_by_interrupt(error):
+      raise KeyboardInterrupt from None
+    message = corrupt_input_message(error)
+    if message is None:
+      raise
+    raise RunFailed(message) from None
+  return time.time() - started
+
+
+def caused_by_interrupt(error: BaseException) -> bool:
+  """Whether a Ctrl-C is behind `error`: Beam re-raises a KeyboardInterrupt
+  inside a step as a RuntimeError."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, KeyboardInterrupt):
+      return True
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def input_size(patterns):
+  """Bytes of every input file, or None when that does not tell how much
+  is left to read (remote or compressed input)."""
+  total = 0
+  for pattern in patterns:
+    if is_remote(pattern):
+      return None
+    for metadata in FileSystems.match([pattern])[0].metadata_list:
+      if CompressionTypes.detect_compression_type(
+          metadata.path) != CompressionTypes.UNCOMPRESSED:
+        return None
+      total += metadata.size_in_bytes
+  return total
+
+
+def progress_describer(total_bytes):
+  """The progress line of a batch run reading `total_bytes` (or None)."""
+  def describe(tally: dict, elapsed: float) -> str:
+    lines = tally.get('lines', 0)
+    rejected = sum(rejected_by_reason(tally).values())
+    line = (f'[{elapsed:5.0f}s] read {lines:,} lines, wrote '
+            f'{tally.get("batches_written", 0):,} batches '
+            f'({tally.get("records_written", 0):,} records), rejected '
+            f'{rejected:,}; {lines / max(elapsed, 1e-9):,.0f} lines/s')
+    eta = progress.eta_seconds(tally.get('input_bytes', 0), total_bytes,
+                               elapsed)
+    if eta is not None:
+      done = min(1.0, tally.get('input_bytes', 0) / total_bytes)
+      line += f'; {done:.0%}, about {eta:.0f} s left'
+    return line
+  return describe
+
+
+_FIELDS_HINT = (
+    'the records lack the fields --prompt_field and --output_field name (now '
+    '"{prompt_field}" and "{output_field}"): pass the names of yours; a '
+    'conversation needs a "messages" list of {{role, content}} (docs/chat.md)')
+_MESSAGES_HINT = (
+    'a conversation needs "messages": [{{"role": "user", "content": "..."}}, '
+    '{{"role": "assistant", "content": "..."}}] (docs/chat.md)')
+_JSON_LINES_HINT = 'the input must be JSON Lines: one JSON object per line'
+# What most often causes each rejection reason, said to a run that rejected
+# too much about its commonest reason; filled in from the run's config.
+_HINTS = {
+    'missing_field': _FIELDS_HINT,
+    'field_not_string': _FIELDS_HINT,
+    'invalid_messages': _MESSAGES_HINT,
+    'no_assistant_turn': _MESSAGES_HINT,
+    'invalid_json': _JSON_LINES_HINT,
+    'not_an_object': _JSON_LINES_HINT,
+    'invalid_utf8': 'the input must be UTF-8 JSON Lines',
+    'too_long': 'records are longer than max_seq_len {max_seq_len}: raise '
+                '--max_seq_len (and --boundaries or --pack_length) or pass '
+                '--truncation output_right',
+}
+
+
+def run_problem(info: dict):
+  """Why a finished run fails (exit 1), or None: its input held no record,
+  or more of it was rejected than max_rejected_fraction. Names the
+  commonest rejection reasons, with the hint that fits the first."""
+  counts, config = info['counts'], info['config']
+  if not counts['records_in']:
+    return 'nothing written: the input holds no record (no line, or blank ones)'
+  fraction = counts['records_rejected'] / counts['records_in']
+  if fraction <= config['max_rejected_fraction']:
+    return None
+  reasons = sorted(counts['rejected_by_reason'].items(),
+                   key=lambda item: -item[1])
+  what = (f'nothing written: all {counts["records_in"]} records were rejected'
+          if not counts['records_written'] else
+          f'{fraction:.1%} of the records were rejected, more than '
+          f'--max_rejected_fraction {config["max_rejected_fraction"]}')
+  top = ', '.join(f'{reason} {count}' for reason, count in reasons[:3])
+  hint = _HINTS.get(reasons[0][0], 'see docs/bad_input.md').format(**config)
+  return f'{what} ({top}); {hint}'
