@@ -7,7 +7,6 @@ CLI flags and the checks all read it.
 import dataclasses
 import difflib
 import reprlib
-import types
 from typing import Any, Callable, Optional, Tuple
 
 from sftbeam.pipeline import gcp_names
@@ -269,11 +268,19 @@ OPTIONS = (
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
-class Config(types.SimpleNamespace):
-  """Resolved option values, by attribute (`config.batch_size`)."""
+def _to_dict(config) -> dict:
+  """The values by option name (dataset_info.json's `config`)."""
+  return {option.name: getattr(config, option.name) for option in OPTIONS}
 
-  def to_dict(self) -> dict:
-    return dict(vars(self))
+
+# Resolved option values, by attribute (`config.batch_size`): a frozen
+# dataclass with a field per option, so an unknown or misspelled name fails
+# where a config is built or read (tests/test_options.py checks every
+# `config.NAME` in the code), and no step can change a value.
+Config = dataclasses.make_dataclass(
+    'Config', [(option.name, Any) for option in OPTIONS], frozen=True,
+    namespace={'to_dict': _to_dict,
+               '__doc__': 'Resolved option values, by attribute.'})
 
 
 def defaults() -> dict:
