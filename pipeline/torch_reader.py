@@ -12,7 +12,7 @@ This is the only module that imports torch; nothing imports it but
 
 Items are whole batches (hence `batch_size=None`). Each DataLoader worker of
 each rank reads its own contiguous slice of the epoch's batch sequence
-(`readers.part_slices`), so over all ranks and workers every batch comes
+(`read_order`), so over all ranks and workers every batch comes
 exactly once per epoch, in an order fixed by (seed, epoch) for a given
 world size and worker count. Ranks get equal numbers of batches, or one
 more or less.
@@ -21,7 +21,7 @@ more or less.
 import numpy as np
 import torch
 
-from sftbeam.pipeline import readers
+from sftbeam.pipeline import read_order, readers
 
 
 def to_tensors(batch: dict) -> dict:
@@ -63,8 +63,11 @@ class SftBatches(torch.utils.data.IterableDataset):
   def __iter__(self):
     worker = torch.utils.data.get_worker_info()
     worker_id, workers = (worker.id, worker.num_workers) if worker else (0, 1)
-    records = readers.serialized_batches(
-        self.output_dir, self.shuffle, self.seed, self.epoch,
-        part=self.rank * workers + worker_id, parts=self.world_size * workers)
-    for record in records:
-      yield to_tensors(readers.numpy_batch(record))
+    order = read_order.Order(self.shuffle, self.seed,
+                             part=self.rank * workers + worker_id,
+                             parts=self.world_size * workers)
+    batches = read_order.Batches(readers.verified_shards(self.output_dir),
+                                 order, self.epoch, readers.shard_records,
+                                 readers.numpy_batch)
+    for batch in batches:
+      yield to_tensors(batch)
