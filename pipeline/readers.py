@@ -219,7 +219,7 @@ def iter_numpy_batches(output_dir: str, shuffle: bool = False, seed: int = 0,
 
 
 def torch_dataset(output_dir: str, *, shuffle: bool = False, seed: int = 0,
-                  epoch: int = 0, rank: int = 0, world_size: int = 1):
+                  epoch: int = None, rank: int = 0, world_size: int = 1):
   """A torch IterableDataset of batch dicts of tensors (see
   sftbeam.pipeline.torch_reader); torch is imported only here."""
   # pylint: disable=import-outside-toplevel
