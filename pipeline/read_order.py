@@ -18,6 +18,7 @@ the first shard that holds a batch still to give, skips the records
 before that batch, and keeps only those that the shuffle buffer still held.
 """
 
+import collections
 import hashlib
 import json
 from typing import Callable, Iterator, NamedTuple
@@ -87,7 +88,10 @@ class EpochPart:
   def __init__(self, shards: list, order: Order, epoch: int):
     shards = shard_order(shards, order.shuffle, order.seed, epoch)
     self.slices = list(part_slices(shards, order.part, order.parts))
-    count = sum(stop - first for _, first, stop in self.slices)
+    # starts[i]: the index of slice i's first record in the sequence.
+    self.starts = np.cumsum([0] + [stop - first
+                                   for _, first, stop in self.slices])
+    count = int(self.starts[-1])
     if order.shuffle:
       rng = np.random.default_rng([order.seed, epoch, order.part, order.parts])
       self.positions = _shuffle_buffer_order(count, order.shuffle_buffer, rng)
@@ -98,33 +102,41 @@ class EpochPart:
     """The records of positions[start:], in that order.
 
     `read_slice(shard, first, stop)` gives records first..stop-1 of a shard.
-    Slices before the one holding the earliest record still to give are
-    not opened; records read on the way that were given before `start` are
-    dropped, and those given later kept until their turn.
+    A slice is opened when the first of its records still to give is due,
+    at that record, and read on as its later ones are due; records read on
+    the way are kept until their turn (the shuffle buffer held them too).
+    So a resumed reader opens only the shards that hold batches still to
+    give, the one holding its next batch first, and decodes nothing.
     """
     wanted = self.positions[start:]
-    if not wanted:
-      return
-    still_wanted = set(wanted)
-    held = {}
-    sequence = self._sequence_from(read_slice, min(wanted))
+    slice_of = dict(zip(wanted, np.searchsorted(self.starts, wanted,
+                                                side='right') - 1))
+    left = collections.Counter(slice_of.values())
+    first_wanted = {}  # per slice, its earliest record still to give
+    for position, number in slice_of.items():
+      first_wanted[number] = min(position, first_wanted.get(number, position))
+    held, cursors = {}, {}
     for position in wanted:
-      while position not in held:
-        index, record = next(sequence)
-        if index in still_wanted:
-          held[index] = record
-      still_wanted.discard(position)
+      number = slice_of[position]
+      if position not in held:
+        if number not in cursors:
+          cursors[number] = self._cursor(read_slice, number,
+                                         first_wanted[number])
+        for index, record in cursors[number]:
+          if index in slice_of:
+            held[index] = record
+          if index == position:
+            break
+      left[number] -= 1
+      if not left[number]:
+        cursors.pop(number, None)  # closes the shard
       yield held.pop(position)
 
-  def _sequence_from(self, read_slice: Callable, start: int):
-    """(index, record) of the slices' records from index `start` on."""
-    offset = 0
-    for shard, first, stop in self.slices:
-      if offset + stop - first > start:
-        skip = max(start - offset, 0)
-        yield from enumerate(read_slice(shard, first + skip, stop),
-                             offset + skip)
-      offset += stop - first
+  def _cursor(self, read_slice: Callable, number: int, start: int):
+    """(index, record) of slice `number`'s records from index `start` on."""
+    shard, first, stop = self.slices[number]
+    skip = start - int(self.starts[number])
+    return enumerate(read_slice(shard, first + skip, stop), start)
 
 
 def run_fingerprint(shards: list) -> str:

@@ -30,11 +30,13 @@ class Recorder:
   """read_slice and decode that note what they were asked for."""
 
   def __init__(self):
-    self.slices, self.decoded = [], []
+    self.slices, self.read, self.decoded = [], [], []
 
   def read_slice(self, shard, first, stop):
     self.slices.append((shard.name, first, stop))
-    return read_slice(shard, first, stop)
+    for record in read_slice(shard, first, stop):
+      self.read.append(record)
+      yield record
 
   def decode(self, record):
     self.decoded.append(record)
@@ -129,15 +131,30 @@ def test_a_resumed_reader_opens_no_shard_it_has_finished():
   resumed.load_state_dict({**resumed.state_dict(), 'batches': 30})
   list(resumed)
   part = EpochPart(shards, order, 0)
-  earliest = min(part.positions[30:])
-  starts = np.cumsum([0] + [stop - first for _, first, stop in part.slices])
-  holding = np.searchsorted(starts, earliest, side='right') - 1
-  shard, first, stop = part.slices[holding]
-  assert holding >= 2  # two or more shards were finished and not opened
-  assert recorder.slices == [
-      (shard.name, first + earliest - starts[holding], stop),
-      *[(shard.name, first, stop) for shard, first, stop in
-        part.slices[holding + 1:]]]
+  earliest = {}  # slice number -> its earliest record still to give
+  for position in part.positions[30:]:
+    number = int(np.searchsorted(part.starts, position, side='right')) - 1
+    earliest[number] = min(position, earliest.get(number, position))
+  opened = [(part.slices[number][0].name,
+             part.slices[number][1] + position - part.starts[number],
+             part.slices[number][2])
+            for number, position in earliest.items()]
+  # Each slice holding a batch still to give, once, from its earliest such
+  # batch; first the one holding the next batch.
+  assert recorder.slices == opened
+  assert len(opened) <= len(part.slices) - 2  # two finished, not opened
+
+
+@pytest.mark.parametrize('given', [0, 25])
+def test_a_reader_holds_no_more_batches_than_the_shuffle_buffer(given):
+  order = Order(True, 3, 4)
+  recorder = Recorder()
+  reader = Batches(listing(), order, 0, recorder.read_slice, recorder.decode)
+  reader.load_state_dict({**reader.state_dict(), 'batches': given})
+  still_to_give = set(whole_epoch(order, 0)[given:])
+  for _ in reader:
+    held = (set(recorder.read) & still_to_give) - set(recorder.decoded)
+    assert len(held) <= order.shuffle_buffer
 
 
 def test_a_state_after_the_last_batch_gives_nothing_more():
