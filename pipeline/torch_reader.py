@@ -114,14 +114,13 @@ class SftBatches(torch.utils.data.IterableDataset):
   workers and distributed ranks, resumable (see the module docstring)."""
 
   def __init__(self, output_dir: str, *, shuffle: bool = False, seed: int = 0,
-               epoch: int = None, rank: int = 0, world_size: int = 1,
-               shuffle_buffer: int = 256):
+               epoch: int = None, rank: int = 0, world_size: int = 1):
     super().__init__()
     if not 0 <= rank < world_size:
       raise ValueError(f'rank {rank} is not in 0..{world_size - 1}')
     self.rank = rank
     self.world_size = world_size
-    self._order = read_order.Order(shuffle, seed, shuffle_buffer)
+    self._order = read_order.Order(shuffle, seed)
     # Refuse a bad directory here, in the main process, not in a worker.
     self._shards = readers.verified_shards(output_dir)
     self._run = read_order.run_fingerprint(self._shards)
