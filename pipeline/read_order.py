@@ -14,8 +14,9 @@ position in it is two numbers: the epoch and the batches given so far.
 `Batches` gives one part of one epoch, says where it is (`state_dict()`, a
 dict of numbers and strings) and continues from a saved position
 (`load_state_dict()`) without decoding what was given before it: it opens
-the first shard that holds a batch still to give, skips the records
-before that batch, and keeps only those that the shuffle buffer still held.
+only the shards that still hold a batch to give, the one holding its next
+batch first, each at its first such batch, and keeps aside only records
+that the shuffle buffer held too.
 """
 
 import collections
@@ -109,8 +110,8 @@ class EpochPart:
     give, the one holding its next batch first, and decodes nothing.
     """
     wanted = self.positions[start:]
-    slice_of = dict(zip(wanted, np.searchsorted(self.starts, wanted,
-                                                side='right') - 1))
+    slice_of = dict(zip(wanted, (np.searchsorted(self.starts, wanted,
+                                                 side='right') - 1).tolist()))
     left = collections.Counter(slice_of.values())
     first_wanted = {}  # per slice, its earliest record still to give
     for position, number in slice_of.items():
@@ -210,8 +211,10 @@ class Batches:
     self._read_slice = read_slice
     self._decode = decode
     self._run = run_fingerprint(shards)
-    self._epoch = None
-    self._move_to(epoch, 0)
+    self._part = EpochPart(shards, order, epoch)
+    self._epoch = epoch
+    self._given = 0       # batches of the epoch given, or skipped by a state
+    self._records = None  # opened at the first batch asked for
 
   @property
   def epoch(self) -> int:
@@ -221,12 +224,6 @@ class Batches:
   def __len__(self) -> int:
     """Batches in this part of the epoch, given or not."""
     return len(self._part.positions)
-
-  @property
-  def given(self) -> int:
-    """Batches of this part of the epoch given so far (or skipped by a
-    loaded state)."""
-    return self._given
 
   def __iter__(self):
     return self
@@ -248,22 +245,15 @@ class Batches:
   def load_state_dict(self, state: dict):
     """Continues where `state` says (its epoch, after its batches), if it
     was saved reading the same run with the same order (else
-    IncompatibleState). Nothing before that position is decoded."""
-    self.check(state)
-    self._move_to(state['epoch'], state['batches'])
-    if self._given > len(self):
+    IncompatibleState, and this iterator stays where it was). Nothing
+    before that position is decoded."""
+    check_state(state, settings_state(self._run, self._order))
+    epoch, given = state['epoch'], state['batches']
+    part = (self._part if epoch == self._epoch else
+            EpochPart(self._shards, self._order, epoch))
+    if given > len(part.positions):
       raise IncompatibleState(
-          f'the reader state says {self._given} batches of epoch '
-          f'{self._epoch} were given; this part of it has {len(self)}')
-
-  def check(self, state, **more):
-    """Refuses a state of another run or order, or that differs in the
-    `more` keys."""
-    check_state(state, {**settings_state(self._run, self._order), **more})
-
-  def _move_to(self, epoch: int, given: int):
-    if epoch != self._epoch:
-      self._part = EpochPart(self._shards, self._order, epoch)
-    self._epoch = epoch
-    self._given = given
+          f'the reader state says {given} batches of epoch {epoch} were '
+          f'given; this part of it has {len(part.positions)}')
+    self._part, self._epoch, self._given = part, epoch, given
     self._records = None

@@ -207,5 +207,9 @@ def test_what_is_not_a_state_is_refused(state, message):
     (sum(SIZES) + 1, f'this part of it has {sum(SIZES)}')])
 def test_a_position_outside_the_epoch_is_refused(batches, message):
   reader = Batches(listing(), Order(), 0, read_slice)
+  next(reader)
   with pytest.raises(IncompatibleState, match=message):
-    reader.load_state_dict({**reader.state_dict(), 'batches': batches})
+    reader.load_state_dict({**reader.state_dict(), 'batches': batches,
+                            'epoch': 1})
+  # Refused, the reader is where it was.
+  assert reader.epoch == 0 and next(reader) == whole_epoch(Order(), 0)[1]
