@@ -20,7 +20,6 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from conftest import ROOT, SAMPLE, run_sftbeam
 from sftbeam.pipeline import read_order, readers
 from sftbeam.readers import IncompatibleState, iter_numpy_batches, torch_dataset
-from sftbeam.transforms import schema
 
 # Runs the pipeline: `pytest -m "not slow"` skips it. torchdata 0.11 calls
 # a torch function that torch 2.13 deprecates; a test asks for 3 workers.
@@ -200,7 +199,7 @@ def first_batch_after_loading(output_dir, workers, state, **settings):
 def other_run(finished, tmp_path):
   """The same run without its last shard: another run, valid."""
   other = str(shutil.copytree(finished, tmp_path / 'other'))
-  path = os.path.join(other, schema.INFO_FILE)
+  path = os.path.join(other, 'dataset_info.json')
   with open(path, encoding='utf-8') as handle:
     info = json.load(handle)
   info['shards'] = info['shards'][:-1]
