@@ -220,8 +220,10 @@ def iter_numpy_batches(output_dir: str, shuffle: bool = False, seed: int = 0,
 
 def torch_dataset(output_dir: str, *, shuffle: bool = False, seed: int = 0,
                   epoch: int = None, rank: int = 0, world_size: int = 1):
-  """A torch IterableDataset of batch dicts of tensors (see
-  sftbeam.pipeline.torch_reader); torch is imported only here."""
+  """A torch IterableDataset of batch dicts of tensors: each pass the next
+  epoch (unless `epoch` fixes it), resumable under torchdata's
+  StatefulDataLoader (see sftbeam.pipeline.torch_reader); torch is
+  imported only here."""
   # pylint: disable=import-outside-toplevel
   from sftbeam.pipeline.torch_reader import SftBatches
   return SftBatches(output_dir, shuffle=shuffle, seed=seed, epoch=epoch,
