@@ -17,6 +17,9 @@ TENSORFLOW = 'tensorflow-cpu==2.21.0'
 # 2.13.0 matches the local CPU build 2.13.0+cpu where pip can find it; a
 # plain `torch` requirement would pull a CUDA build of several GB.
 TORCH = 'torch==2.13.0'
+# StatefulDataLoader: torch_dataset's state_dict()/load_state_dict() resume
+# a DataLoader's workers where they stopped.
+TORCHDATA = 'torchdata==0.11.0'
 MATPLOTLIB = 'matplotlib==3.11.2'
 
 setuptools.setup(
@@ -49,10 +52,10 @@ setuptools.setup(
     ],
     extras_require={
         'tf': [TENSORFLOW],         # read_tf_dataset
-        'torch': [TORCH],           # torch_dataset
+        'torch': [TORCH, TORCHDATA],  # torch_dataset
         'plot': [MATPLOTLIB],       # sftbeam stats --plot
         'test': ['pytest==9.2.0', 'hypothesis==6.170.15', TENSORFLOW, TORCH,
-                 MATPLOTLIB],
+                 TORCHDATA, MATPLOTLIB],
         # benchmarks/: the `datasets` contender; the loop writes with tf.
         'benchmark': ['datasets==5.2.0', TENSORFLOW],
     },

@@ -13,15 +13,15 @@ link out of it), listed once, of the listed size. Before a shard's first
 batch is given, the whole shard is read once and its sha256 and record
 count compared with dataset_info.json (and every record's CRCs checked);
 the records are then read again and checked again as they are given. All
-readers get their records from one function (`serialized_batches`), so
-they refuse the same things. A run that wrote no rows reads as an empty
+readers get their records from one function (`shard_records`), so they
+refuse the same things. A run that wrote no rows reads as an empty
 dataset.
 
 Order: shards in listed order, records in file order; with `shuffle`, the
 shard order is a permutation fixed by (seed, epoch) and batches pass through
-a shuffle buffer seeded by the same. `part`/`parts` give one of `parts`
-contiguous, near-equal slices of that sequence, so that parts (DataLoader
-workers, distributed ranks) together read every batch exactly once.
+a shuffle buffer seeded by the same. DataLoader workers and distributed
+ranks each read one contiguous slice of that sequence. `read_order` owns
+that order and the readers' resumable position in it.
 """
 
 import collections
@@ -31,9 +31,9 @@ import os
 import re
 from typing import Iterator, NamedTuple
 
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
+from sftbeam.pipeline import read_order
 from sftbeam.pipeline.options import OPTIONS_BY_NAME, shown
 from sftbeam.transforms import example_codec, filenames, pack, schema
 from sftbeam.transforms.paths import file_size, is_remote
@@ -250,52 +250,13 @@ def shard_records(shard: Shard, first: int = 0,
     records.close()
 
 
-def _shard_order(shards: list, shuffle: bool, seed: int, epoch: int) -> list:
-  if not shuffle:
-    return list(shards)
-  rng = np.random.default_rng([seed, epoch])
-  return [shards[i] for i in rng.permutation(len(shards))]
-
-
-def part_slices(shards: list, part: int, parts: int):
-  """(shard, first, stop) slices of the `part`-th of `parts` contiguous,
-  near-equal parts of the batches of `shards` in that order."""
-  total = sum(shard.records for shard in shards)
-  low, high = total * part // parts, total * (part + 1) // parts
-  offset = 0
-  for shard in shards:
-    first, stop = max(low - offset, 0), min(high - offset, shard.records)
-    if first < stop:
-      yield shard, first, stop
-    offset += shard.records
-
-
-def _shuffled(records: Iterator, buffer_size: int, rng) -> Iterator:
-  """A shuffle buffer: each record leaves at a random time after entering."""
-  buffer = []
-  for record in records:
-    if len(buffer) < buffer_size:
-      buffer.append(record)
-      continue
-    slot = rng.integers(buffer_size)
-    yield buffer[slot]
-    buffer[slot] = record
-  rng.shuffle(buffer)
-  yield from buffer
-
-
 def serialized_batches(output_dir: str, shuffle=False, seed=0, epoch=0,
-                shuffle_buffer=256, part=0, parts=1) -> Iterator[bytes]:
-  """The verified Example bytes of part `part` of `parts` (module doc)."""
-  if not 0 <= part < parts:
-    raise ValueError(f'part {part} is not in 0..{parts - 1}')
-  shards = _shard_order(verified_shards(output_dir), shuffle, seed, epoch)
-  records = (record for shard, first, stop in part_slices(shards, part, parts)
-             for record in shard_records(shard, first, stop))
-  if not shuffle:
-    return records
-  return _shuffled(records, shuffle_buffer,
-                   np.random.default_rng([seed, epoch, part, parts]))
+                       shuffle_buffer=256, decode=None) -> read_order.Batches:
+  """The verified Example bytes of an epoch in the readers' order (module
+  doc), each passed through `decode` if given; resumable."""
+  order = read_order.Order(shuffle, seed, shuffle_buffer)
+  return read_order.Batches(verified_shards(output_dir), order, epoch,
+                            shard_records, decode)
 
 
 def numpy_batch(serialized: bytes) -> dict:
@@ -319,16 +280,22 @@ def iter_numpy_batches(output_dir: str, shuffle: bool = False, seed: int = 0,
   int32 and `max_seqlen`. `torch.from_numpy` takes the arrays as they are.
   Checks the directory at once (IncompleteOutput, CorruptOutput), each
   shard's contents before its first batch.
+
+  The iterator can resume: `state_dict()` says where it is (a JSON-safe
+  dict; after the epoch's last batch, the start of the next epoch), and
+  `load_state_dict(state)` continues there, in another process too,
+  without decoding the batches before it (read_order.Batches).
   """
-  records = serialized_batches(output_dir, shuffle, seed, epoch,
-                               shuffle_buffer)
-  return (numpy_batch(record) for record in records)
+  return serialized_batches(output_dir, shuffle, seed, epoch, shuffle_buffer,
+                            numpy_batch)
 
 
 def torch_dataset(output_dir: str, *, shuffle: bool = False, seed: int = 0,
-                  epoch: int = 0, rank: int = 0, world_size: int = 1):
-  """A torch IterableDataset of batch dicts of tensors (see
-  sftbeam.pipeline.torch_reader); torch is imported only here."""
+                  epoch: int = None, rank: int = 0, world_size: int = 1):
+  """A torch IterableDataset of batch dicts of tensors: each pass the next
+  epoch (unless `epoch` fixes it), resumable under torchdata's
+  StatefulDataLoader (see sftbeam.pipeline.torch_reader); torch is
+  imported only here."""
   # pylint: disable=import-outside-toplevel
   from sftbeam.pipeline.torch_reader import SftBatches
   return SftBatches(output_dir, shuffle=shuffle, seed=seed, epoch=epoch,

@@ -7,11 +7,12 @@ TensorFlow when called (extra `sftbeam[tf]`), `torch_dataset` torch (extra
 `sftbeam[torch]`).
 """
 
+from sftbeam.pipeline.read_order import IncompatibleState
 from sftbeam.pipeline.readers import (CorruptOutput, IncompleteOutput,
                                       iter_numpy_batches, load_dataset_info,
                                       read_tf_dataset, torch_dataset)
 from sftbeam.transforms.pack import cu_seqlens
 
-__all__ = ['CorruptOutput', 'IncompleteOutput', 'cu_seqlens',
-           'iter_numpy_batches', 'load_dataset_info', 'read_tf_dataset',
-           'torch_dataset']
+__all__ = ['CorruptOutput', 'IncompatibleState', 'IncompleteOutput',
+           'cu_seqlens', 'iter_numpy_batches', 'load_dataset_info',
+           'read_tf_dataset', 'torch_dataset']
