@@ -160,12 +160,14 @@ def input_size(patterns):
 def progress_describer(total_bytes):
   """The progress line of a batch run reading `total_bytes` (or None)."""
   def describe(tally: dict, elapsed: float) -> str:
-    lines = tally.get('lines', 0)
+    lines, rows = tally.get('lines', 0), tally.get('rows', 0)
     rejected = sum(rejected_by_reason(tally).values())
-    line = (f'[{elapsed:5.0f}s] read {lines:,} lines, wrote '
+    read = f'{lines:,} lines' + (f' and {rows:,} rows' if rows else '')
+    line = (f'[{elapsed:5.0f}s] read {read}, wrote '
             f'{tally.get("batches_written", 0):,} batches '
             f'({tally.get("records_written", 0):,} records), rejected '
-            f'{rejected:,}; {lines / max(elapsed, 1e-9):,.0f} lines/s')
+            f'{rejected:,}; {(lines + rows) / max(elapsed, 1e-9):,.0f} '
+            f'{"records" if rows else "lines"}/s')
     eta = progress.eta_seconds(tally.get('input_bytes', 0), total_bytes,
                                elapsed)
     if eta is not None:

@@ -1,6 +1,7 @@
 """Assembling the batch job's Beam graph from the transforms.
 
-  ReadInput -> LinesToBatches (parse, tokenize, batch, pad) ->
+  ReadInput (JSON lines and Parquet) -> LinesToBatches (parse, tokenize,
+  batch, pad) ->
   WriteBatches, WriteRejected, SumStats -> WriteDatasetInfo (and
   CountStats: Beam counters and the live progress line)
 
@@ -13,8 +14,9 @@ import apache_beam as beam
 
 from sftbeam.pipeline import progress, runners
 from sftbeam.transforms.dataset_info import WriteDatasetInfo
-from sftbeam.transforms.lines_to_batches import LinesToBatches
-from sftbeam.transforms.read import ReadLineChunks
+from sftbeam.transforms.lines_to_batches import LinesToBatches, field_names
+from sftbeam.transforms.parse import record_columns
+from sftbeam.transforms.read_input import ReadInput
 from sftbeam.transforms.stats import SumStatsFn
 from sftbeam.transforms.write import WriteBatches, WriteRejected
 
@@ -30,8 +32,9 @@ def build_batch_pipeline(root, config, run_dir=None):
   batching = runners.batching(config, root.options)
   outputs = (
       root
-      | 'ReadInput' >> ReadLineChunks(config.input, config.read_chunk_lines,
-                                      config.max_line_bytes, batching)
+      | 'ReadInput' >> ReadInput(
+          config.input, config.read_chunk_lines, config.max_line_bytes,
+          record_columns(field_names(config)), batching)
       | 'LinesToBatches' >> LinesToBatches(config, batching))
   run_dir = run_dir or config.output
   shard_entries = outputs['batches'] | 'WriteBatches' >> WriteBatches(

@@ -78,7 +78,9 @@ class Option:
 
 
 OPTIONS = (
-    Option('input', 'list', [], 'input file patterns (globs; local or gs://)'),
+    Option('input', 'list', [],
+           'input file patterns (globs; local or gs://): JSON lines, '
+           'compressed or not, and .parquet files'),
     Option('output', 'str', '', 'output directory (local or gs://)',
            # Beam lists and deletes objects by glob, with no escape.
            check=lambda v: not (is_remote(v) and GLOB_CHARACTERS.search(v)),
@@ -87,10 +89,13 @@ OPTIONS = (
     Option('tokenizer', 'str', EMBEDDED,
            'HuggingFace hub name, local directory, gs:// directory, or '
            '"embedded" (the bundled Qwen tokenizer)'),
-    Option('prompt_field', 'str', 'prompt', 'JSON field of the prompt'),
-    Option('output_field', 'str', 'output', 'JSON field of the output'),
+    Option('prompt_field', 'str', 'prompt',
+           'JSON field (Parquet column) of the prompt'),
+    Option('output_field', 'str', 'output',
+           'JSON field (Parquet column) of the output'),
     Option('id_field', 'str', 'id',
-           'JSON field of the record id (absent: a content hash)'),
+           'JSON field (Parquet column) of the record id (absent: a content '
+           'hash)'),
     Option('input_format', 'str', 'auto',
            'prompt_output: records are {prompt, output}; messages: records '
            'are conversations ({messages} or TRL\'s {prompt, completion} '
@@ -175,10 +180,12 @@ OPTIONS = (
     Option('compression', 'str', 'none', 'shard compression',
            choices=('none', 'gzip')),
     Option('read_chunk_lines', 'int', 4096,
-           'lines per chunk: the records every step handles at once',
+           'lines (or Parquet rows) per chunk: the records every step '
+           'handles at once',
            check=_positive_int, requirement='a positive integer'),
     Option('max_line_bytes', 'int', 8 << 20,
-           'longer input lines are rejected unread (line_too_long)',
+           'longer input lines are rejected unread (line_too_long; JSON '
+           'lines only)',
            check=_positive_int, requirement='a positive integer'),
     Option('max_rejected_fraction', 'float', 1.0,
            'fail the run (exit 1) when more of the input is rejected',
