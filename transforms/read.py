@@ -31,7 +31,9 @@ _COMPRESSED_PIECE_BYTES = 1 << 16
 
 class CorruptInputError(IOError):
   """An input file cannot be read whole: its compressed data ends early or
-  is corrupt. The run fails; the CLI prints the message as one line."""
+  is corrupt, or it is not a Parquet file sftbeam can read (cut short,
+  corrupt, a column of a type JSON lacks: transforms/read_parquet.py). The
+  run fails; the CLI prints the message as one line."""
 
 
 _STEP_ANNOTATION = re.compile(r" \[while running '[^']*'\]")
