@@ -6,7 +6,7 @@
   CountStats: Beam counters and the live progress line)
 
 `LinesToBatches` (transforms/lines_to_batches.py) is the whole computation
-from raw lines to serialized batches; the streaming job
+from raw lines to encoded batches; the streaming job
 (pipeline/streaming.py) uses it too.
 """
 
@@ -38,7 +38,8 @@ def build_batch_pipeline(root, config, run_dir=None):
       | 'LinesToBatches' >> LinesToBatches(config, batching))
   run_dir = run_dir or config.output
   shard_entries = outputs['batches'] | 'WriteBatches' >> WriteBatches(
-      run_dir, config.num_shards, config.compression)
+      run_dir, config.num_shards, config.compression, config.output_format,
+      config.layout)
   rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(
       run_dir)
   _ = outputs['stats'] | 'CountStats' >> beam.ParDo(progress.CountStats())

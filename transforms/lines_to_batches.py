@@ -1,4 +1,4 @@
-"""The whole computation from raw lines (and Parquet rows) to serialized
+"""The whole computation from raw lines (and Parquet rows) to encoded
 batches.
 
   LineChunks -> ParseLines -> TokenizeRecords -> BatchByBucket -> PadBatches
@@ -66,7 +66,8 @@ class LinesToBatches(beam.PTransform):
   """{'lines': LineChunks, 'rows': RowChunks (optional)} -> {'batches',
   'rejected', 'stats'} PCollections.
 
-  `batches` are serialized batch Examples (bytes), `rejected` Rejected
+  `batches` are the encoded batches (Example bytes, or Parquet rows tables
+  with output_format parquet: transforms/batch.py), `rejected` Rejected
   records, `stats` the stats dicts of every step (transforms/stats.py).
   `config` is the run's resolved options (sftbeam.pipeline.options);
   `batching` is "bundle" or "global" (transforms/batch.py).
@@ -105,7 +106,7 @@ class LinesToBatches(beam.PTransform):
     return {'batches': padded.batches, 'rejected': rejected, 'stats': stats}
 
   def _to_examples(self, chunks):
-    """TokenChunks -> serialized batch Examples ('batches') and 'stats'."""
+    """TokenChunks -> encoded batches ('batches') and 'stats'."""
     config = self._config
     if config.layout == 'packed':
       return (
@@ -114,7 +115,8 @@ class LinesToBatches(beam.PTransform):
                                            self._max_buffering_seconds)
           | 'PackedBatches' >> beam.ParDo(
               PackedBatches(config.pad_id, config.tokenizer,
-                            config.tokenizer_backend)).with_outputs(
+                            config.tokenizer_backend,
+                            config.output_format)).with_outputs(
                                 PackedBatches.STATS, main='batches'))
     return (
         chunks
@@ -123,5 +125,6 @@ class LinesToBatches(beam.PTransform):
                                            self._max_buffering_seconds)
         | 'PadBatches' >> beam.ParDo(
             PadBatches(config.pad_to, config.pad_id, config.tokenizer,
-                       config.tokenizer_backend)).with_outputs(
+                       config.tokenizer_backend,
+                       config.output_format)).with_outputs(
                            PadBatches.STATS, main='batches'))
