@@ -123,6 +123,21 @@ def test_an_empty_shard_has_the_columns_and_no_batch(tmp_path):
       schema.PARQUET_COLUMNS['packed'])
 
 
+def test_pages_carry_checksums_that_find_a_flipped_byte(tmp_path):
+  """Any reader that checks page CRCs (pyarrow's
+  page_checksum_verification) finds a byte flipped in a page."""
+  path = str(tmp_path / 'batches-00000-of-00001.parquet')
+  write_shard(path, 'padded', [3])
+  chunk = pq.ParquetFile(path).metadata.row_group(0).column(2)
+  data = bytearray(open(path, 'rb').read())
+  data[chunk.data_page_offset + chunk.total_compressed_size - 1] ^= 0x55
+  with open(path, 'wb') as handle:
+    handle.write(bytes(data))
+  pq.read_table(path)  # unchecked, the damage passes
+  with pytest.raises(OSError, match='CRC'):
+    pq.read_table(path, page_checksum_verification=True)
+
+
 @pytest.mark.parametrize('change, message', [
     (lambda table: table.set_column(0, 'batch', pa.array(
         [0, 0, 0, 2, 2, 2], pa.int32())), 'not numbered 0, 1'),

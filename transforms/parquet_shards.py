@@ -139,8 +139,10 @@ def _codec(compression: str):
 
 def open_writer(handle, arrow: pa.Schema,
                 compression: str) -> pq.ParquetWriter:
-  """A ParquetWriter into an open binary handle (which it leaves open)."""
-  return pq.ParquetWriter(handle, arrow, compression=_codec(compression))
+  """A ParquetWriter into an open binary handle (which it leaves open).
+  Pages carry CRCs, so a reader that checks them finds a damaged page."""
+  return pq.ParquetWriter(handle, arrow, compression=_codec(compression),
+                          write_page_checksum=True)
 
 
 def write_batches(writer: pq.ParquetWriter, tables):
