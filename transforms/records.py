@@ -80,9 +80,10 @@ class RecordChunk(NamedTuple):
 
   def subset(self, indices) -> 'RecordChunk':
     """The records at `indices`, in that order."""
-    return RecordChunk(self.source,
-                       *([column[i] for i in indices] for column in self[1:7]),
-                       self.rows)
+    lists = ([column[i] for i in indices] for column in (
+        self.numbers, self.example_ids, self.prompts, self.outputs,
+        self.conversations, self.inputs))
+    return RecordChunk(self.source, *lists, rows=self.rows)
 
   def reject(self, index: int, reason: str, message: str) -> 'Rejected':
     """Record `index` as a Rejected with this reason."""
