@@ -42,8 +42,10 @@ SHARD_COMPRESSIONS = {'tfrecord': ('none', 'gzip'),
                       'parquet': ('none', 'snappy', 'gzip', 'zstd')}
 _COPY_BYTES = 8 << 20
 # A Parquet shard's rows are held until they make a row group this large
-# (in memory, uncompressed), or the file ends.
-_ROW_GROUP_BYTES = 32 << 20
+# (in memory, uncompressed), or the file ends: a bundle may hold a file
+# open per shard (a local run: all of them), so memory stays at most
+# num_shards times this, whatever the input's size.
+_ROW_GROUP_BYTES = 4 << 20
 
 
 def _uncompressed_metadata():
