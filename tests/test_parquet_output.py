@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +26,7 @@ from sftbeam.readers import (CorruptOutput, iter_numpy_batches,
                              load_dataset_info, read_tf_dataset,
                              torch_dataset)
 from sftbeam.transforms import example_codec, filenames, pack, schema
-from sftbeam.transforms import parquet_shards
+from sftbeam.transforms import parquet_shards, write
 from sftbeam.transforms.sft import pad_shift_mask
 from token_chunks import pairs_chunk
 
@@ -98,6 +99,31 @@ def test_padded_rows_are_the_spec_rows_without_padding():
     for name in schema.MATRIX_FEATURES + schema.ROW_FEATURES:
       np.testing.assert_array_equal(rebuilt[name], arrays[name])
       assert rebuilt[name].dtype == arrays[name].dtype
+
+
+def test_the_sink_numbers_batches_in_row_groups_of_whole_batches(
+    monkeypatch, tmp_path):
+  """Rows held up to the row group size (here about two batches), then
+  written as one row group; the file reads back batch for batch."""
+  arrays, example_ids = batch_arrays('padded', 8)
+  batch = parquet_shards.parquet_batch(arrays, example_ids, 'padded', PAD_ID)
+  monkeypatch.setattr(write, '_ROW_GROUP_BYTES', 2 * batch.rows.nbytes)
+  path = str(tmp_path / 'batches-00000-of-00001.parquet')
+  sink = write.ParquetSink('snappy')
+  with open(path, 'wb') as handle:
+    sink.open(handle)
+    for _ in range(5):
+      sink.write(batch)
+    sink.flush()
+  parquet_file = pq.ParquetFile(path)
+  assert [parquet_file.metadata.row_group(index).num_rows
+          for index in range(parquet_file.num_row_groups)] == [6, 6, 3]
+  assert pq.read_table(path).column('batch').to_pylist() == [
+      number for number in range(5) for _ in range(3)]
+  assert list(parquet_shards.batch_examples(path)) == [
+      example_codec.serialize_batch(arrays, example_ids)] * 5
+  assert batch.example_crc == zlib.crc32(
+      example_codec.serialize_batch(arrays, example_ids))
 
 
 def test_the_files_of_a_slot_join_into_one_shard_renumbered(tmp_path):
