@@ -21,6 +21,7 @@ TORCH = 'torch==2.13.0'
 # a DataLoader's workers where they stopped.
 TORCHDATA = 'torchdata==0.11.0'
 MATPLOTLIB = 'matplotlib==3.11.2'
+DATASETS = 'datasets==5.2.0'
 
 setuptools.setup(
     name='sftbeam',
@@ -49,15 +50,18 @@ setuptools.setup(
         'jinja2==3.1.6',
         # .zst inputs, decompressed by sftbeam itself to see them end.
         'zstandard==0.25.0',
+        # Parquet input and output (Beam needs it too, >=14.0.1,<26).
+        'pyarrow==25.0.1',
     ],
     extras_require={
         'tf': [TENSORFLOW],         # read_tf_dataset
         'torch': [TORCH, TORCHDATA],  # torch_dataset
         'plot': [MATPLOTLIB],       # sftbeam stats --plot
+        # datasets and duckdb: tests read Parquet output with them.
         'test': ['pytest==9.2.0', 'hypothesis==6.170.15', TENSORFLOW, TORCH,
-                 TORCHDATA, MATPLOTLIB],
+                 TORCHDATA, MATPLOTLIB, DATASETS, 'duckdb==2.0.0'],
         # benchmarks/: the `datasets` contender; the loop writes with tf.
-        'benchmark': ['datasets==5.2.0', TENSORFLOW],
+        'benchmark': [DATASETS, TENSORFLOW],
     },
     entry_points={'console_scripts': ['sftbeam = sftbeam.console:main']},
 )

@@ -1,6 +1,7 @@
 """Batch mode: files in, a complete output directory out.
 
-  ReadInput -> LinesToBatches (parse, tokenize, batch, pad) ->
+  ReadInput (JSON lines and Parquet) -> LinesToBatches (parse, tokenize,
+  batch, pad) ->
   WriteBatches, WriteRejected, SumStats -> WriteDatasetInfo (and
   CountStats: Beam counters and the live progress line)
 
@@ -8,7 +9,7 @@
 (pipeline/output_dir.py), runs the job in the claim's work directory, and
 moves the finished run into place, or keeps the earlier one when this one
 fails. `LinesToBatches` (transforms/lines_to_batches.py) is the whole
-computation from raw lines to serialized batches; the streaming job
+computation from raw lines to encoded batches; the streaming job
 (pipeline/streaming.py) uses it too.
 """
 
@@ -25,9 +26,11 @@ from sftbeam.pipeline.output_dir import prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.pipeline.summary import summary_lines
 from sftbeam.transforms.dataset_info import WriteDatasetInfo
-from sftbeam.transforms.lines_to_batches import LinesToBatches
+from sftbeam.transforms.lines_to_batches import LinesToBatches, field_names
+from sftbeam.transforms.parse import record_columns
 from sftbeam.transforms.paths import is_remote
-from sftbeam.transforms.read import ReadLineChunks, corrupt_input_message
+from sftbeam.transforms.read import corrupt_input_message
+from sftbeam.transforms.read_input import ReadInput
 from sftbeam.transforms.stats import SumStatsFn, rejected_by_reason
 from sftbeam.transforms.write import WriteBatches, WriteRejected
 
@@ -47,12 +50,14 @@ def build_batch_pipeline(root, config, run_dir=None):
   batching = runners.batching(config, root.options)
   outputs = (
       root
-      | 'ReadInput' >> ReadLineChunks(config.input, config.read_chunk_lines,
-                                      config.max_line_bytes, batching)
+      | 'ReadInput' >> ReadInput(
+          config.input, config.read_chunk_lines, config.max_line_bytes,
+          record_columns(field_names(config)), batching)
       | 'LinesToBatches' >> LinesToBatches(config, batching))
   run_dir = run_dir or config.output
   shard_entries = outputs['batches'] | 'WriteBatches' >> WriteBatches(
-      run_dir, config.num_shards, config.compression)
+      run_dir, config.num_shards, config.compression, config.output_format,
+      config.layout)
   rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(
       run_dir)
   _ = outputs['stats'] | 'CountStats' >> beam.ParDo(progress.CountStats())
@@ -145,12 +150,14 @@ def input_size(patterns):
 def progress_describer(total_bytes):
   """The progress line of a batch run reading `total_bytes` (or None)."""
   def describe(tally: dict, elapsed: float) -> str:
-    lines = tally.get('lines', 0)
+    lines, rows = tally.get('lines', 0), tally.get('rows', 0)
     rejected = sum(rejected_by_reason(tally).values())
-    line = (f'[{elapsed:5.0f}s] read {lines:,} lines, wrote '
+    read = f'{lines:,} lines' + (f' and {rows:,} rows' if rows else '')
+    line = (f'[{elapsed:5.0f}s] read {read}, wrote '
             f'{tally.get("batches_written", 0):,} batches '
             f'({tally.get("records_written", 0):,} records), rejected '
-            f'{rejected:,}; {lines / max(elapsed, 1e-9):,.0f} lines/s')
+            f'{rejected:,}; {(lines + rows) / max(elapsed, 1e-9):,.0f} '
+            f'{"records" if rows else "lines"}/s')
     eta = progress.eta_seconds(tally.get('input_bytes', 0), total_bytes,
                                elapsed)
     if eta is not None:

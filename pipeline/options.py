@@ -21,6 +21,7 @@ from sftbeam.transforms.paths import GLOB_CHARACTERS, is_remote
 from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
 from sftbeam.transforms.tokenizer_backend import BACKENDS
 from sftbeam.transforms.tokenizer_source import EMBEDDED
+from sftbeam.transforms.write import OUTPUT_FORMATS, SHARD_COMPRESSIONS
 
 # Every 16 tokens up to 512, then every 64 up to 4096: docs/performance.md
 # compares their padding efficiency with other schemes' (powers of two, a
@@ -115,7 +116,9 @@ class Option:
 
 
 OPTIONS = (
-    Option('input', 'list', [], 'input file patterns (globs; local or gs://)',
+    Option('input', 'list', [],
+           'input file patterns (globs; local or gs://): JSON lines, '
+           'compressed or not, and .parquet files',
            check=_valid_buckets,
            requirement=f'local or gs:// patterns {_BUCKET_NOTE}'),
     Option('output', 'str', '', 'output directory (local or gs://)',
@@ -131,10 +134,13 @@ OPTIONS = (
            check=lambda v: _valid_buckets([v]),
            requirement='a hub name, or a local or gs:// directory '
            f'{_BUCKET_NOTE}'),
-    Option('prompt_field', 'str', 'prompt', 'JSON field of the prompt'),
-    Option('output_field', 'str', 'output', 'JSON field of the output'),
+    Option('prompt_field', 'str', 'prompt',
+           'JSON field (Parquet column) of the prompt'),
+    Option('output_field', 'str', 'output',
+           'JSON field (Parquet column) of the output'),
     Option('id_field', 'str', 'id',
-           'JSON field of the record id (absent: a content hash)'),
+           'JSON field (Parquet column) of the record id (absent: a content '
+           'hash)'),
     Option('input_format', 'str', 'auto',
            'prompt_output: records are {prompt, output}; messages: records '
            'are conversations ({messages} or TRL\'s {prompt, completion} '
@@ -218,13 +224,24 @@ OPTIONS = (
            'shard files: a batch run writes exactly this many; a streaming '
            'run at most this many per window firing',
            check=_positive_int, requirement='a positive integer'),
-    Option('compression', 'str', 'none', 'shard compression',
-           choices=('none', 'gzip')),
+    Option('output_format', 'str', 'tfrecord',
+           'shard files: tfrecord (one tf.train.Example per batch) or parquet '
+           '(one row per example, or per packed row; pyarrow, datasets, '
+           'polars and DuckDB read them; batch runs only). docs/output.md '
+           'says which to choose', choices=OUTPUT_FORMATS),
+    Option('compression', 'str', 'none',
+           'shard compression: tfrecord none or gzip (the whole file); '
+           'parquet none, snappy, gzip or zstd (inside the file)',
+           choices=tuple(dict.fromkeys(
+               name for names in SHARD_COMPRESSIONS.values()
+               for name in names))),
     Option('read_chunk_lines', 'int', 4096,
-           'lines per chunk: the records every step handles at once',
+           'lines (or Parquet rows) per chunk: the records every step '
+           'handles at once',
            check=_positive_int, requirement='a positive integer'),
     Option('max_line_bytes', 'int', 8 << 20,
-           'longer input lines are rejected unread (line_too_long)',
+           'longer input lines are rejected unread (line_too_long; JSON '
+           'lines only)',
            check=_positive_int, requirement='a positive integer'),
     Option('max_rejected_fraction', 'float', 0.5,
            'fail the run (exit 1, outputs kept) when more of its records are '
@@ -389,6 +406,21 @@ def _check_batching(values: dict):
                       'or set it to bundle')
 
 
+def _check_output_format(values: dict):
+  """The compression must be one the shard format has; a streaming run
+  writes TFRecord window shards only."""
+  output_format, compression = values['output_format'], values['compression']
+  if compression not in SHARD_COMPRESSIONS[output_format]:
+    raise ConfigError(
+        f'compression {compression} does not apply to output_format '
+        f'{output_format}, which takes '
+        f'{", ".join(SHARD_COMPRESSIONS[output_format])}')
+  if values['streaming'] and output_format != 'tfrecord':
+    raise ConfigError(f'output_format {output_format}: a streaming run '
+                      'writes TFRecord shards only (each window firing adds '
+                      'files); use a batch run for Parquet')
+
+
 def make_config(values: dict) -> Config:
   """Checks the values of every option together and fills in derived ones."""
   if not values['output']:
@@ -409,6 +441,7 @@ def make_config(values: dict) -> Config:
                       'per_turn row ends at its own turn, so there are no '
                       'trailing turns to drop; use truncation prompt_left')
   _check_batching(values)
+  _check_output_format(values)
   if values['layout'] == 'packed':
     return Config(**_packed(values))
   if values['max_seq_len'] is None:

@@ -12,10 +12,12 @@ directly in the directory (no `../`, absolute path, subdirectory, scheme or
 link out of it), listed once, of the listed size. Before a shard's first
 batch is given, the whole shard is read once and its sha256 and record
 count compared with dataset_info.json (and every record's CRCs checked);
-the records are then read again and checked again as they are given. All
-readers get their records from one function (`shard_records`), so they
-refuse the same things. A run that wrote no rows reads as an empty
-dataset.
+the records are then read again and checked again as they are given. A
+Parquet shard's records are its batches, each rebuilt from its rows as the
+Example bytes of that batch (transforms/parquet_shards.py), so every reader
+reads both formats alike. All readers get their records from one function
+(`serialized_batches`), so they refuse the same things. A run that wrote
+no rows reads as an empty dataset.
 
 Order: shards in listed order, records in file order; with `shuffle`, the
 shard order is a permutation fixed by (seed, epoch) and batches pass through
@@ -35,7 +37,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from sftbeam.pipeline import read_order
 from sftbeam.pipeline.options import OPTIONS_BY_NAME, shown
-from sftbeam.transforms import example_codec, filenames, pack, schema
+from sftbeam.transforms import (example_codec, filenames, pack,
+                                parquet_shards, schema)
 from sftbeam.transforms.paths import file_size, is_remote
 from sftbeam.transforms.tfrecord import (CorruptRecord, describe_shard,
                                          iter_records)
@@ -174,7 +177,8 @@ def _check_entry(output_dir: str, entry) -> Shard:
     raise CorruptOutput(
         f'{output_dir}/{filenames.INFO} lists shard {name!r}, which is not '
         f'a shard file name ({filenames.SHARD_PREFIX}-*{filenames.SHARD_SUFFIX}'
-        '[.gz]) directly in the directory: refused')
+        f'[.gz] or {filenames.SHARD_PREFIX}-*{filenames.PARQUET_SUFFIX}) '
+        'directly in the directory: refused')
   counts = [entry.get(key) for key in ('records', 'bytes')]
   if (not all(type(count) is int and count >= 0 for count in counts) or
       not _SHA256.fullmatch(str(entry.get('sha256')))):
@@ -217,8 +221,10 @@ def verified_shards(output_dir: str, info: dict = None) -> list:
 
 def _verify_contents(shard: Shard):
   """Reads the whole shard once: sha256, record count and every CRC."""
+  describe = (parquet_shards.describe_shard
+              if filenames.is_parquet_shard(shard.name) else describe_shard)
   try:
-    found = describe_shard(shard.path)
+    found = describe(shard.path)
   except CorruptRecord as error:
     raise CorruptOutput(f'shard {shard.name} is damaged: {error}') from error
   for key in ('bytes', 'sha256', 'records'):
@@ -231,9 +237,13 @@ def _verify_contents(shard: Shard):
 
 def shard_records(shard: Shard, first: int = 0,
                   stop: int = None) -> Iterator[bytes]:
-  """Records first..stop-1 of a shard, after verifying the whole shard."""
+  """Records first..stop-1 of a shard, after verifying the whole shard (a
+  Parquet shard's batches as the Example bytes of the same batches)."""
   stop = shard.records if stop is None else stop
   _verify_contents(shard)
+  if filenames.is_parquet_shard(shard.name):
+    yield from _parquet_records(shard, first, stop)
+    return
   records = iter_records(shard.path)
   try:
     for index in range(stop):
@@ -248,6 +258,21 @@ def shard_records(shard: Shard, first: int = 0,
                         f'{error}') from error
   finally:
     records.close()
+
+
+def _parquet_records(shard: Shard, first: int, stop: int) -> Iterator[bytes]:
+  """Batches first..stop-1 of a verified Parquet shard, as Example bytes."""
+  read = first
+  try:
+    for record in parquet_shards.batch_examples(shard.path, first, stop):
+      yield record
+      read += 1
+  except CorruptRecord as error:
+    raise CorruptOutput(f'shard {shard.name} changed while read: '
+                        f'{error}') from error
+  if read < stop:
+    raise CorruptOutput(f'shard {shard.name} changed while read: it ends '
+                        f'after {read} records')
 
 
 def serialized_batches(output_dir: str, shuffle=False, seed=0, epoch=0,

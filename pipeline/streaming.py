@@ -52,18 +52,18 @@ def build_streaming_pipeline(root, config, earlier=None):
   `earlier`: the EarlierRun this one continues (its stats and shards).
   """
   source = config.input_subscription or config.input_topic
-  outputs = (
+  lines = (
       root
       | 'ReadPubSub' >> beam.io.ReadFromPubSub(
           topic=config.input_topic or None,
           subscription=config.input_subscription or None,
           with_attributes=True)
       | 'ToLineChunks' >> beam.Map(message_to_chunk, source,
-                                   config.max_line_bytes)
-      # Up to the batches everything stays in the global window; a bucket's
-      # partial batch leaves max_buffering_seconds after its first record.
-      | 'LinesToBatches' >> LinesToBatches(config, 'global',
-                                           config.max_buffering_seconds))
+                                   config.max_line_bytes))
+  # Up to the batches everything stays in the global window; a bucket's
+  # partial batch leaves max_buffering_seconds after its first record.
+  outputs = {'lines': lines} | 'LinesToBatches' >> LinesToBatches(
+      config, 'global', config.max_buffering_seconds)
   if config.dead_letter_topic:
     _ = (outputs['rejected']
          | 'ToDeadLetters' >> beam.Map(_dead_letter)

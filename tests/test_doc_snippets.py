@@ -12,9 +12,9 @@ in that copy and must print every line shown, in order (`...` elides).
 Python blocks of a doc run in one interpreter (tests/doc_session.py), with
 their declared stand-ins (tests/doc_stand_ins.py), in a directory holding
 small runs under the names the docs read: `out/sample` and `out/run1`
-(padded), `out/packed`. Small (16 records, rows of at most 32 tokens, 4
-rows a batch), because a stand-in model's logits span Qwen's 151,936 ids
-per token.
+(padded), `out/packed`, `out/parquet` (padded, Parquet shards). Small (16
+records, rows of at most 32 tokens, 4 rows a batch), because a stand-in
+model's logits span Qwen's 151,936 ids per token.
 """
 
 import hashlib
@@ -177,9 +177,10 @@ def test_the_dataset_info_excerpt_in_reading_md_is_its_run(ran_bash_blocks):
 
 @pytest.fixture(scope='module')
 def small_runs(tmp_path_factory):
-  """A directory holding out/sample and out/run1 (one padded run) and
-  out/packed, of examples/sample.jsonl's first 16 lines, rows of at most
-  32 tokens (longer outputs cut), 4 rows a batch."""
+  """A directory holding out/sample and out/run1 (one padded run),
+  out/packed and out/parquet (padded, Parquet shards), of
+  examples/sample.jsonl's first 16 lines, rows of at most 32 tokens (longer
+  outputs cut), 4 rows a batch."""
   directory = str(tmp_path_factory.mktemp('readers'))
   head = os.path.join(directory, 'head.jsonl')
   with open(SAMPLE, encoding='utf-8') as source, open(
@@ -193,7 +194,8 @@ def small_runs(tmp_path_factory):
                os.path.join(directory, 'out', name), *layout]),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
           for name, layout in [('sample', []), ('packed', [
-              '--layout', 'packed', '--pack_length', '32'])]]
+              '--layout', 'packed', '--pack_length', '32']), ('parquet', [
+                  '--output_format', 'parquet', '--compression', 'zstd'])]]
   for run in runs:
     _, stderr = run.communicate(timeout=600)
     assert run.returncode == 0, stderr

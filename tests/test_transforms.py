@@ -13,8 +13,10 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline, dofn_outputs
 from sftbeam.transforms.stats import padded_batch_stats
-from sftbeam.transforms.parse import FieldNames, ParseLines, content_id
-from sftbeam.transforms.read import ReadLineChunks, iter_lines
+from sftbeam.transforms.parse import (FieldNames, ParseLines, content_id,
+                                     record_columns)
+from sftbeam.transforms.read import iter_lines
+from sftbeam.transforms.read_input import ReadInput
 from sftbeam.pipeline.options import MAX_OPTION_CHARS
 from sftbeam.transforms.records import (MAX_MESSAGE_CHARS, LineChunk,
                                         RecordChunk, Rejected)
@@ -46,8 +48,9 @@ def test_read_line_chunks_in_pipeline(tmp_path):
   for name, count in (('a.jsonl', 5), ('b.jsonl', 2)):
     (tmp_path / name).write_bytes(b''.join(b'%d\n' % i for i in range(count)))
   with beam_test_pipeline() as root:
-    chunks = root | ReadLineChunks([str(tmp_path / '*.jsonl')], 2, 100)
-    sizes = chunks | beam.Map(
+    chunks = root | ReadInput([str(tmp_path / '*.jsonl')], 2, 100,
+                              record_columns(FIELDS))
+    sizes = chunks['lines'] | beam.Map(
         lambda chunk: (os.path.basename(chunk.source), len(chunk.lines)))
     assert_that(sizes, equal_to([('a.jsonl', 2), ('a.jsonl', 2),
                                  ('a.jsonl', 1), ('b.jsonl', 2)]))

@@ -5,6 +5,9 @@ The padded layout (transforms/padded.py) groups records into length
 buckets and pads each batch; the packed layout (transforms/packed.py) packs
 whole records into rows of `pack_length` (the arithmetic: transforms/pack.py).
 
+Both layouts end in an `EncodeBatchesFn`, which pads with the run's pad
+id and encodes each batch for the run's shard format.
+
 Two batching strategies, one name each (the option `batching`):
   bundle  each bundle batches its own records with one open batch per
           bucket, no shuffle: a local runner's bundle spans the whole input,
@@ -26,7 +29,7 @@ from apache_beam import coders
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 
-from sftbeam.transforms import sft
+from sftbeam.transforms import example_codec, parquet_shards, sft
 from sftbeam.transforms.records import TokenChunk
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
 
@@ -108,17 +111,28 @@ class BufferPerKeyFn(beam.DoFn):
     yield from outputs
 
 
-class WithPadIdFn(beam.DoFn):
+class EncodeBatchesFn(beam.DoFn):
   """A DoFn that pads with `pad_id`, else the run's tokenizer's pad (or
   eos) id, resolved on the worker (a gs:// tokenizer is never read at
-  graph-construction time)."""
+  graph-construction time), and encodes each batch it makes for its shard
+  format (`_encode`)."""
 
-  def __init__(self, pad_id: Optional[int], tokenizer: str, backend: str):
+  def __init__(self, pad_id: Optional[int], tokenizer: str, backend: str,
+               output_format: str = 'tfrecord'):
     self._pad_id = pad_id
     self._tokenizer = tokenizer
     self._backend = backend
+    self._output_format = output_format
 
   def setup(self):
     if self._pad_id is None:
       self._pad_id = sft.resolve_pad_id(
           shared_tokenizer(self._tokenizer, self._backend).tokenizer)
+
+  def _encode(self, arrays: dict, example_ids, layout: str):
+    """A batch's arrays as WriteBatches takes them: Example bytes, or a
+    parquet_shards.ParquetBatch."""
+    if self._output_format == 'parquet':
+      return parquet_shards.parquet_batch(arrays, example_ids, layout,
+                                          self._pad_id)
+    return example_codec.serialize_batch(arrays, example_ids, layout)

@@ -67,8 +67,9 @@ def build_info(config: dict, stats: dict, shard_entries,
                rejected_paths) -> dict:
   """The dataset_info dict of a run with these summed stats and files.
 
-  `shard_entries`: one `tfrecord.describe_shard` dict per shard; file
-  names are relative to the output directory.
+  `shard_entries`: one describe_shard dict per shard (tfrecord.py,
+  parquet_shards.py); file names are relative to the output directory.
+  `features`: the Example features, or, for Parquet shards, the columns.
   """
   layout = config['layout']
   return {
@@ -76,7 +77,9 @@ def build_info(config: dict, stats: dict, shard_entries,
       'sftbeam_version': VERSION,
       'layout': layout,
       'pack_length': config['pack_length'] if layout == 'packed' else None,
-      'features': schema.describe_features(layout),
+      'features': (schema.describe_columns(layout)
+                   if config['output_format'] == 'parquet'
+                   else schema.describe_features(layout)),
       'tokenizer': _tokenizer_section(config, stats),
       'config': config,
       'bucket_boundaries': list(config['boundaries']),

@@ -4,7 +4,8 @@ names the writers give and the patterns the checks match must agree.
 
   dataset_info.json                        INFO: written last, the run is
                                            complete
-  batches-SSSSS-of-NNNNN.tfrecord[.gz]     a batch run's shards
+  batches-SSSSS-of-NNNNN.tfrecord[.gz]     a batch run's shards (.parquet
+  batches-SSSSS-of-NNNNN.parquet           with --output_format parquet)
   rejected-SSSSS-of-NNNNN.jsonl            a batch run's rejected records
   unfinished-batches-DDDDD-IIIII-of-CCCCC  a shard slot's files before they
                                            are joined (in the work dir)
@@ -27,6 +28,7 @@ TEMP_SUFFIX = '.incomplete'
 SHARD_PREFIX = 'batches'
 SHARD_SUFFIX = '.tfrecord'
 GZIP_SUFFIX = '.gz'
+PARQUET_SUFFIX = '.parquet'
 REJECTED_PREFIX = 'rejected'
 REJECTED_SUFFIX = '.jsonl'
 WINDOW_STATS_PREFIX = 'window-stats'
@@ -43,17 +45,24 @@ def temp_name(name: str) -> str:
   return name + TEMP_SUFFIX
 
 
-def shard_suffix(compression: str) -> str:
+def shard_suffix(compression: str, output_format: str = 'tfrecord') -> str:
+  """A shard's suffix: Parquet compresses inside the file, TFRecord as a
+  whole (.gz)."""
+  if output_format == 'parquet':
+    return PARQUET_SUFFIX
   return SHARD_SUFFIX + (GZIP_SUFFIX if compression == 'gzip' else '')
+
+
+def is_parquet_shard(name: str) -> bool:
+  return name.endswith(PARQUET_SUFFIX)
 
 
 def shard_name(slot: int, num_shards: int, suffix: str) -> str:
   return f'{SHARD_PREFIX}-{slot:05d}-of-{num_shards:05d}{suffix}'
 
 
-def shard_names(num_shards: int, compression: str) -> list:
+def shard_names(num_shards: int, suffix: str) -> list:
   """The names of a batch run's shards, known before it starts."""
-  suffix = shard_suffix(compression)
   return [shard_name(slot, num_shards, suffix) for slot in range(num_shards)]
 
 
@@ -97,9 +106,12 @@ def _either(*patterns) -> str:
 
 
 _GZIP = rf'(?:{re.escape(GZIP_SUFFIX)})?'
+# A shard's suffix, either format.
+_SHARD_SUFFIX = _either(re.escape(SHARD_SUFFIX) + _GZIP,
+                        re.escape(PARQUET_SUFFIX))
 _INFO = rf'{re.escape(INFO)}(?:{re.escape(TEMP_SUFFIX)})?'
 _COUNTED = r'-\d{5}-of-\d{5}'
-_SHARD = rf'{re.escape(SHARD_PREFIX)}{_COUNTED}{re.escape(SHARD_SUFFIX)}{_GZIP}'
+_SHARD = rf'{re.escape(SHARD_PREFIX)}{_COUNTED}{_SHARD_SUFFIX}'
 _REJECTED = rf'{re.escape(REJECTED_PREFIX)}{_COUNTED}{re.escape(REJECTED_SUFFIX)}'
 _WINDOW = r'-\d{8}T\d{6}Z-\d{8}T\d{6}Z-\d+-[0-9a-f]{12}'
 _WINDOW_FILE = (
@@ -119,7 +131,7 @@ BATCH_NAMES = re.compile(_either(_INFO, _SHARD, _REJECTED, _WINDOW_FILE))
 # A streaming run lists every file of these patterns as its own.
 STREAMING_NAMES = re.compile(_either(
     _INFO,
-    rf'{re.escape(SHARD_PREFIX)}-.*{re.escape(SHARD_SUFFIX)}{_GZIP}',
+    rf'{re.escape(SHARD_PREFIX)}-.*{_SHARD_SUFFIX}',
     rf'{re.escape(REJECTED_PREFIX)}-.*{re.escape(REJECTED_SUFFIX)}',
     rf'{re.escape(WINDOW_STATS_PREFIX)}-.*{re.escape(WINDOW_STATS_SUFFIX)}'
     rf'(?:{re.escape(TEMP_SUFFIX)})?'))
@@ -129,7 +141,7 @@ RECORDABLE = re.compile(_either(STREAMING_NAMES.pattern,
                                 re.escape(temp_name(MANIFEST))))
 # A shard as dataset_info.json lists it (batch or window shard).
 SHARD_ENTRY = re.compile(rf'{re.escape(SHARD_PREFIX)}-[A-Za-z0-9._-]+'
-                         rf'{re.escape(SHARD_SUFFIX)}{_GZIP}')
+                         rf'{_SHARD_SUFFIX}')
 
 
 def kind_pattern(prefix: str, suffix: str) -> str:

@@ -1,7 +1,8 @@
-"""The whole computation from raw lines to serialized batches.
+"""The whole computation from raw lines (and Parquet rows) to encoded
+batches.
 
   LineChunks -> ParseLines -> TokenizeRecords -> BatchByBucket -> PadBatches
-                                               (packed layout: PackIntoRows
+  RowChunks -> ParseRows  -^                   (packed layout: PackIntoRows
                                                 -> PackedBatches)
 
 Batch runs (sftbeam.pipeline.batch) and streaming runs
@@ -15,9 +16,14 @@ import apache_beam as beam
 
 from sftbeam.transforms.packed import PackedBatches, PackIntoRows, PackShape
 from sftbeam.transforms.padded import BatchByBucket, BatchShape, PadBatches
-from sftbeam.transforms.parse import FieldNames, ParseLines
+from sftbeam.transforms.parse import FieldNames, ParseLines, ParseRows
 from sftbeam.transforms.stats import rejection_stats
 from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
+
+
+def field_names(config) -> FieldNames:
+  """The record fields the run reads (--prompt_field, ...)."""
+  return FieldNames(config.prompt_field, config.output_field, config.id_field)
 
 
 def tokenize_settings(config) -> TokenizeSettings:
@@ -57,9 +63,11 @@ def pack_shape(config) -> PackShape:
 
 
 class LinesToBatches(beam.PTransform):
-  """LineChunks -> {'batches', 'rejected', 'stats'} PCollections.
+  """{'lines': LineChunks, 'rows': RowChunks (optional)} -> {'batches',
+  'rejected', 'stats'} PCollections.
 
-  `batches` are serialized batch Examples (bytes), `rejected` Rejected
+  `batches` are the encoded batches (Example bytes, or Parquet rows tables
+  with output_format parquet: transforms/batch.py), `rejected` Rejected
   records, `stats` the stats dicts of every step (transforms/stats.py).
   `config` is the run's resolved options (sftbeam.pipeline.options);
   `batching` is "bundle" or "global" (transforms/batch.py).
@@ -74,25 +82,31 @@ class LinesToBatches(beam.PTransform):
 
   def expand(self, chunks):
     config = self._config
-    fields = FieldNames(config.prompt_field, config.output_field,
-                        config.id_field)
-    parsed = chunks | 'ParseLines' >> beam.ParDo(
+    fields = field_names(config)
+    parsed = [chunks['lines'] | 'ParseLines' >> beam.ParDo(
         ParseLines(fields, config.max_line_bytes,
                    config.input_format)).with_outputs(
-            ParseLines.REJECTED, ParseLines.STATS, main='records')
-    tokenized = parsed.records | 'TokenizeRecords' >> beam.ParDo(
+            ParseLines.REJECTED, ParseLines.STATS, main='records')]
+    if 'rows' in chunks:
+      parsed.append(chunks['rows'] | 'ParseRows' >> beam.ParDo(
+          ParseRows(fields, config.input_format)).with_outputs(
+              ParseRows.REJECTED, ParseRows.STATS, main='records'))
+    records = ([part.records for part in parsed]
+               | 'AllRecords' >> beam.Flatten())
+    tokenized = records | 'TokenizeRecords' >> beam.ParDo(
         TokenizeRecords(tokenize_settings(config))).with_outputs(
             TokenizeRecords.REJECTED, TokenizeRecords.STATS, main='chunks')
     padded = self._to_examples(tokenized.chunks)
-    rejected = ((parsed.rejected, tokenized.rejected)
+    rejected = ([part.rejected for part in parsed] + [tokenized.rejected]
                 | 'AllRejected' >> beam.Flatten())
-    stats = ((parsed.stats, tokenized.stats, padded.stats,
-              rejected | 'RejectionStats' >> beam.Map(rejection_stats))
+    stats = ([part.stats for part in parsed] +
+             [tokenized.stats, padded.stats,
+              rejected | 'RejectionStats' >> beam.Map(rejection_stats)]
              | 'AllStats' >> beam.Flatten())
     return {'batches': padded.batches, 'rejected': rejected, 'stats': stats}
 
   def _to_examples(self, chunks):
-    """TokenChunks -> serialized batch Examples ('batches') and 'stats'."""
+    """TokenChunks -> encoded batches ('batches') and 'stats'."""
     config = self._config
     if config.layout == 'packed':
       return (
@@ -101,7 +115,8 @@ class LinesToBatches(beam.PTransform):
                                            self._max_buffering_seconds)
           | 'PackedBatches' >> beam.ParDo(
               PackedBatches(config.pad_id, config.tokenizer,
-                            config.tokenizer_backend)).with_outputs(
+                            config.tokenizer_backend,
+                            config.output_format)).with_outputs(
                                 PackedBatches.STATS, main='batches'))
     return (
         chunks
@@ -110,5 +125,6 @@ class LinesToBatches(beam.PTransform):
                                            self._max_buffering_seconds)
         | 'PadBatches' >> beam.ParDo(
             PadBatches(config.pad_to, config.pad_id, config.tokenizer,
-                       config.tokenizer_backend)).with_outputs(
+                       config.tokenizer_backend,
+                       config.output_format)).with_outputs(
                            PadBatches.STATS, main='batches'))

@@ -16,9 +16,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import example_codec, pack
+from sftbeam.transforms import pack
+from sftbeam.transforms.batch import BufferPerKeyFn, EncodeBatchesFn
 from sftbeam.transforms.stats import packing_stats
-from sftbeam.transforms.batch import BufferPerKeyFn, WithPadIdFn
 from sftbeam.transforms.records import TokenChunk
 
 
@@ -175,8 +175,9 @@ class PackIntoRows(beam.PTransform):
                 self._shape, self._max_buffering_seconds, self._clock)))
 
 
-class PackedBatches(WithPadIdFn):
-  """(pack_length, PackedRows of one batch) -> serialized packed Example.
+class PackedBatches(EncodeBatchesFn):
+  """(pack_length, PackedRows of one batch) -> the encoded packed batch
+  (Example bytes, or a Parquet rows table with `output_format` parquet).
 
   Each record's spec row lies unpadded in its row (transforms/pack.py),
   rows right-padded to pack_length. Gives a stats dict per batch on the
@@ -191,5 +192,4 @@ class PackedBatches(WithPadIdFn):
     stats = packing_stats(arrays)
     stats['supervised_tokens'] = int(arrays['response_mask'].sum())
     yield beam.pvalue.TaggedOutput(self.STATS, stats)
-    yield example_codec.serialize_batch(arrays, arrays['example_ids'],
-                                        'packed')
+    yield self._encode(arrays, arrays['example_ids'], 'packed')

@@ -6,8 +6,8 @@ batch holds records of one bucket only: `batch_size` of them, or with
 `batch_tokens` T, max(1, T // boundary) of them, so that every batch holds
 about T tokens. Partial batches are kept. `BatchByBucket` forms batches by
 either batching strategy (transforms/batch.py); `PadBatches` pads, shifts
-and masks each one (transforms/sft.py) and serializes it
-(transforms/example_codec.py).
+and masks each one (transforms/sft.py) and encodes it for the shard format
+(transforms/example_codec.py, transforms/parquet_shards.py).
 """
 
 import time
@@ -17,9 +17,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import example_codec, pack, sft, stats
+from sftbeam.transforms import pack, sft, stats
 from sftbeam.transforms.batch import (BATCHING_STRATEGIES, BufferPerKeyFn,
-                                      WithPadIdFn)
+                                      EncodeBatchesFn)
 from sftbeam.transforms.records import TokenChunk
 
 PAD_TO_MODES = ('bucket', 'longest')
@@ -156,8 +156,9 @@ class BatchByBucket(beam.PTransform):
                 self._shape, self._max_buffering_seconds, self._clock)))
 
 
-class PadBatches(WithPadIdFn):
-  """(bucket, TokenChunk of one batch) -> serialized batch Example (bytes).
+class PadBatches(EncodeBatchesFn):
+  """(bucket, TokenChunk of one batch) -> the encoded batch (Example bytes,
+  or a Parquet rows table with `output_format` parquet).
 
   `pad_to="bucket"` gives every batch of a bucket the width of its boundary
   (static shapes); `pad_to="longest"` the width of its longest row. Pads
@@ -167,8 +168,8 @@ class PadBatches(WithPadIdFn):
   STATS = 'stats'
 
   def __init__(self, pad_to: str, pad_id: Optional[int], tokenizer: str,
-               backend: str):
-    super().__init__(pad_id, tokenizer, backend)
+               backend: str, output_format: str = 'tfrecord'):
+    super().__init__(pad_id, tokenizer, backend, output_format)
     self._pad_to = pad_to
 
   def process(self, keyed_batch):
@@ -178,4 +179,4 @@ class PadBatches(WithPadIdFn):
         width=bucket if self._pad_to == 'bucket' else None)
     yield beam.pvalue.TaggedOutput(self.STATS,
                                    stats.padded_batch_stats(bucket, arrays))
-    yield example_codec.serialize_batch(arrays, records.example_ids)
+    yield self._encode(arrays, records.example_ids, 'padded')

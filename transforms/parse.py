@@ -1,9 +1,12 @@
-"""Parsing raw JSONL lines into records, rejecting what cannot be used.
+"""Parsing raw JSONL lines, and Parquet rows, into records, rejecting what
+cannot be used.
 
 Every line ends as a record of a `RecordChunk`, a Rejected with a reason
-code, or (a blank line) a count in the stats. Reason codes:
+code, or (a blank line) a count in the stats; every Parquet row as a
+record or a Rejected, read as the JSON line of its non-null values
+(`ParseRows`). Reason codes:
   line_too_long   the line exceeds max_line_bytes (not parsed at all)
-  invalid_utf8    the line is not valid UTF-8
+  invalid_utf8    the line is not valid UTF-8 (a row: a string's bytes)
   invalid_json    not parseable as JSON (including nesting too deep)
   not_an_object   valid JSON but not an object ([], "x", 3, null)
   missing_field   the prompt or output field is absent
@@ -24,8 +27,10 @@ import apache_beam as beam
 import orjson
 
 from sftbeam.transforms import chat_records
-from sftbeam.transforms.records import (MAX_RAW_CHARS, LineChunk, RecordChunk,
-                                        Rejected)
+from sftbeam.transforms.records import (MAX_RAW_CHARS, LineChunk, NotUtf8,
+                                        RecordChunk, Rejected, RowChunk,
+                                        column_values, rejected_row,
+                                        without_nulls)
 
 _BOM_BYTES = '\ufeff'.encode('utf-8')
 
@@ -92,24 +97,28 @@ def _object_from_pairs(pairs):
 _DECODER = json.JSONDecoder(object_pairs_hook=_object_from_pairs)
 
 
-def _string_field(obj: dict, field: str) -> str:
-  if field not in obj:
+# A field's value when the record has no such field.
+_ABSENT = object()
+
+
+def _string_value(value, field: str) -> str:
+  """The value of the string field `field`, or ParseError."""
+  if value is _ABSENT:
     raise ParseError('missing_field', f'no "{field}" field')
-  value = obj[field]
   if not isinstance(value, str):
     raise ParseError('field_not_string',
                      f'"{field}" is {chat_records.json_type(value)}, not a string')
   return value
 
 
-def _record_id(obj: dict, fields: FieldNames, fallback) -> str:
-  """The record's id field, or `fallback()` (its content id) without one."""
-  value = obj.get(fields.id)
+def _record_id(value, field: str, fallback) -> str:
+  """The record's id from the value of its id field (None: absent), or
+  `fallback()` (its content id) without one."""
   if value is None or value == '':  # an empty id identifies nothing
     return fallback()
   if isinstance(value, bool) or not isinstance(value, (str, int)):
     raise ParseError('field_not_string',
-                     f'"{fields.id}" is {chat_records.json_type(value)}, '
+                     f'"{field}" is {chat_records.json_type(value)}, '
                      'not a string or integer')
   return str(value)
 
@@ -214,9 +223,22 @@ def _refuse_duplicates(obj: dict, keys):
 def _parse_prompt_output(obj: dict, fields: FieldNames,
                          escaped: bool) -> ParsedRecord:
   _refuse_duplicates(obj, fields)
-  prompt = _string_field(obj, fields.prompt)
-  output = _string_field(obj, fields.output)
-  example_id = _record_id(obj, fields, lambda: content_id(prompt, output))
+  return prompt_output_record(obj.get(fields.prompt, _ABSENT),
+                              obj.get(fields.output, _ABSENT),
+                              obj.get(fields.id), fields, escaped)
+
+
+def prompt_output_record(prompt, output, id_value, fields: FieldNames,
+                         escaped: bool) -> ParsedRecord:
+  """The prompt/output record of these field values, or raises ParseError.
+
+  A value is `_ABSENT` when the record has no such field (the id: None);
+  `escaped` as for parse_object.
+  """
+  prompt = _string_value(prompt, fields.prompt)
+  output = _string_value(output, fields.output)
+  example_id = _record_id(id_value, fields.id,
+                          lambda: content_id(prompt, output))
   if escaped and any(map(chat_records.has_lone_surrogate,
                          (prompt, output, example_id))):
     raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
@@ -233,7 +255,8 @@ def _parse_chat(obj: dict, fields: FieldNames, escaped: bool) -> ParsedRecord:
     conversation = chat_records.parse_conversation(obj)  # checks it all
   except chat_records.ChatRejected as rejected:
     raise ParseError(rejected.reason, str(rejected)) from None
-  example_id = _record_id(obj, fields, lambda: conversation_id(obj))
+  example_id = _record_id(obj.get(fields.id), fields.id,
+                          lambda: conversation_id(obj))
   if escaped and chat_records.has_lone_surrogate(example_id):
     raise ParseError('invalid_unicode', 'a string holds a lone surrogate')
   return ParsedRecord(example_id, conversation=conversation)
@@ -314,3 +337,81 @@ class ParseLines(beam.DoFn):
                        len(chunk.lines)})
     if records.example_ids:
       yield records
+
+
+# A row with a value in one of these columns may be a chat record.
+_CHAT_COLUMNS = ('messages', 'completion')
+
+
+def record_columns(fields: FieldNames) -> tuple:
+  """The columns of a Parquet file that a record may read: the prompt,
+  output and id fields and a chat record's keys."""
+  return tuple(dict.fromkeys(tuple(fields) + chat_records.RECORD_KEYS))
+
+
+class ParseRows(beam.DoFn):
+  """RowChunk -> one RecordChunk (main output) per chunk with a record.
+
+  A row is read as the JSON object of its non-null columns, a null read as
+  an absent key at every depth (records.without_nulls), and checked as a
+  JSON line is (parse_object). A row that can only be a prompt/output
+  record (input_format prompt_output, or auto with no value in `messages`
+  or `completion`) is read column by column instead, without building
+  its object. Also gives Rejected rows (their `row_number`, their row as
+  JSON) on the `rejected` output and a stats dict (`rows`, `input_bytes`)
+  per chunk on the `stats` output.
+  """
+  REJECTED = 'rejected'
+  STATS = 'stats'
+
+  def __init__(self, fields: FieldNames, input_format: str = 'auto'):
+    self._fields = fields
+    self._input_format = input_format
+
+  def process(self, chunk: RowChunk):
+    rows = chunk.rows
+    columns = {name: column_values(column)
+               for name, column in zip(rows.schema.names, rows.columns)}
+    records = RecordChunk.empty(chunk.source, rows)
+    for index in range(rows.num_rows):
+      number = chunk.first_row_number + index
+      try:
+        record = self._parse_row(columns, index)
+      except ParseError as error:
+        yield beam.pvalue.TaggedOutput(self.REJECTED, rejected_row(
+            chunk.source, number, error.reason, str(error), rows, index))
+        continue
+      records.add(number, record.example_id, index, record.prompt,
+                  record.output, record.conversation)
+    yield beam.pvalue.TaggedOutput(self.STATS, {
+        'rows': rows.num_rows, 'input_bytes': chunk.input_bytes})
+    if records.example_ids:
+      yield records
+
+  def _parse_row(self, columns: dict, index: int) -> ParsedRecord:
+    """The record of row `index` of `columns` ({name: values}), or raises
+    ParseError."""
+    fields = self._fields
+    # Strings come from UTF-8, which holds no lone surrogate: escaped=False.
+    if self._input_format == 'messages' or (
+        self._input_format == 'auto' and any(
+            _cell(columns, name, index) is not None
+            for name in _CHAT_COLUMNS)):
+      obj = {name: _cell(columns, name, index) for name in columns}
+      return parse_object(without_nulls(obj), fields, self._input_format,
+                          escaped=False)
+    prompt, output, id_value = (_cell(columns, name, index)
+                                for name in fields)
+    return prompt_output_record(_ABSENT if prompt is None else prompt,
+                                _ABSENT if output is None else output,
+                                id_value, fields, escaped=False)
+
+
+def _cell(columns: dict, name: str, index: int):
+  """Row `index`'s value in column `name` (None: null, or no such column);
+  raises ParseError for one whose strings are not UTF-8."""
+  column = columns.get(name)
+  value = None if column is None else column[index]
+  if isinstance(value, NotUtf8):
+    raise ParseError('invalid_utf8', f'column "{name}": {value.error}')
+  return value

@@ -1,4 +1,4 @@
-"""Reading input files as chunks of raw lines.
+"""Reading JSON-lines input files as chunks of raw lines.
 
 Lines are read as bytes (decoding is the parser's job, so one invalid byte
 costs one record, not the run) and grouped into chunks, so that every later
@@ -21,7 +21,6 @@ import zstandard
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
-from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.records import MAX_RAW_CHARS, LineChunk
 
 _READ_BLOCK_BYTES = 1 << 20
@@ -32,7 +31,9 @@ _COMPRESSED_PIECE_BYTES = 1 << 16
 
 class CorruptInputError(IOError):
   """An input file cannot be read whole: its compressed data ends early or
-  is corrupt. The run fails; the CLI prints the message as one line."""
+  is corrupt, or it is not a Parquet file sftbeam can read (cut short,
+  corrupt, a column of a type JSON lacks: transforms/read_parquet.py). The
+  run fails; the CLI prints the message as one line."""
 
 
 _STEP_ANNOTATION = re.compile(r" \[while running '[^']*'\]")
@@ -216,31 +217,23 @@ class _ReadLineChunksFn(beam.DoFn):
 
 
 class ReadLineChunks(beam.PTransform):
-  """Glob patterns -> LineChunks of every matched file, spread over workers.
+  """FileMetadata of matched files -> LineChunks of their lines.
 
-  Takes a pipeline root; gives a PCollection of `LineChunk`. Patterns are
-  matched when the pipeline runs (never at graph construction), through
-  Beam's FileSystems, so local paths and gs:// work alike; compressed files
-  (.gz, .bz2, .deflate, .xz, .lzma, .zst, .zstd) are decompressed by
-  extension, and one cut short or corrupt fails the run.
+  Compressed files (.gz, .bz2, .deflate, .xz, .lzma, .zst, .zstd) are
+  decompressed by extension, and one cut short or corrupt fails the run.
+  With `batching` "global" the chunks are spread across workers.
   """
 
-  def __init__(self, patterns, chunk_lines: int, max_line_bytes: int,
+  def __init__(self, chunk_lines: int, max_line_bytes: int,
                batching: str = 'global'):
-    """With `batching` "global", chunks are reshuffled across workers."""
     super().__init__()
-    if batching not in BATCHING_STRATEGIES:
-      raise ValueError(f'unknown batching {batching!r}')
-    self._patterns = list(patterns)
     self._chunk_lines = chunk_lines
     self._max_line_bytes = max_line_bytes
     self._batching = batching
 
-  def expand(self, pbegin):
+  def expand(self, files):
     chunks = (
-        pbegin
-        | 'Patterns' >> beam.Create(self._patterns)
-        | 'MatchFiles' >> fileio.MatchAll()
+        files
         | 'OpenFiles' >> fileio.ReadMatches()
         | 'ReadChunks' >> beam.ParDo(
             _ReadLineChunksFn(self._chunk_lines, self._max_line_bytes)))

@@ -1,15 +1,16 @@
 """The values that flow between the DoFns.
 
-Lines of input travel as a `LineChunk`, then, parsed, as a `RecordChunk`,
-then, tokenized, as a `TokenChunk` (arrays, not one object per record);
-at any step a line or record may leave as a `Rejected` with a reason code.
+Lines of input travel as a `LineChunk` (rows of a Parquet file as a
+`RowChunk`), then, parsed, as a `RecordChunk`, then, tokenized, as a
+`TokenChunk` (arrays, not one object per record); at any step a line, row
+or record may leave as a `Rejected` with a reason code.
 Stats travel as flat `{name: count}` dicts that `SumStatsFn` adds up (see
 transforms/stats.py).
 """
 
 import itertools
 import json
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -30,64 +31,167 @@ class LineChunk(NamedTuple):
   lines: List[Tuple[int, bytes, int]]
 
 
+class RowChunk(NamedTuple):
+  """Consecutive rows of one Parquet file, as Arrow columns.
+
+  `rows` is a pyarrow RecordBatch of the columns a record may read (the
+  others are never read); its row i is row `first_row_number + i` of the
+  file (1-based). `input_bytes`: the share of the file's bytes these rows
+  stand for, for the progress line.
+  """
+  source: str
+  first_row_number: int
+  rows: Any
+  input_bytes: int
+
+
 class RecordChunk(NamedTuple):
   """Parsed records of one source, as parallel lists.
 
   A prompt/output record has its `prompts` and `outputs` entries and None
   in `conversations`; a chat record the reverse (a `chat_records.Conversation`).
-  `lines` are the records' input lines (UTF-8 bytes), kept (not copied) so
-  that a later step can still show a rejected record's line.
+  `numbers` are the records' line numbers (JSON lines) or row numbers
+  (Parquet), 1-based. `inputs` are what a rejection by a later step shows
+  of each record: its input line (UTF-8 bytes, kept, not copied), or, for
+  a Parquet chunk, its row's index in `rows`, the chunk's RecordBatch.
   """
   source: str
-  line_numbers: List[Optional[int]]
+  numbers: List[Optional[int]]
   example_ids: List[str]
   prompts: List[Optional[str]]
   outputs: List[Optional[str]]
   conversations: list
-  lines: List[bytes]
+  inputs: list
+  rows: Any = None
 
   @staticmethod
-  def empty(source: str) -> 'RecordChunk':
-    return RecordChunk(source, [], [], [], [], [], [])
+  def empty(source: str, rows=None) -> 'RecordChunk':
+    """A chunk without records; `rows`: the RecordBatch of a Parquet chunk."""
+    return RecordChunk(source, [], [], [], [], [], [], rows)
 
-  def add(self, line_number, example_id, line, prompt=None, output=None,
+  def add(self, number, example_id, raw_input, prompt=None, output=None,
           conversation=None):
-    self.line_numbers.append(line_number)
+    """Appends a record; `raw_input` as `inputs` holds it (line bytes or
+    row index)."""
+    self.numbers.append(number)
     self.example_ids.append(example_id)
     self.prompts.append(prompt)
     self.outputs.append(output)
     self.conversations.append(conversation)
-    self.lines.append(line)
+    self.inputs.append(raw_input)
 
   def subset(self, indices) -> 'RecordChunk':
     """The records at `indices`, in that order."""
-    return RecordChunk(self.source,
-                       *([column[i] for i in indices] for column in self[1:]))
+    lists = ([column[i] for i in indices] for column in (
+        self.numbers, self.example_ids, self.prompts, self.outputs,
+        self.conversations, self.inputs))
+    return RecordChunk(self.source, *lists, rows=self.rows)
 
   def reject(self, index: int, reason: str, message: str) -> 'Rejected':
     """Record `index` as a Rejected with this reason."""
-    return Rejected.capped(self.source, self.line_numbers[index], reason,
-                           message, self.lines[index].decode('utf-8'))
+    if self.rows is None:
+      return Rejected.capped(self.source, self.numbers[index], reason,
+                             message, self.inputs[index].decode('utf-8'))
+    return rejected_row(self.source, self.numbers[index], reason, message,
+                        self.rows, self.inputs[index])
 
 
 class Rejected(NamedTuple):
+  """A record that is not written, and why. A line's `line_number` (None
+  for a Pub/Sub message), or a Parquet row's `row_number` (1-based, and
+  `line_number` None); `raw`: the line, or the row as a JSON line (see
+  `row_as_json`), cut at MAX_RAW_CHARS."""
   source: str
   line_number: Optional[int]
   reason: str
   message: str
   raw: str
+  row_number: Optional[int] = None
 
   @staticmethod
   def capped(source: str, line_number: Optional[int], reason: str,
-             message: str, raw: str) -> 'Rejected':
+             message: str, raw: str,
+             row_number: Optional[int] = None) -> 'Rejected':
     """A Rejected whose message and raw line are cut to MAX_MESSAGE_CHARS
     and MAX_RAW_CHARS: a rejected file stays a few KB per line whatever
     the line or the options."""
     return Rejected(source, line_number, reason,
-                    _cut(message, MAX_MESSAGE_CHARS), _cut(raw, MAX_RAW_CHARS))
+                    _cut(message, MAX_MESSAGE_CHARS), _cut(raw, MAX_RAW_CHARS),
+                    row_number)
 
   def to_json(self) -> str:
-    return json.dumps(self._asdict(), ensure_ascii=False)
+    """One line of rejected-*.jsonl: source, line_number or row_number,
+    reason, message, raw."""
+    where = (('line_number', self.line_number) if self.row_number is None
+             else ('row_number', self.row_number))
+    return json.dumps(dict([('source', self.source), where,
+                            ('reason', self.reason),
+                            ('message', self.message), ('raw', self.raw)]),
+                      ensure_ascii=False)
+
+
+def rejected_row(source: str, row_number: int, reason: str, message: str,
+                 rows, index: int) -> Rejected:
+  """Row `index` of the RecordBatch `rows` (row `row_number` of `source`)
+  as a Rejected with this reason."""
+  return Rejected.capped(source, None, reason, message,
+                         row_as_json(rows, index), row_number)
+
+
+def without_nulls(value):
+  """A value read from Parquet with every null-valued key dropped, at
+  every depth. Arrow gives a struct every field of its type, null where a
+  row has none (the fields other rows had: `tool_calls`, `weight`, other
+  tools' parameters), so a key that is null reads as a key that is
+  absent."""
+  if isinstance(value, dict):
+    return {key: without_nulls(item) for key, item in value.items()
+            if item is not None}
+  if isinstance(value, list):
+    return [without_nulls(item) for item in value]
+  return value
+
+
+class NotUtf8:
+  """A Parquet value whose string bytes are not UTF-8: `error` says where;
+  str() shows a string's bytes with U+FFFD for the bad ones."""
+
+  def __init__(self, error: str, text: str):
+    self.error = error
+    self._text = text
+
+  def __str__(self) -> str:
+    return self._text
+
+
+def _python_value(scalar):
+  """One Arrow scalar as column_values gives it."""
+  try:
+    return scalar.as_py(maps_as_pydicts='lossy')
+  except UnicodeDecodeError as error:
+    # A string scalar shows its bytes; a nested value only that it is bad.
+    text = (scalar.as_buffer().to_pybytes().decode('utf-8', 'replace')
+            if hasattr(scalar, 'as_buffer') else '[not UTF-8]')
+    return NotUtf8(str(error), text)
+
+
+def column_values(column) -> list:
+  """The Python values of an Arrow array: null as None, maps as dicts, and
+  a value holding a string that is not UTF-8 as a NotUtf8 (Arrow does not
+  check the bytes of a Parquet string; Python does, when it decodes)."""
+  try:
+    return column.to_pylist(maps_as_pydicts='lossy')
+  except UnicodeDecodeError:
+    return [_python_value(scalar) for scalar in column]
+
+
+def row_as_json(rows, index: int) -> str:
+  """Row `index` of a RecordBatch as the JSON line it reads as: its
+  non-null columns, nulls dropped (`without_nulls`); values JSON has no
+  type for (bytes, dates, NotUtf8) as their str()."""
+  row = {name: column_values(column.slice(index, 1))[0]
+         for name, column in zip(rows.schema.names, rows.columns)}
+  return json.dumps(without_nulls(row), ensure_ascii=False, default=str)
 
 
 def _cut(text: str, limit: int) -> str:

@@ -1,8 +1,12 @@
 """The output schema: one `tf.train.Example` per batch, and its features
-per layout (the names of the files a run writes: transforms/filenames.py).
+per layout; or, with --output_format parquet, one Parquet row per example
+(padded layout) or per packed row (packed layout), and its columns. (The
+names of the files a run writes: transforms/filenames.py.)
 
-Writers and readers both import this module; nothing else names a feature.
-Turning a batch into Example bytes and back is transforms/example_codec.py.
+Writers and readers both import this module; nothing else names a feature
+or a column. Turning a batch into Example bytes and back is
+transforms/example_codec.py; into Parquet rows and back,
+transforms/parquet_shards.py.
 
 Every Example holds one batch of B rows and width L. Padded layout (one
 record per row, right-padded):
@@ -49,6 +53,32 @@ LAYOUTS = {
 MATRIX_FEATURES = LAYOUTS['padded'].matrix
 ROW_FEATURES = LAYOUTS['padded'].vectors
 
+# The Parquet columns of each layout, with their types; rows of a batch are
+# consecutive, in the batch's row order, with the same `batch` number.
+# Padded: one row per example, its spec row without padding (prompt +
+# output - 1 positions), and the width its batch is padded to. Packed: one
+# row per packed row, every list pack_length long (padding included), but
+# example_ids, prompt_lengths and output_lengths: one per example in it.
+BATCH_COLUMN = 'batch'
+PARQUET_COLUMNS = {
+    'padded': {
+        BATCH_COLUMN: 'int32', 'example_id': 'string',
+        'input_ids': 'list<int32>', 'labels': 'list<int32>',
+        'response_mask': 'list<bool>', 'prompt_length': 'int32',
+        'output_length': 'int32', 'batch_width': 'int32'},
+    'packed': {
+        BATCH_COLUMN: 'int32', 'example_ids': 'list<string>',
+        'input_ids': 'list<int32>', 'labels': 'list<int32>',
+        'response_mask': 'list<bool>', 'segment_ids': 'list<int32>',
+        'positions': 'list<int32>', 'prompt_lengths': 'list<int32>',
+        'output_lengths': 'list<int32>'},
+}
+
+
+def describe_columns(layout: str = 'padded') -> dict:
+  """The Parquet columns for dataset_info.json: {name: {'dtype': ...}}."""
+  return {name: {'dtype': dtype}
+          for name, dtype in PARQUET_COLUMNS[layout].items()}
 
 
 def describe_features(layout: str = 'padded') -> dict:

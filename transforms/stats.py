@@ -8,7 +8,8 @@ Every step that learns something emits a flat `{name: count}` dict on its
                    live tally the CLI prints while a local run goes
                    (pipeline/progress.py).
 Names (the keys with a `/` are built and read here only):
-  lines, blank_lines, input_bytes          from the parser, per chunk
+  lines, blank_lines, rows, input_bytes    from the parsers, per chunk
+                                           (rows: of Parquet files)
   rejected/<reason>                        one per rejected record
                                            (rejection_stats)
   truncated, records_with_special_token_text,
@@ -132,7 +133,8 @@ def summarize(stats: dict) -> dict:
     if name.startswith('bucket/'):
       _, boundary, what = name.split('/')
       buckets[int(boundary)][what] = count
-  records_in = stats.get('lines', 0) - stats.get('blank_lines', 0)
+  records_in = (stats.get('lines', 0) - stats.get('blank_lines', 0) +
+                stats.get('rows', 0))
   examples = stats.get('records_written', 0)
   # A per_turn chat record is written as one example per learned turn.
   written = examples - stats.get('chat_extra_rows', 0)
@@ -141,6 +143,7 @@ def summarize(stats: dict) -> dict:
   return {
       'lines': stats.get('lines', 0),
       'blank_lines': stats.get('blank_lines', 0),
+      'rows': stats.get('rows', 0),
       'records_in': records_in,
       'records_written': written,
       'examples_written': examples,
