@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from sftbeam.pipeline.readers import numpy_batch
 from sftbeam.transforms import example_codec, schema
-from sftbeam.transforms.sft import pad_shift_mask
+from sftbeam.transforms.spec_arithmetic import pad_shift_mask
 from token_chunks import pairs_chunk
 
 

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from sftbeam.transforms.read import iter_lines
 from sftbeam.transforms.records import MAX_RAW_CHARS
-from sftbeam.transforms.sft import pad_shift_mask
-from sftbeam.transforms.sft import TRUNCATION_MODES
+from sftbeam.transforms.spec_arithmetic import pad_shift_mask
+from sftbeam.transforms.spec_arithmetic import TRUNCATION_MODES
 from sftbeam.transforms.tokenize import fit_lengths
 from token_chunks import pairs_chunk
 

@@ -5,7 +5,7 @@ import pytest
 
 from fake_tokenizer import WordIdTokenizer
 from sftbeam import tokenize_prompt_and_output
-from sftbeam.transforms.sft import pad_shift_mask
+from sftbeam.transforms.spec_arithmetic import pad_shift_mask
 from token_chunks import pairs_chunk
 
 F, T = False, True
