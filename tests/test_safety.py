@@ -234,7 +234,7 @@ def add_user_files(directory):
       handle.write(data)
 
 
-def read_record(output_dir) -> dict:
+def read_manifest(output_dir) -> dict:
   with open(os.path.join(output_dir, filenames.MANIFEST),
             encoding='utf-8') as handle:
     return json.load(handle)
@@ -244,7 +244,7 @@ OLD_WORK_DIR = filenames.work_dir_name('20250101T000000Z-0123abcd')
 
 
 def standin_earlier_run(output_dir):
-  """A directory with what an earlier run left there, as its record names
+  """A directory with what an earlier run left there, as its manifest names
   it (dataset_info.json, a shard), and the user's notes.txt."""
   output_dir.mkdir()
   files = ['batches-00000-of-00001.tfrecord', filenames.INFO]  # sorted
@@ -252,11 +252,11 @@ def standin_earlier_run(output_dir):
     (output_dir / name).write_bytes(b'earlier run')
   (output_dir / 'notes.txt').write_bytes(b'keep me')
   # As an earlier version wrote it: with the (empty) name_lists it had.
-  record = {'run_id': 'earlier', 'owner': None, 'state': 'complete',
-            'files': files, 'work_dir': None, 'name_lists': [],
-            'sftbeam_version': '0.2.0'}
+  manifest = {'run_id': 'earlier', 'owner': None, 'state': 'complete',
+              'files': files, 'work_dir': None, 'name_lists': [],
+              'sftbeam_version': '0.2.0'}
   (output_dir / filenames.MANIFEST).write_text(
-      json.dumps(record, indent=2, sort_keys=True))
+      json.dumps(manifest, indent=2, sort_keys=True))
 
 
 @pytest.fixture(scope='module')
@@ -269,7 +269,7 @@ def earlier_run(tmp_path_factory):
 
 
 def copy_of(earlier_run, tmp_path):
-  """A copy of the earlier run's directory (its record names files
+  """A copy of the earlier run's directory (its manifest names files
   relative to it, so a copy is recorded as well)."""
   output_dir = tmp_path / 'out'
   shutil.copytree(earlier_run, output_dir)
@@ -279,7 +279,7 @@ def copy_of(earlier_run, tmp_path):
 @pytest.mark.slow
 def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
   output_dir = copy_of(earlier_run, tmp_path)
-  first = read_record(output_dir)
+  first = read_manifest(output_dir)
   add_user_files(output_dir)
   result = run(SAMPLE, output_dir, '--overwrite', '--num_shards', '2')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -287,7 +287,7 @@ def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
   for name, data in USER_FILES.items():
     assert after[name] == data  # byte for byte
   info = load_dataset_info(str(output_dir))
-  second = read_record(output_dir)
+  second = read_manifest(output_dir)
   assert second['run_id'] != first['run_id']
   written = sorted([shard['name'] for shard in info['shards']] +
                    info['rejected_files'] + [filenames.INFO])
@@ -310,7 +310,7 @@ def later_run(tmp_path_factory):
 def test_a_failed_overwrite_leaves_the_earlier_run_as_it_was(
     earlier_run, gsm8k_head, tmp_path, capsys):
   """A new run that fails (here a cut input, found mid-run) changes nothing:
-  the earlier run, its record and the user's files stay byte for byte, and
+  the earlier run, its manifest and the user's files stay byte for byte, and
   read (before: the earlier run was deleted before the new one started)."""
   output_dir = copy_of(earlier_run, tmp_path)
   add_user_files(output_dir)
@@ -394,7 +394,7 @@ def test_a_kill_at_any_point_of_overwrite_leaves_one_whole_run(
     assert readable_run(output_dir, runs) == 'new'
     assert sorted(os.listdir(output_dir)) == sorted(
         list(runs['new']) + [filenames.MANIFEST])
-    assert read_record(output_dir)['files'] == sorted(runs['new'])
+    assert read_manifest(output_dir)['files'] == sorted(runs['new'])
   assert seen[0] == 'earlier' and seen[-1] == 'new' and None in seen, seen
   assert seen == sorted(seen, key=[ 'earlier', None, 'new'].index), seen
 
@@ -421,7 +421,7 @@ def test_a_file_added_meanwhile_under_a_new_runs_name_stops_the_swap(tmp_path):
 @pytest.mark.slow
 def test_an_orphaned_work_directory_is_removed_by_the_next_run(
     earlier_run, tmp_path, capsys):
-  """A work directory that no record names (its run killed between
+  """A work directory that no manifest names (its run killed between
   recording itself complete and removing it, as earlier versions did) is
   sftbeam's by its name: the next --overwrite run removes it (before: kept
   for ever). A directory merely starting like one stays."""
@@ -470,7 +470,7 @@ def test_gs_output_holding_what_an_input_pattern_matches_is_refused(
 
 def test_unrecorded_file_under_a_name_sftbeam_writes_is_refused(tmp_path,
                                                                 capsys):
-  """A dataset_info.json no record names (an older sftbeam's, or a user's):
+  """A dataset_info.json no manifest names (an older sftbeam's, or a user's):
   --overwrite refuses rather than replace it."""
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
@@ -508,7 +508,7 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
   assert tree(output_dir) == before
 
 
-@pytest.mark.parametrize('record', [
+@pytest.mark.parametrize('manifest', [
     {'files': ['../victim.txt'], 'work_dir': None, 'name_lists': []},
     {'files': ['{tmp}/victim.txt'], 'work_dir': None, 'name_lists': []},
     {'files': [], 'work_dir': '../victim', 'name_lists': []},
@@ -517,7 +517,7 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
     {'files': 'notes.txt'},
     # A file of the user's, not of a kind sftbeam writes.
     {'files': ['notes.txt'], 'work_dir': None, 'name_lists': []},
-    # Lists of names that records of earlier versions kept in the work
+    # Lists of names that manifests of earlier versions kept in the work
     # directory: never read from outside it (this one names notes.txt).
     {'files': [], 'work_dir': OLD_WORK_DIR, 'name_lists': ['{tmp}/names.json']},
     {'files': [], 'work_dir': OLD_WORK_DIR,
@@ -525,8 +525,8 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
 ], ids=['dotdot-file', 'absolute-file', 'dotdot-work-dir', 'other-work-dir',
         'files-not-a-list', 'users-file', 'absolute-name-list',
         'dotdot-name-list'])
-def test_record_naming_other_paths_is_refused(record, tmp_path, capsys):
-  """Whatever a record says, only sftbeam's own entries of the directory
+def test_manifest_naming_other_paths_is_refused(manifest, tmp_path, capsys):
+  """Whatever a manifest says, only sftbeam's own entries of the directory
   go, and nothing outside it is read."""
   (tmp_path / 'victim.txt').write_bytes(b'safe')
   (tmp_path / 'victim').mkdir()
@@ -536,11 +536,11 @@ def test_record_naming_other_paths_is_refused(record, tmp_path, capsys):
   (output_dir / 'notes.txt').write_bytes(b'safe')
   (output_dir / OLD_WORK_DIR).mkdir()
   (output_dir / filenames.MANIFEST).write_text(
-      json.dumps(record).replace('{tmp}', str(tmp_path)))
+      json.dumps(manifest).replace('{tmp}', str(tmp_path)))
   before = tree(tmp_path)
   line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
                         2)
-  assert 'is not a record sftbeam can read' in line
+  assert 'is not a manifest sftbeam can read' in line
   assert tree(tmp_path) == before
 
 
@@ -583,18 +583,18 @@ def test_a_lock_file_that_is_not_a_plain_file_is_refused(kind, tmp_path,
 def make_link(case: str, output_dir, outside):
   """Replaces or adds in `output_dir` an entry of this case: a link, or
   another kind of file, where sftbeam writes, reads or deletes."""
-  if case == 'record-temp-link':
+  if case == 'manifest-temp-link':
     os.symlink(outside / 'victim.txt',
                output_dir / (filenames.MANIFEST + '.incomplete'))
-  elif case == 'record-link':
-    record = outside / 'record.json'
-    os.rename(output_dir / filenames.MANIFEST, record)
-    os.symlink(record, output_dir / filenames.MANIFEST)
-  elif case == 'record-directory':
+  elif case == 'manifest-link':
+    manifest = outside / 'manifest.json'
+    os.rename(output_dir / filenames.MANIFEST, manifest)
+    os.symlink(manifest, output_dir / filenames.MANIFEST)
+  elif case == 'manifest-directory':
     os.remove(output_dir / filenames.MANIFEST)
     os.mkdir(output_dir / filenames.MANIFEST)
-  elif case in ('recorded-shard-link', 'recorded-info-link'):
-    name = ('batches-00000-of-00001.tfrecord' if case == 'recorded-shard-link'
+  elif case in ('listed-shard-link', 'listed-info-link'):
+    name = ('batches-00000-of-00001.tfrecord' if case == 'listed-shard-link'
             else filenames.INFO)
     os.remove(output_dir / name)
     os.symlink(outside / 'victim.txt', output_dir / name)
@@ -602,8 +602,8 @@ def make_link(case: str, output_dir, outside):
     os.symlink(outside / 'victim-dir', output_dir / OLD_WORK_DIR)
 
 
-LINK_CASES = ['record-temp-link', 'record-link', 'record-directory',
-              'recorded-shard-link', 'recorded-info-link', 'work-dir-link']
+LINK_CASES = ['manifest-temp-link', 'manifest-link', 'manifest-directory',
+              'listed-shard-link', 'listed-info-link', 'work-dir-link']
 
 
 @pytest.mark.parametrize('case', LINK_CASES)
@@ -611,7 +611,7 @@ def test_links_where_sftbeam_writes_or_deletes_are_refused(case, tmp_path,
                                                           capsys):
   """--overwrite over an earlier run: a link, or a file of another kind,
   under a name sftbeam would write, read or delete is refused, naming it
-  (before: the record's temp file was written through, the record read
+  (before: the manifest's temp file was written through, the manifest read
   through a link, a recorded link deleted and replaced, a link named like
   a work directory kept)."""
   (tmp_path / 'victim.txt').write_bytes(OUTSIDE)
@@ -629,7 +629,7 @@ def test_links_where_sftbeam_writes_or_deletes_are_refused(case, tmp_path,
 
 
 def test_atomic_write_never_writes_through_a_link(tmp_path):
-  """dataset_info.json and the record (and a streaming run's window
+  """dataset_info.json and the manifest (and a streaming run's window
   stats): the temp file is created new, never through a link there; a link
   at the final name is replaced, not written through; a temp file left by
   a killed write is replaced."""
@@ -692,7 +692,7 @@ def test_a_streaming_runs_files_are_listed_in_a_directory_named_like_a_glob(
 HOLD_LOCK = """
 import sys, time
 from sftbeam.pipeline import run_lock
-lock = run_lock.acquire(sys.argv[1], run_lock.owner_record('holder-run'))
+lock = run_lock.acquire(sys.argv[1], run_lock.new_owner('holder-run'))
 print('locked', flush=True)
 time.sleep(600)
 """
@@ -807,23 +807,23 @@ def _dead_pid() -> int:
 
 def test_gcs_lock_is_exclusive_and_released():
   client = _FakeClient()
-  first = run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('one'),
+  first = run_lock.acquire('gs://b/sft/run1', run_lock.new_owner('one'),
                            client)
   stored = client.bucket('b').objects['sft/run1/' + filenames.LOCK]
   assert json.loads(stored[0])['run_id'] == 'one'
   with pytest.raises(run_lock.OutputLocked, match='in use by run one'):
-    run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('two'), client)
+    run_lock.acquire('gs://b/sft/run1', run_lock.new_owner('two'), client)
   # Another directory of the same bucket is not locked.
-  run_lock.acquire('gs://b/sft/run2', run_lock.owner_record('two'), client)
+  run_lock.acquire('gs://b/sft/run2', run_lock.new_owner('two'), client)
   first.release()
-  run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('two'), client)
+  run_lock.acquire('gs://b/sft/run1', run_lock.new_owner('two'), client)
 
 
 def test_gcs_lock_of_a_dead_owner_here_is_taken_over():
   client = _FakeClient()
-  dead = dict(run_lock.owner_record('dead-run'), pid=_dead_pid())
+  dead = dict(run_lock.new_owner('dead-run'), pid=_dead_pid())
   run_lock.acquire('gs://b/out', dead, client)
-  lock = run_lock.acquire('gs://b/out', run_lock.owner_record('new'), client)
+  lock = run_lock.acquire('gs://b/out', run_lock.new_owner('new'), client)
   stored = client.bucket('b').objects['out/' + filenames.LOCK]
   assert json.loads(stored[0])['run_id'] == 'new'
   lock.release()
@@ -832,17 +832,17 @@ def test_gcs_lock_of_a_dead_owner_here_is_taken_over():
 
 def test_gcs_lock_of_another_host_is_not_taken_over():
   client = _FakeClient()
-  elsewhere = dict(run_lock.owner_record('far-run'), pid=_dead_pid(),
+  elsewhere = dict(run_lock.new_owner('far-run'), pid=_dead_pid(),
                    host='another-host')
   run_lock.acquire('gs://b/out', elsewhere, client)
   with pytest.raises(run_lock.OutputLocked,
                      match=r'far-run .*another-host.*delete gs://b/out/'):
-    run_lock.acquire('gs://b/out', run_lock.owner_record('new'), client)
+    run_lock.acquire('gs://b/out', run_lock.new_owner('new'), client)
 
 
 def test_gcs_lock_release_leaves_a_lock_taken_over_meanwhile():
   client = _FakeClient()
-  mine = run_lock.acquire('gs://b/out', run_lock.owner_record('mine'), client)
+  mine = run_lock.acquire('gs://b/out', run_lock.new_owner('mine'), client)
   objects = client.bucket('b').objects
   name = 'out/' + filenames.LOCK
   objects[name] = (b'{"run_id": "theirs"}', 99)
