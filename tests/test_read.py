@@ -1,8 +1,14 @@
 """transforms/read.py: lines of an input file."""
 
 import io
+from unittest import mock
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sftbeam.transforms.read import iter_lines
+from sftbeam.transforms.records import MAX_RAW_CHARS
+from strategies import EXAMPLES
 
 
 def test_iter_lines_strips_newlines_and_caps_long_lines():
@@ -15,3 +21,34 @@ def test_iter_lines_long_line_across_blocks(monkeypatch):
   monkeypatch.setattr('sftbeam.transforms.read._READ_BLOCK_BYTES', 4)
   lines = list(iter_lines(io.BytesIO(b'0123456789abc\nok\n'), 5))
   assert lines == [(b'01234', 13), (b'ok', 2)]
+
+
+line_contents = st.lists(
+    st.tuples(st.binary(max_size=30).map(
+        lambda data: data.replace(b'\n', b'').replace(b'\r', b'')),
+              st.booleans()),  # CRLF?
+    max_size=10)
+
+
+@EXAMPLES
+@given(lines=line_contents, final_newline=st.booleans(),
+       max_line_bytes=st.integers(1, 25), block_bytes=st.integers(1, 16))
+def test_iter_lines_properties(lines, final_newline, max_line_bytes,
+                               block_bytes):
+  data = b''.join(content + (b'\r\n' if crlf else b'\n')
+                  for content, crlf in lines)
+  if lines and not final_newline:
+    data = data[:-2 if lines[-1][1] else -1]
+  with mock.patch('sftbeam.transforms.read._READ_BLOCK_BYTES', block_bytes):
+    got = list(iter_lines(io.BytesIO(data), max_line_bytes))
+  if lines and not final_newline and not lines[-1][0]:
+    lines = lines[:-1]  # "a\n" + "" is one line, not two
+  assert len(got) == len(lines)
+  for (content, crlf), (line, total) in zip(lines, got):
+    if len(content) <= max_line_bytes:
+      assert (line, total) == (content, len(content))
+    else:
+      # Over the limit whatever the block boundaries; only a prefix kept.
+      assert line == content[:min(max_line_bytes, MAX_RAW_CHARS)]
+      assert total in ((len(content), len(content) + 1) if crlf
+                       else (len(content),))

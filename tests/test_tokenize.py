@@ -5,12 +5,16 @@ import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import beam_test_pipeline, dofn_outputs
 from sftbeam.transforms.records import RecordChunk
+from sftbeam.transforms.spec_arithmetic import TRUNCATION_MODES
 from sftbeam.transforms.tokenize import (TokenizeRecords, TokenizeSettings,
                                          fit_lengths)
 from sftbeam.transforms.tokenizer_source import EMBEDDED
+from strategies import EXAMPLES, token_ids
 
 
 SETTINGS = TokenizeSettings(tokenizer=EMBEDDED, max_seq_len=16)
@@ -98,3 +102,40 @@ def test_fit_lengths_truncates(mode, prompt_start, output_end):
                                                        output_end)
   assert fit.truncated.tolist() == [True]
   assert fit.does_not_fit.tolist() == [0]
+
+
+@EXAMPLES
+@given(prompt=token_ids.filter(bool), output=token_ids.filter(bool),
+       max_seq_len=st.integers(1, 60), mode=st.sampled_from(TRUNCATION_MODES))
+def test_fit_lengths_properties(prompt, output, max_seq_len, mode):
+  fits = len(prompt) + len(output) - 1 <= max_seq_len
+  fit = fit_lengths(np.array([len(prompt)]), np.array([len(output)]),
+                    max_seq_len, mode)
+  if fit.does_not_fit[0]:
+    assert not fits
+    expected = {'none': 1,  # too_long
+                'output_right': 2,  # prompt_too_long
+                'prompt_left': 3}[mode]  # output_too_long
+    assert fit.does_not_fit[0] == expected
+    # Only a record that truncation cannot save is rejected.
+    if mode == 'output_right':
+      assert len(prompt) > max_seq_len
+    if mode == 'prompt_left':
+      assert len(output) > max_seq_len
+    return
+  new_prompt = prompt[fit.prompt_start[0]:]
+  new_output = output[:fit.output_end[0]]
+  assert fit.truncated[0] == (not fits)
+  if fits:
+    assert (list(new_prompt), list(new_output)) == (prompt, output)
+    return
+  assert mode != 'none'
+  # Truncation keeps as much as fits: L is exactly max_seq_len.
+  assert len(new_prompt) + len(new_output) - 1 == max_seq_len
+  assert new_prompt and new_output
+  if mode == 'output_right':
+    assert list(new_prompt) == prompt
+    assert list(new_output) == output[:len(new_output)]
+  else:
+    assert list(new_output) == output
+    assert list(new_prompt) == prompt[len(prompt) - len(new_prompt):]
