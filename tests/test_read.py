@@ -1,12 +1,16 @@
-"""transforms/read.py: lines of an input file."""
+"""transforms/read.py: lines of an input file, whole or refused."""
 
 import io
 from unittest import mock
 
+import pytest
+from apache_beam.io.filesystem import CompressionTypes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sftbeam.transforms.read import iter_lines
+from compressed_inputs import COMPRESSORS, RECORDS_PER_FILE
+from sftbeam.transforms.read import (CorruptInputError, DecompressingReader,
+                                     corrupt_input_message, iter_lines)
 from sftbeam.transforms.records import MAX_RAW_CHARS
 from strategies import EXAMPLES
 
@@ -52,3 +56,32 @@ def test_iter_lines_properties(lines, final_newline, max_line_bytes,
       assert line == content[:min(max_line_bytes, MAX_RAW_CHARS)]
       assert total in ((len(content), len(content) + 1) if crlf
                        else (len(content),))
+
+
+def test_every_cut_point_is_refused(gsm8k_head):
+  """The reader itself, at many cut points of every compression."""
+  kinds = {'gz': CompressionTypes.GZIP, 'bz2': CompressionTypes.BZIP2,
+           'deflate': CompressionTypes.DEFLATE, 'xz': CompressionTypes.LZMA,
+           'lzma': CompressionTypes.LZMA, 'zst': CompressionTypes.ZSTD,
+           'zstd': CompressionTypes.ZSTD}
+  for extension, compress in COMPRESSORS.items():
+    data = compress(gsm8k_head)
+    whole = list(iter_lines(DecompressingReader(io.BytesIO(data),
+                                                kinds[extension], 'f'), 1000))
+    assert len(whole) == RECORDS_PER_FILE
+    for cut in sorted({0, 1, 10, len(data) - 1} |
+                      set(range(0, len(data), max(1, len(data) // 16)))):
+      reader = DecompressingReader(io.BytesIO(data[:cut]), kinds[extension],
+                                   'f')
+      with pytest.raises(CorruptInputError, match='f is cut short'):
+        list(iter_lines(reader, 1000))
+
+
+def test_error_text_from_a_worker_becomes_one_line():
+  """Raised in another process, only the traceback's text reaches the CLI."""
+  remote_text = ('Traceback (most recent call last):\n  File "x.py"\n'
+                 'sftbeam.transforms.read.CorruptInputError: input a.gz is '
+                 "cut short [while running 'ReadInput/ReadChunks']\n")
+  assert corrupt_input_message(RuntimeError(remote_text)) == (
+      'input a.gz is cut short')
+  assert corrupt_input_message(RuntimeError('something else')) is None
