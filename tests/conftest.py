@@ -16,6 +16,8 @@ sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 SAMPLE = os.path.join(ROOT, 'examples', 'sample.jsonl')
 SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
+# The fast set's guard: no pipeline, no TensorFlow unless marked slow.
+pytest_plugins = ['fast_set']
 
 
 def shared_data(name: str) -> str:

@@ -19,7 +19,6 @@ import subprocess
 import time
 
 import pytest
-import tensorflow as tf
 
 from conftest import ROOT, SFTBEAM, shared_data
 from output_rows import rows_by_id, run_files
@@ -111,6 +110,7 @@ def assert_final_shards_whole(output_dir):
   """A file under a final shard name is always complete: fileio writes it
   in a temp directory and moves it when closed (in the run's work
   directory, whence the finished run is moved into place)."""
+  import tensorflow as tf
   for name in fnmatch.filter(files_under(output_dir),
                              STAGED_SHARD) + fnmatch.filter(
                                  os.listdir(output_dir),

@@ -1,6 +1,7 @@
 """transforms/parse.py: JSON lines to records, or rejected with a reason."""
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline, dofn_outputs
@@ -57,6 +58,7 @@ def test_rejection_messages_are_capped_whatever_the_field_name():
   assert len(later.message) < MAX_MESSAGE_CHARS + 30
 
 
+@pytest.mark.slow
 def test_parse_lines_in_pipeline():
   chunk = LineChunk('f', [(1, GOOD, len(GOOD)), (2, b'{', 1)])
   with beam_test_pipeline() as root:

@@ -3,6 +3,7 @@
 import os
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline
@@ -13,6 +14,7 @@ from sftbeam.transforms.read_input import ReadInput
 FIELDS = FieldNames()
 
 
+@pytest.mark.slow
 def test_read_line_chunks_in_pipeline(tmp_path):
   for name, count in (('a.jsonl', 5), ('b.jsonl', 2)):
     (tmp_path / name).write_bytes(b''.join(b'%d\n' % i for i in range(count)))

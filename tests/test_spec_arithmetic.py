@@ -112,6 +112,7 @@ def test_tokenizer_without_pad_or_eos():
                                WordIdTokenizer(pad_token_id=None))
 
 
+@pytest.mark.slow
 def test_return_tensors_tf_and_bad_value():
   import tensorflow as tf
   result = tokenize_prompt_and_output(['w1 w2'], ['w3'], WordIdTokenizer(),

@@ -9,6 +9,7 @@ from conftest import beam_test_pipeline
 from sftbeam.transforms.stats import SumStatsFn, padded_batch_stats, summarize
 
 
+@pytest.mark.slow
 def test_sum_stats_directly_and_in_pipeline():
   fn = SumStatsFn()
   accumulator = fn.add_input(fn.create_accumulator(), {'lines': 2})

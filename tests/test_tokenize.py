@@ -60,6 +60,7 @@ def test_tokenize_records_directly(tokenize_fn, qwen):
                               'tokenizer_backend/fastokens': 3}]
 
 
+@pytest.mark.slow
 def test_tokenize_records_in_pipeline(qwen):
   with beam_test_pipeline() as root:
     tokenized = (root | beam.Create([_records(('x', 'a b c', 'd'))])
