@@ -219,7 +219,7 @@ def test_a_failed_overwrite_leaves_the_earlier_run_as_it_was(
     earlier_run, gsm8k_head, tmp_path, capsys):
   """A new run that fails (here a cut input, found mid-run) changes nothing:
   the earlier run, its manifest and the user's files stay byte for byte, and
-  read (before: the earlier run was deleted before the new one started)."""
+  read."""
   output_dir = copy_of(earlier_run, tmp_path)
   add_user_files(output_dir)
   before = tree(output_dir)
@@ -312,8 +312,8 @@ def test_an_orphaned_work_directory_is_removed_by_the_next_run(
     earlier_run, tmp_path, capsys):
   """A work directory that no manifest names (its run killed between
   recording itself complete and removing it, as earlier versions did) is
-  sftbeam's by its name: the next --overwrite run removes it (before: kept
-  for ever). A directory merely starting like one stays."""
+  sftbeam's by its name: the next --overwrite run removes it. A directory
+  merely starting like one stays."""
   output_dir = copy_of(earlier_run, tmp_path)
   orphan = output_dir / OLD_WORK_DIR / 'temp-batches'
   orphan.mkdir(parents=True)
@@ -415,9 +415,8 @@ def make_lock(kind: str, path, outside):
                                   'directory', 'fifo'])
 def test_a_lock_file_that_is_not_a_plain_file_is_refused(kind, tmp_path,
                                                          capsys):
-  """The lock is never written through a link (before: the file outside
-  truncated and written, exit 0), a hard link, into a directory or a FIFO
-  (before: tracebacks)."""
+  """The lock is never written through a link, a hard link, into a
+  directory or a FIFO."""
   (tmp_path / 'victim.txt').write_bytes(OUTSIDE)
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
@@ -458,10 +457,9 @@ LINK_CASES = ['manifest-temp-link', 'manifest-link', 'manifest-directory',
 def test_links_where_sftbeam_writes_or_deletes_are_refused(case, tmp_path,
                                                           capsys):
   """--overwrite over an earlier run: a link, or a file of another kind,
-  under a name sftbeam would write, read or delete is refused, naming it
-  (before: the manifest's temp file was written through, the manifest read
-  through a link, a recorded link deleted and replaced, a link named like
-  a work directory kept)."""
+  under a name sftbeam would write, read or delete is refused, naming it:
+  the manifest's temp file, the manifest, a listed file, a link named like
+  a work directory."""
   (tmp_path / 'victim.txt').write_bytes(OUTSIDE)
   (tmp_path / 'victim-dir').mkdir()
   (tmp_path / 'victim-dir' / 'data.txt').write_bytes(OUTSIDE)
@@ -481,8 +479,7 @@ def test_links_where_sftbeam_writes_or_deletes_are_refused(case, tmp_path,
 @pytest.mark.slow
 def test_an_output_path_with_glob_characters_is_read_back(tmp_path, capsys):
   """`[1]` in --output: the run, an --overwrite over it, the readers,
-  stats and inspect all take the path as it is (before: they matched it
-  as a glob and called the run incomplete)."""
+  stats and inspect all take the path as it is, not as a glob."""
   output_dir = tmp_path / 'runs' / 'run[1]'
   for flags in [(), ('--overwrite', '--num_shards', '2')]:
     result = run_main(capsys, SAMPLE, output_dir, *flags)
