@@ -21,7 +21,7 @@ import sys
 from sftbeam import console
 from sftbeam.pipeline import batch
 from sftbeam.pipeline import config as config_lib
-from sftbeam.pipeline import inspect, report, streaming
+from sftbeam.pipeline import inspect_command, stats_command, streaming
 from sftbeam.pipeline.options import ConfigError, one_line
 from sftbeam.pipeline.output_dir import ReplaceFailed
 from sftbeam.transforms.read import CorruptInputError
@@ -42,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
       'run', help='prepare SFT batches from JSONL records',
       epilog='Any other --flag is passed to Beam as a pipeline option.')
   config_lib.add_option_flags(run)
-  inspect.add_parser(commands)
-  report.add_parser(commands)
+  inspect_command.add_parser(commands)
+  stats_command.add_parser(commands)
   return parser
 
 

@@ -18,7 +18,8 @@ from sftbeam.transforms.chat_records import (INPUT_FORMATS,
                                              RESERVED_TEMPLATE_KWARGS)
 from sftbeam.transforms.chat_rows import CHAT_ROWS, TRAIN_ON
 from sftbeam.transforms.paths import GLOB_CHARACTERS, is_remote
-from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
+from sftbeam.transforms.spec_arithmetic import (SPECIAL_TOKEN_MODES,
+                                                TRUNCATION_MODES)
 from sftbeam.transforms.tokenizer_backend import BACKENDS
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 from sftbeam.transforms.write import OUTPUT_FORMATS, SHARD_COMPRESSIONS

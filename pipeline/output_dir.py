@@ -7,26 +7,26 @@ run replaced only by a complete new one; only sftbeam's own files touched.
 
 Refused before anything changes (ConfigError): an --output that is or
 holds an input file; one another run holds (pipeline.run_lock); one with
-anything in it, unless --overwrite. With --overwrite the directory's record
+anything in it, unless --overwrite. With --overwrite the directory's manifest
 (transforms.manifest) says which files are sftbeam's, and is trusted only
 as far as the directory (plain names of sftbeam's kinds of files). Refused
-too: a file under a name this run would write that no record names
+too: a file under a name this run would write that no manifest names
 (another tool's, an older sftbeam's, a streaming run's window file), and a
 link, or anything but a regular file (a directory for a work directory),
 under a name sftbeam would replace or delete: sftbeam makes no links, and
 never writes or deletes through one. Then the leftovers of dead runs go
-(work directories, whether a record names them or not, and a record's temp
-file), and the record names this run's work directory.
+(work directories, whether a manifest names them or not, and a manifest's temp
+file), and the manifest names this run's work directory.
 
 The earlier run stays whole and readable while the new one runs. `complete`
-then replaces it: the record names both runs' files ("replacing"); the
+then replaces it: the manifest names both runs' files ("replacing"); the
 earlier dataset_info.json goes first, so readers stop accepting the
 directory, then the earlier files; the new files move in, dataset_info.json
-last; the work directory goes; the record names the new files
+last; the work directory goes; the manifest names the new files
 ("complete"). Killed at any point, a run leaves the earlier run readable,
 or the new one, or no dataset_info.json (readers refuse the directory) and
-a record by which the next --overwrite run deletes both runs' files. A run
-that fails deletes its work directory and puts the record back as it was.
+a manifest by which the next --overwrite run deletes both runs' files. A run
+that fails deletes its work directory and puts the manifest back as it was.
 
 A streaming run writes straight into the directory and never ends, so it
 deletes the earlier run when it starts (prepare_streaming_output_dir).
@@ -142,22 +142,22 @@ def _wrong_kind(path: str, wanted: str) -> ConfigError:
       'of file; remove it, or choose another --output')
 
 
-def _read_record(output_dir: str):
-  """The directory's record (transforms.manifest), checked; None if none."""
+def _read_manifest(output_dir: str):
+  """The directory's manifest (transforms.manifest), checked; None if none."""
   path = FileSystems.join(output_dir, filenames.MANIFEST)
-  data = _read_bytes(path, manifest.MAX_RECORD_BYTES + 1)
+  data = _read_bytes(path, manifest.MAX_MANIFEST_BYTES + 1)
   if data is None:
     return None
   try:
-    record = manifest.parse_record(data)
-    if not all(map(filenames.RECORDABLE.fullmatch, record['files'])):
-      raise manifest.UnreadableRecord('it names files sftbeam does not write')
-  except manifest.UnreadableRecord as error:
+    found = manifest.parse_manifest(data)
+    if not all(map(filenames.LISTABLE.fullmatch, found['files'])):
+      raise manifest.UnreadableManifest('it names files sftbeam does not write')
+  except manifest.UnreadableManifest as error:
     raise ConfigError(
-        f'{path} is not a record sftbeam can read ({error}), so sftbeam does '
+        f'{path} is not a manifest sftbeam can read ({error}), so sftbeam does '
         'not know which files there are its own: move the directory\'s files '
         'away, or choose another --output') from None
-  return record
+  return found
 
 
 def _check_kinds(output_dir: str, names):
@@ -194,14 +194,14 @@ def _remove(output_dir: str, names):
 
 class Earlier(NamedTuple):
   """What earlier runs left in a directory."""
-  record: dict  # the directory's record, or None
+  manifest: dict  # the directory's manifest, or None
   files: list  # the files it names that are there
-  leftovers: list  # dead runs' work directories, the record's temp file
+  leftovers: list  # dead runs' work directories, the manifest's temp file
 
 
 def _examine(output_dir: str, overwrite: bool, run_names) -> Earlier:
   """What earlier runs left; refuses (ConfigError) a directory holding
-  anything unless `overwrite`, a file that no record names under a name
+  anything unless `overwrite`, a file that no manifest names under a name
   this run may write (`run_names`, a regex), and a link or a file of
   another kind where sftbeam would delete or replace one."""
   entries = {_top_level(name) for name in _entries(output_dir)}
@@ -213,8 +213,8 @@ def _examine(output_dir: str, overwrite: bool, run_names) -> Earlier:
         f'output directory {output_dir} is not empty ({len(entries)} '
         'entries): pass --overwrite to replace an earlier run, or choose '
         'another --output')
-  record = _read_record(output_dir)
-  files = sorted(entries & set(record['files'] if record else []))
+  found = _read_manifest(output_dir)
+  files = sorted(entries & set(found['files'] if found else []))
   leftovers = sorted(name for name in entries if name == filenames.temp_name(filenames.MANIFEST) or
                      filenames.WORK_DIR.fullmatch(name))
   strangers = sorted(name for name in entries - set(files)
@@ -227,7 +227,7 @@ def _examine(output_dir: str, overwrite: bool, run_names) -> Earlier:
         'output, or someone else\'s file) and which this run would replace or '
         'list as its own: move it away, or choose another --output')
   _check_kinds(output_dir, files + leftovers)
-  return Earlier(record, files, leftovers)
+  return Earlier(found, files, leftovers)
 
 
 class Claim:
@@ -253,7 +253,7 @@ class OutputClaim(Claim):
   directory (`work_dir`), where the run writes its whole output.
 
   Use it as a context manager: a run that raises deletes its work
-  directory and puts the record back (`abandon`), and the lock is released
+  directory and puts the manifest back (`abandon`), and the lock is released
   in any case.
   """
 
@@ -273,15 +273,15 @@ class OutputClaim(Claim):
     """Whether complete() would replace a complete earlier run."""
     return filenames.INFO in self._earlier.files
 
-  def _write_record(self, state: str, files, running: bool):
-    manifest.write_record(self.output_dir, manifest.new_record(
+  def _write_manifest(self, state: str, files, running: bool):
+    manifest.write_manifest(self.output_dir, manifest.new_manifest(
         self.run_id, self._lock.owner, state, files,
         self._work_dir_name if running else None))
 
   def start(self):
     """Records the work directory (beside the earlier run's files), then
     makes it."""
-    self._write_record('running', self._earlier.files, running=True)
+    self._write_manifest('running', self._earlier.files, running=True)
     if not is_remote(self.work_dir):
       os.mkdir(self.work_dir)
 
@@ -315,11 +315,11 @@ class OutputClaim(Claim):
     """Replaces the earlier run's files by this run's (see the module
     docstring). Raises ReplaceFailed: before changing anything, when the
     directory changed meanwhile so that this cannot be done safely; after,
-    when a file operation fails (the record then names both runs' files)."""
+    when a file operation fails (the manifest then names both runs' files)."""
     new_files = self._new_files()
     self._check_unchanged(new_files)
-    self._write_record('replacing', self._earlier.files + new_files,
-                       running=True)
+    self._write_manifest('replacing', self._earlier.files + new_files,
+                         running=True)
     self._replacing = True
     try:
       _remove(self.output_dir, self._earlier.files)
@@ -331,7 +331,7 @@ class OutputClaim(Claim):
           f'moving the new run into {self.output_dir} failed '
           f'({str(error).splitlines()[0][:200]}): run again with '
           '--overwrite') from None
-    self._write_record('complete', new_files, running=False)
+    self._write_manifest('complete', new_files, running=False)
     self._completed = True
 
   def _move_in(self, names):
@@ -342,18 +342,18 @@ class OutputClaim(Claim):
         [FileSystems.join(self.output_dir, name) for name in names])
 
   def abandon(self):
-    """Deletes the work directory and puts the earlier record back as it
+    """Deletes the work directory and puts the earlier manifest back as it
     was (what it names that is gone is gone: a dead run's work directory,
     say); once
     complete() has begun to change the directory, leaves it to the next
-    run (the record names both runs' files)."""
+    run (the manifest names both runs' files)."""
     if self._replacing:
       return
     _remove(self.output_dir, [self._work_dir_name])
-    if self._earlier.record is None:
+    if self._earlier.manifest is None:
       _remove(self.output_dir, [filenames.MANIFEST])
     else:
-      manifest.write_record(self.output_dir, self._earlier.record)
+      manifest.write_manifest(self.output_dir, self._earlier.manifest)
 
   def __exit__(self, exc_type, exc, traceback):
     try:
@@ -390,7 +390,7 @@ def _lock(output_dir: str, inputs, lock):
   if lock is None:
     try:
       lock = run_lock.acquire(output_dir,
-                              run_lock.owner_record(filenames.new_run_id()))
+                              run_lock.new_owner(filenames.new_run_id()))
     except BaseException:
       if created_dir:
         _remove_if_empty(output_dir)
@@ -426,14 +426,14 @@ def prepare_streaming_output_dir(output_dir: str, overwrite: bool,
                                  lock=None) -> Claim:
   """Claims `output_dir` for a streaming run, which writes straight into it:
   the same checks as prepare_output_dir, then (with overwrite) the earlier
-  run's files are deleted now, and the record names the streaming run's
+  run's files are deleted now, and the manifest names the streaming run's
   fixed files. Release the claim when the run ends.
   """
   lock, _ = _lock(output_dir, (), lock)
   try:
     earlier = _examine(output_dir, overwrite, filenames.STREAMING_NAMES)
     _remove(output_dir, earlier.files + earlier.leftovers)
-    manifest.write_record(output_dir, manifest.new_record(
+    manifest.write_manifest(output_dir, manifest.new_manifest(
         lock.owner['run_id'], lock.owner, 'running', _STREAMING_FILES))
   except BaseException:
     lock.release()

@@ -141,7 +141,7 @@ class EpochPart:
 
 
 def run_fingerprint(shards: list) -> str:
-  """A short digest of the run's shards (names, record counts, sha256):
+  """A short digest of the run's shards (names, batch counts, sha256):
   two directories with the same fingerprint give the same batches."""
   listing = json.dumps([[shard.name, shard.records, shard.sha256]
                         for shard in shards])

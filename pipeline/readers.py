@@ -10,16 +10,17 @@ dataset_info.json (written last: without it the run did not finish) of a
 schema version this code reads. Every listed shard must be a shard file
 directly in the directory (no `../`, absolute path, subdirectory, scheme or
 link out of it), listed once, of the listed size. Before a shard's first
-batch is given, the whole shard is read once and its sha256 and record
-count compared with dataset_info.json (and every record's CRCs checked);
-the records are then read again and checked again as they are given. A
-Parquet shard's records are its batches, each rebuilt from its rows as the
-Example bytes of that batch (transforms/parquet_shards.py), so every reader
-reads both formats alike. All readers get their records from one function
+batch is given, the whole shard is read once and its sha256 and count of
+TFRecord records (one Example, one batch, each) compared with
+dataset_info.json (and every TFRecord record's CRCs checked); the Examples
+are then read again and checked again as they are given. A Parquet shard's
+Examples are its batches, each rebuilt from its rows as the Example bytes
+of that batch (transforms/parquet_shards.py), so every reader reads both
+formats alike. All readers get their Examples from one function
 (`serialized_batches`), so they refuse the same things. A run that wrote
 no rows reads as an empty dataset.
 
-Order: shards in listed order, records in file order; with `shuffle`, the
+Order: shards in listed order, batches in file order; with `shuffle`, the
 shard order is a permutation fixed by (seed, epoch) and batches pass through
 a shuffle buffer seeded by the same. DataLoader workers and distributed
 ranks each read one contiguous slice of that sequence. `read_order` owns
@@ -220,7 +221,7 @@ def verified_shards(output_dir: str, info: dict = None) -> list:
 
 
 def _verify_contents(shard: Shard):
-  """Reads the whole shard once: sha256, record count and every CRC."""
+  """Reads the whole shard once: sha256, batch count and every CRC."""
   describe = (parquet_shards.describe_shard
               if filenames.is_parquet_shard(shard.name) else describe_shard)
   try:

@@ -29,7 +29,7 @@ class OutputLocked(ConfigError):
   """Another run holds the output directory."""
 
 
-def owner_record(run_id: str) -> dict:
+def new_owner(run_id: str) -> dict:
   """Who takes a lock: this process, on this host, for run `run_id`."""
   return {'run_id': run_id, 'pid': os.getpid(), 'host': socket.gethostname(),
           'started_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}

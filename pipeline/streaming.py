@@ -104,7 +104,7 @@ def build_streaming_pipeline(root, config, earlier=None):
 
 class EarlierRun(NamedTuple):
   """What an earlier streaming run in the output directory left: its summed
-  stats and its shards' entries (from its window-stats records)."""
+  stats and its shards' entries (from its window-stats files)."""
   stats: dict
   shards: list
 
@@ -114,9 +114,9 @@ def _earlier_run(output_dir: str) -> EarlierRun:
   for path in matching_paths(output_dir, filenames.WINDOW_STATS_PREFIX,
                              filenames.WINDOW_STATS_SUFFIX):
     with FileSystems.open(path) as handle:
-      record = json.loads(handle.read())
-    stats.update(record['stats'])
-    shards += record['shards']
+      window_file = json.loads(handle.read())
+    stats.update(window_file['stats'])
+    shards += window_file['shards']
   return EarlierRun(dict(stats), shards)
 
 
@@ -156,7 +156,7 @@ def prepare_output(config):
   if not config.overwrite and FileSystems.exists(
       FileSystems.join(config.output, filenames.INFO)):
     lock = run_lock.acquire(config.output,
-                            run_lock.owner_record(filenames.new_run_id()))
+                            run_lock.new_owner(filenames.new_run_id()))
   try:
     if lock is not None and _continues_earlier_run(config):
       return _earlier_run(config.output), Claim(config.output, lock)

@@ -22,6 +22,6 @@ def __getattr__(name: str):
   """The public names that load on first use (PEP 562)."""
   if name == 'tokenize_prompt_and_output':
     # pylint: disable=import-outside-toplevel
-    from sftbeam.transforms.sft import tokenize_prompt_and_output
+    from sftbeam.transforms.spec_arithmetic import tokenize_prompt_and_output
     return tokenize_prompt_and_output
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

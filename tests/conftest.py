@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from compressed_inputs import RECORDS_PER_FILE
 from sftbeam.transforms.tokenizer_source import EMBEDDED, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,6 +16,8 @@ sys.path.insert(0, os.path.join(ROOT, 'scripts'))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 SAMPLE = os.path.join(ROOT, 'examples', 'sample.jsonl')
 SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
+# The fast set's guard: no pipeline, no TensorFlow unless marked slow.
+pytest_plugins = ['fast_set']
 
 
 def shared_data(name: str) -> str:
@@ -23,6 +26,13 @@ def shared_data(name: str) -> str:
   if not os.path.exists(path):
     pytest.skip(f'{path} not present')
   return path
+
+
+@pytest.fixture(scope='module')
+def gsm8k_head() -> bytes:
+  """The first RECORDS_PER_FILE lines of gsm8k_test."""
+  with open(shared_data('gsm8k_test.jsonl'), 'rb') as handle:
+    return b''.join(handle.readline() for _ in range(RECORDS_PER_FILE))
 
 
 @pytest.fixture(scope='session')

@@ -3,11 +3,10 @@ own protobufs and parser: the hand-written encoder, and the numpy decoder."""
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from sftbeam.pipeline.readers import numpy_batch
 from sftbeam.transforms import example_codec, schema
-from sftbeam.transforms.sft import pad_shift_mask
+from sftbeam.transforms.spec_arithmetic import pad_shift_mask
 from token_chunks import pairs_chunk
 
 
@@ -24,6 +23,7 @@ def random_batch(seed, rows=7, pad_id=151643, width=None):
 
 def tf_example(features: dict) -> bytes:
   """An Example built through TensorFlow's protobuf API."""
+  import tensorflow as tf
   def feature(values):
     if isinstance(values, list) and all(isinstance(v, bytes) for v in values):
       return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
@@ -40,9 +40,11 @@ def tf_example(features: dict) -> bytes:
 
 # ---------------------------------------------------------------- encoding
 
+@pytest.mark.slow
 @pytest.mark.parametrize('pad_id, width', [(0, None), (151643, 300),
                                            (2**31 - 1, None)])
 def test_serialize_batch_equals_tensorflow_example(pad_id, width):
+  import tensorflow as tf
   arrays, example_ids = random_batch(pad_id, pad_id=pad_id, width=width)
   serialized = example_codec.serialize_batch(arrays, example_ids)
   features = {name: arrays[name]
@@ -57,22 +59,28 @@ def test_serialize_batch_equals_tensorflow_example(pad_id, width):
                                 arrays['response_mask'])
 
 
+@pytest.mark.slow
 def test_varints_match_the_protobuf_encoding():
+  import tensorflow as tf
   values = [0, 1, 127, 128, 300, 16383, 16384, 2**35, 2**63 - 1]
   expected = tf.train.Int64List(value=values).SerializeToString()
   # Int64List: key byte 0x0A, payload length, packed varints.
   assert example_codec._varints(values) == expected[2:]  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_varints_of_every_table_value_match_the_protobuf_encoding():
   """Values below 2**18 are encoded by table lookup; check all of them."""
+  import tensorflow as tf
   values = np.arange(2**18)
   expected = tf.train.Int64List(value=values.tolist()).SerializeToString()
   assert example_codec._varints(values) == expected[4:]  # key, 3-byte length
 
 
+@pytest.mark.slow
 def test_negative_values_are_encoded_as_protobuf_does():
   """Ten bytes of the two's complement, as Int64List writes them."""
+  import tensorflow as tf
   values = [-1, -2**63, 7, -300]
   expected = tf.train.Int64List(value=values).SerializeToString()
   assert example_codec._varints(np.array(values)) == expected[2:]  # pylint: disable=protected-access
@@ -92,8 +100,10 @@ def test_decode_batch_inverts_serialize_batch(seed):
   assert batch['response_mask'].dtype == np.bool_
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('seed', range(3))
 def test_decode_batch_equals_tensorflow_parse(seed):
+  import tensorflow as tf
   arrays, example_ids = random_batch(seed, rows=32)
   serialized = example_codec.serialize_batch(arrays, example_ids)
   parsed = example_codec.parse_batch(tf.constant(serialized))
@@ -104,6 +114,7 @@ def test_decode_batch_equals_tensorflow_parse(seed):
       value.decode() for value in parsed['example_ids'].numpy()]
 
 
+@pytest.mark.slow
 def test_decode_example_reads_any_tensorflow_example():
   """Negative and 64-bit values (10-byte varints), floats, empty lists,
   and features in TensorFlow's own order."""
@@ -119,7 +130,9 @@ def test_decode_example_reads_any_tensorflow_example():
   assert decoded['words'] == [b'a', b'', b'\xff\x00']
 
 
+@pytest.mark.slow
 def test_decode_varints_of_every_table_value():
+  import tensorflow as tf
   values = np.arange(2**18)
   encoded = tf.train.Int64List(value=values.tolist()).SerializeToString()
   np.testing.assert_array_equal(example_codec.decode_varints(encoded, 4), values)
@@ -132,6 +145,7 @@ def test_only_the_named_features_are_decoded():
   assert set(batch) == {'prompt_lengths'}
 
 
+@pytest.mark.slow
 def test_packed_batches_decode_generically():
   """Matrix features reshaped to `shape`, per-example features 1-D; the
   readers add FlashAttention's cu_seqlens (each example, each padding tail
@@ -164,6 +178,7 @@ def test_a_cut_example_is_a_decode_error(cut):
     example_codec.decode_batch(serialized[:-cut])
 
 
+@pytest.mark.slow
 def test_a_matrix_of_the_wrong_size_is_a_decode_error():
   serialized = tf_example({'input_ids': np.arange(5), 'shape': [2, 3]})
   with pytest.raises(example_codec.DecodeError, match='input_ids'):

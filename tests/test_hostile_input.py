@@ -3,7 +3,7 @@ reason, and nothing is lost (docs/bad_input.md).
 
 The hostile file (tests/hostile_cases.py) goes through the real CLI, offline,
 with the real embedded tokenizer; rows are read back with tf.data and
-checked against transforms.sft on the same tokenizer.
+checked against transforms.spec_arithmetic on the same tokenizer.
 """
 
 import collections
@@ -22,7 +22,7 @@ from hostile_cases import (BLANK, HUGE_LINE_BYTES, LONG_TEXT, WRITTEN, cases,
 from output_rows import record_counts, rejected_lines, rows_by_id
 from sftbeam.pipeline.options import DEFAULT_BOUNDARIES, OPTIONS_BY_NAME
 from sftbeam.pipeline.readers import load_dataset_info
-from sftbeam.transforms import read, sft
+from sftbeam.transforms import read, spec_arithmetic
 from sftbeam.transforms.records import MAX_RAW_CHARS, RecordChunk, Rejected
 from sftbeam.pipeline.progress import CountStats
 from sftbeam.transforms.stats import rejection_stats
@@ -72,8 +72,9 @@ def expected_written(all_cases) -> dict:
 
 def check_row(row, prompt, output, tokenizer, boundaries=DEFAULT_BOUNDARIES,
               special_tokens_in_text='special'):
-  """One written row equals transforms.sft's, padded to its bucket."""
-  reference = sft.tokenize_prompt_and_output(
+  """One written row equals transforms.spec_arithmetic's, padded to its
+  bucket."""
+  reference = spec_arithmetic.tokenize_prompt_and_output(
       [prompt], [output], tokenizer,
       special_tokens_in_text=special_tokens_in_text)
   real = reference['input_ids'].shape[1]
@@ -338,8 +339,9 @@ def test_truncation_modes_end_to_end(mode, tmp_path, qwen):
   for case in TRUNCATION_CASES:
     if case.name in truncated:
       prompt_ids, output_ids = truncated_ids(*case.record[1:], mode, qwen)
-      expected = sft.pad_shift_mask(pairs_chunk([prompt_ids], [output_ids]),
-                                    qwen.pad_token_id, width=MAX_SEQ_LEN)
+      expected = spec_arithmetic.pad_shift_mask(
+          pairs_chunk([prompt_ids], [output_ids]), qwen.pad_token_id,
+          width=MAX_SEQ_LEN)
       row = rows[case.name]
       assert len(prompt_ids) + len(output_ids) - 1 == MAX_SEQ_LEN
       assert row['input_ids'] == expected['input_ids'][0].tolist()

@@ -71,9 +71,9 @@ def venv(tmp_path_factory):
 
 def test_imports_come_from_the_installation(venv):
   probe = ('import json, sys, sftbeam, sftbeam.pipeline.cli, '
-           'sftbeam.transforms.sft; print(json.dumps({"files": ['
+           'sftbeam.transforms.spec_arithmetic; print(json.dumps({"files": ['
            'sftbeam.__file__, sftbeam.pipeline.cli.__file__, '
-           'sftbeam.transforms.sft.__file__], "path": sys.path}))')
+           'sftbeam.transforms.spec_arithmetic.__file__], "path": sys.path}))')
   found = json.loads(_run([venv['python'], '-c', probe],
                           cwd=venv['work']).stdout)
   for path in found['files']:

@@ -19,14 +19,13 @@ import subprocess
 import time
 
 import pytest
-import tensorflow as tf
 
 from conftest import ROOT, SFTBEAM, shared_data
 from output_rows import rows_by_id, run_files
 from sftbeam.pipeline import cli
 from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
                               load_dataset_info, read_tf_dataset)
-from sftbeam.transforms import filenames, manifest, sft
+from sftbeam.transforms import filenames, manifest, spec_arithmetic
 
 # Runs the pipeline or large references: `pytest -m "not slow"` skips it.
 pytestmark = pytest.mark.slow
@@ -111,6 +110,7 @@ def assert_final_shards_whole(output_dir):
   """A file under a final shard name is always complete: fileio writes it
   in a temp directory and moves it when closed (in the run's work
   directory, whence the finished run is moved into place)."""
+  import tensorflow as tf
   for name in fnmatch.filter(files_under(output_dir),
                              STAGED_SHARD) + fnmatch.filter(
                                  os.listdir(output_dir),
@@ -170,7 +170,8 @@ def test_killed_runs_are_refused_and_overwrite_completes(big_input, tmp_path,
   assert set(rows) == set(expected)
   for example_id in random.Random(0).sample(sorted(expected), 20):
     prompt, output = expected[example_id]
-    reference = sft.tokenize_prompt_and_output([prompt], [output], qwen)
+    reference = spec_arithmetic.tokenize_prompt_and_output(
+        [prompt], [output], qwen)
     real = reference['input_ids'].shape[1]
     assert rows[example_id]['input_ids'][:real] == (
         reference['input_ids'][0].tolist())

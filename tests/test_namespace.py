@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import SAMPLE
 from sftbeam.pipeline import cli
 from sftbeam.transforms import tokenizer_source
@@ -23,6 +25,7 @@ def test_importing_sftbeam_prints_nothing_and_sets_no_environment(tmp_path):
   assert report['version']
 
 
+@pytest.mark.slow
 def test_the_tokenizer_is_loaded_once_per_process(tmp_path, monkeypatch,
                                                   capsys):
   """The CLI's check and every step of a local run share one load."""

@@ -3,7 +3,6 @@ either strategy, and padding, called directly and in a TestPipeline."""
 
 import apache_beam as beam
 import pytest
-import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline, dofn_outputs
@@ -42,6 +41,7 @@ def _batch_sizes(keyed_batches):
   return keyed_batches | beam.Map(lambda kv: (kv[0], len(kv[1])))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('batching', BATCHING_STRATEGIES)
 def test_batch_by_bucket_both_strategies_in_pipeline(batching):
   chunks = [TokenChunk.concat([_lengths_chunk('abc', 5),
@@ -85,10 +85,12 @@ def test_batch_tokens_gives_each_bucket_a_token_budget():
 
 
 def _parse(serialized):
+  import tensorflow as tf
   return {name: value.numpy() for name, value in
           example_codec.parse_batch(tf.constant(serialized)).items()}
 
 
+@pytest.mark.slow
 def test_pad_batches_directly_to_bucket_width():
   dofn = PadBatches('bucket', pad_id=0, tokenizer=EMBEDDED, backend='auto')
   dofn.setup()
@@ -108,6 +110,7 @@ def test_pad_batches_directly_to_bucket_width():
       'supervised_tokens': 4}]
 
 
+@pytest.mark.slow
 def test_pad_batches_in_pipeline_to_longest():
   with beam_test_pipeline() as root:
     shapes = (root | beam.Create([(8, _chunk(('a', [1, 2], [3])))])
@@ -116,6 +119,7 @@ def test_pad_batches_in_pipeline_to_longest():
     assert_that(shapes, equal_to([(1, 2)]))
 
 
+@pytest.mark.slow
 def test_pad_batches_resolves_pad_id_from_tokenizer():
   dofn = PadBatches('longest', None, EMBEDDED, 'auto')
   dofn.setup()

@@ -198,6 +198,7 @@ def test_a_later_rejection_shows_the_row_too():
   assert json.loads(rejected.raw) == MIXED[7]
 
 
+@pytest.mark.slow
 def test_row_numbers_count_over_row_groups_and_chunks(tmp_path):
   """Row groups of 3, chunks of 2: every row once, numbered in its file;
   each of Parquet's compressions reads the same."""
@@ -249,6 +250,7 @@ def one_error_line(code, stderr) -> str:
   return lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('cut', [0, 0.5, 0.999], ids=['empty', 'half',
                                                       'footer'])
 def test_a_parquet_file_cut_short_fails_the_run(cut, tmp_path, capsys):

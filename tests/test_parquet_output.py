@@ -27,7 +27,7 @@ from sftbeam.readers import (CorruptOutput, iter_numpy_batches,
                              torch_dataset)
 from sftbeam.transforms import example_codec, filenames, pack, schema
 from sftbeam.transforms import parquet_shards, write
-from sftbeam.transforms.sft import pad_shift_mask
+from sftbeam.transforms.spec_arithmetic import pad_shift_mask
 from token_chunks import pairs_chunk
 
 CHUNK = pairs_chunk([[1, 2], [5], [8, 9, 10]], [[3, 4], [6, 7], [11]],

@@ -4,6 +4,7 @@ import io
 import time
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline
@@ -53,6 +54,7 @@ def test_disabled_prints_nothing_and_starts_from_zero(capsys):
   assert capsys.readouterr().out == ''
 
 
+@pytest.mark.slow
 def test_count_stats_feeds_the_tally_in_a_pipeline():
   progress.reset()
   with beam_test_pipeline() as root:

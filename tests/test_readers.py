@@ -15,7 +15,6 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from conftest import ROOT, SAMPLE, run_sftbeam
 from output_rows import rows_by_id
@@ -80,6 +79,7 @@ READERS = [read_numpy, read_tf, read_torch]
 
 
 def test_the_writer_describes_every_shard(finished):
+  import tensorflow as tf
   info = info_of(finished)
   assert info['schema_version'] == 2
   assert info['layout'] == 'padded' and info['pack_length'] is None
@@ -96,6 +96,7 @@ def test_the_writer_describes_every_shard(finished):
 
 
 def test_numpy_decoder_equals_tensorflow_parsing_on_real_output(finished):
+  import tensorflow as tf
   for entry in info_of(finished)['shards']:
     for record in iter_records(os.path.join(finished, entry['name'])):
       batch = example_codec.decode_batch(record)

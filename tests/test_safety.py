@@ -1,62 +1,37 @@
-"""Nothing lost, nothing clobbered (docs/safety.md).
+"""Nothing lost, nothing clobbered (docs/safety.md), end to end.
 
 Input that cannot be read whole fails the run; --overwrite deletes only what
 sftbeam recorded writing; one run at a time per output directory; a
-tokenizer's own Python code never runs; dataset_info.json is never missing
-while it is replaced. End to end through the installed CLI, offline, except
-the gs:// lock (a fake google-cloud-storage client) and the unit checks of
-the decompressing reader and the atomic replace.
+tokenizer's own Python code never runs. Through the CLI (installed, or its
+main in this process), offline. The unit tests of the parts are beside
+their modules: test_read.py, test_output_dir.py, test_run_lock.py,
+test_dataset_info.py.
 """
 
-import bz2
 import gzip
-import io
 import itertools
 import json
-import lzma
 import os
-import pathlib
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
-import threading
-import zlib
 
 import pytest
-import zstandard
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.transforms.window import IntervalWindow
-from google.api_core import exceptions as gcs_exceptions
 
-from conftest import ROOT, SAMPLE, run_sftbeam, shared_data
+from compressed_inputs import COMPRESSORS, RECORDS_PER_FILE
+from conftest import ROOT, SAMPLE, run_sftbeam
+from output_dirs import OUTSIDE, standin_earlier_run, tree
 from output_rows import run_files
-from sftbeam.pipeline import cli, run_lock
+from sftbeam.pipeline import cli
 from sftbeam.pipeline import output_dir as output_dir_lib
-from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
                                       load_dataset_info)
-from sftbeam.transforms import filenames, manifest
-from sftbeam.transforms.read import (CorruptInputError, DecompressingReader,
-                                     corrupt_input_message, iter_lines)
-from sftbeam.transforms.dataset_info import (matching_paths,
-                                             write_json_atomically)
+from sftbeam.transforms import filenames
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  embedded_tokenizer_dir,
                                                  load_tokenizer)
-
-RECORDS_PER_FILE = 200
-COMPRESSORS = {
-    'gz': gzip.compress,
-    'bz2': bz2.compress,
-    'deflate': zlib.compress,
-    'xz': lzma.compress,
-    'lzma': lambda data: lzma.compress(data, format=lzma.FORMAT_ALONE),
-    'zst': zstandard.ZstdCompressor().compress,
-    'zstd': zstandard.ZstdCompressor(write_checksum=True).compress,
-}
 
 
 def run(input_path, output_dir, *flags):
@@ -83,28 +58,6 @@ def one_error_line(result, code: int) -> str:
   assert lines[0].startswith('sftbeam: error: ')
   assert len(lines[0]) < 700
   return lines[0]
-
-
-def tree(directory) -> dict:
-  """{relative path: what it is} below `directory`, links not followed:
-  a regular file's bytes, a link's target, 'directory' or 'other'."""
-  found = {}
-  for parent, names, files in os.walk(directory):
-    for name in names + files:
-      path = os.path.join(parent, name)
-      mode = os.lstat(path).st_mode
-      found[os.path.relpath(path, directory)] = (
-          ('link', os.readlink(path)) if stat.S_ISLNK(mode) else
-          'directory' if stat.S_ISDIR(mode) else
-          pathlib.Path(path).read_bytes() if stat.S_ISREG(mode) else 'other')
-  return found
-
-
-@pytest.fixture(scope='module')
-def gsm8k_head() -> bytes:
-  """The first RECORDS_PER_FILE lines of gsm8k_test."""
-  with open(shared_data('gsm8k_test.jsonl'), 'rb') as handle:
-    return b''.join(handle.readline() for _ in range(RECORDS_PER_FILE))
 
 
 # ------------------------------------------------ compressed input, whole or not
@@ -187,35 +140,6 @@ def test_corrupt_compressed_input_fails_the_run(extension, gsm8k_head,
   assert not os.path.exists(tmp_path / 'out' / filenames.INFO)
 
 
-def test_every_cut_point_is_refused(gsm8k_head):
-  """The reader itself, at many cut points of every compression."""
-  kinds = {'gz': CompressionTypes.GZIP, 'bz2': CompressionTypes.BZIP2,
-           'deflate': CompressionTypes.DEFLATE, 'xz': CompressionTypes.LZMA,
-           'lzma': CompressionTypes.LZMA, 'zst': CompressionTypes.ZSTD,
-           'zstd': CompressionTypes.ZSTD}
-  for extension, compress in COMPRESSORS.items():
-    data = compress(gsm8k_head)
-    whole = list(iter_lines(DecompressingReader(io.BytesIO(data),
-                                                kinds[extension], 'f'), 1000))
-    assert len(whole) == RECORDS_PER_FILE
-    for cut in sorted({0, 1, 10, len(data) - 1} |
-                      set(range(0, len(data), max(1, len(data) // 16)))):
-      reader = DecompressingReader(io.BytesIO(data[:cut]), kinds[extension],
-                                   'f')
-      with pytest.raises(CorruptInputError, match='f is cut short'):
-        list(iter_lines(reader, 1000))
-
-
-def test_error_text_from_a_worker_becomes_one_line():
-  """Raised in another process, only the traceback's text reaches the CLI."""
-  remote_text = ('Traceback (most recent call last):\n  File "x.py"\n'
-                 'sftbeam.transforms.read.CorruptInputError: input a.gz is '
-                 "cut short [while running 'ReadInput/ReadChunks']\n")
-  assert corrupt_input_message(RuntimeError(remote_text)) == (
-      'input a.gz is cut short')
-  assert corrupt_input_message(RuntimeError('something else')) is None
-
-
 # ------------------------------------------------------------- --overwrite
 
 USER_FILES = {
@@ -234,29 +158,13 @@ def add_user_files(directory):
       handle.write(data)
 
 
-def read_record(output_dir) -> dict:
+def read_manifest(output_dir) -> dict:
   with open(os.path.join(output_dir, filenames.MANIFEST),
             encoding='utf-8') as handle:
     return json.load(handle)
 
 
 OLD_WORK_DIR = filenames.work_dir_name('20250101T000000Z-0123abcd')
-
-
-def standin_earlier_run(output_dir):
-  """A directory with what an earlier run left there, as its record names
-  it (dataset_info.json, a shard), and the user's notes.txt."""
-  output_dir.mkdir()
-  files = ['batches-00000-of-00001.tfrecord', filenames.INFO]  # sorted
-  for name in files:
-    (output_dir / name).write_bytes(b'earlier run')
-  (output_dir / 'notes.txt').write_bytes(b'keep me')
-  # As an earlier version wrote it: with the (empty) name_lists it had.
-  record = {'run_id': 'earlier', 'owner': None, 'state': 'complete',
-            'files': files, 'work_dir': None, 'name_lists': [],
-            'sftbeam_version': '0.2.0'}
-  (output_dir / filenames.MANIFEST).write_text(
-      json.dumps(record, indent=2, sort_keys=True))
 
 
 @pytest.fixture(scope='module')
@@ -269,7 +177,7 @@ def earlier_run(tmp_path_factory):
 
 
 def copy_of(earlier_run, tmp_path):
-  """A copy of the earlier run's directory (its record names files
+  """A copy of the earlier run's directory (its manifest names files
   relative to it, so a copy is recorded as well)."""
   output_dir = tmp_path / 'out'
   shutil.copytree(earlier_run, output_dir)
@@ -279,7 +187,7 @@ def copy_of(earlier_run, tmp_path):
 @pytest.mark.slow
 def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
   output_dir = copy_of(earlier_run, tmp_path)
-  first = read_record(output_dir)
+  first = read_manifest(output_dir)
   add_user_files(output_dir)
   result = run(SAMPLE, output_dir, '--overwrite', '--num_shards', '2')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -287,7 +195,7 @@ def test_overwrite_deletes_only_what_sftbeam_recorded(earlier_run, tmp_path):
   for name, data in USER_FILES.items():
     assert after[name] == data  # byte for byte
   info = load_dataset_info(str(output_dir))
-  second = read_record(output_dir)
+  second = read_manifest(output_dir)
   assert second['run_id'] != first['run_id']
   written = sorted([shard['name'] for shard in info['shards']] +
                    info['rejected_files'] + [filenames.INFO])
@@ -310,8 +218,8 @@ def later_run(tmp_path_factory):
 def test_a_failed_overwrite_leaves_the_earlier_run_as_it_was(
     earlier_run, gsm8k_head, tmp_path, capsys):
   """A new run that fails (here a cut input, found mid-run) changes nothing:
-  the earlier run, its record and the user's files stay byte for byte, and
-  read (before: the earlier run was deleted before the new one started)."""
+  the earlier run, its manifest and the user's files stay byte for byte, and
+  read."""
   output_dir = copy_of(earlier_run, tmp_path)
   add_user_files(output_dir)
   before = tree(output_dir)
@@ -394,37 +302,18 @@ def test_a_kill_at_any_point_of_overwrite_leaves_one_whole_run(
     assert readable_run(output_dir, runs) == 'new'
     assert sorted(os.listdir(output_dir)) == sorted(
         list(runs['new']) + [filenames.MANIFEST])
-    assert read_record(output_dir)['files'] == sorted(runs['new'])
+    assert read_manifest(output_dir)['files'] == sorted(runs['new'])
   assert seen[0] == 'earlier' and seen[-1] == 'new' and None in seen, seen
   assert seen == sorted(seen, key=[ 'earlier', None, 'new'].index), seen
-
-
-def test_a_file_added_meanwhile_under_a_new_runs_name_stops_the_swap(tmp_path):
-  """A file that appears, while the run runs, under a name the run would
-  move in is neither replaced nor left beside the new run: the run fails
-  (exit 1, ReplaceFailed) and the directory is as before."""
-  output_dir = tmp_path / 'out'
-  standin_earlier_run(output_dir)
-  before = tree(output_dir)
-  with pytest.raises(output_dir_lib.ReplaceFailed,
-                     match='got a file batches-00000-of-00002.tfrecord'):
-    with output_dir_lib.prepare_output_dir(str(output_dir), True) as claim:
-      for name in (filenames.INFO, 'batches-00000-of-00002.tfrecord'):
-        pathlib.Path(claim.work_dir, name).write_bytes(b'new run')
-      (output_dir / 'batches-00000-of-00002.tfrecord').write_bytes(b'theirs')
-      claim.complete()
-  after = tree(output_dir)
-  assert after.pop('batches-00000-of-00002.tfrecord') == b'theirs'
-  assert after == before
 
 
 @pytest.mark.slow
 def test_an_orphaned_work_directory_is_removed_by_the_next_run(
     earlier_run, tmp_path, capsys):
-  """A work directory that no record names (its run killed between
+  """A work directory that no manifest names (its run killed between
   recording itself complete and removing it, as earlier versions did) is
-  sftbeam's by its name: the next --overwrite run removes it (before: kept
-  for ever). A directory merely starting like one stays."""
+  sftbeam's by its name: the next --overwrite run removes it. A directory
+  merely starting like one stays."""
   output_dir = copy_of(earlier_run, tmp_path)
   orphan = output_dir / OLD_WORK_DIR / 'temp-batches'
   orphan.mkdir(parents=True)
@@ -454,23 +343,9 @@ def test_output_holding_an_input_is_refused(input_name, earlier_run, tmp_path,
   assert tree(output_dir) == before
 
 
-def test_gs_output_holding_what_an_input_pattern_matches_is_refused(
-    monkeypatch):
-  """Remote patterns are matched only by the workers: they are checked
-  against the objects now under the gs:// --output (listed as for the
-  emptiness check; here a fake listing)."""
-  monkeypatch.setattr(output_dir_lib, '_entries',
-                      lambda _: ['data.jsonl', 'batches-00000-of-00001.tfrecord'])
-  with pytest.raises(ConfigError, match='holds the input file gs://b/out/data'):
-    output_dir_lib.check_output_apart('gs://b/out', ['gs://b/**.jsonl'])
-  output_dir_lib.check_output_apart('gs://b/out', ['gs://b/*.jsonl',
-                                                   'gs://b/data/*.jsonl',
-                                                   '/local/*.jsonl'])
-
-
 def test_unrecorded_file_under_a_name_sftbeam_writes_is_refused(tmp_path,
                                                                 capsys):
-  """A dataset_info.json no record names (an older sftbeam's, or a user's):
+  """A dataset_info.json no manifest names (an older sftbeam's, or a user's):
   --overwrite refuses rather than replace it."""
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
@@ -484,31 +359,7 @@ def test_unrecorded_file_under_a_name_sftbeam_writes_is_refused(tmp_path,
   assert tree(output_dir) == before
 
 
-def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
-  """A streaming run records its fixed files only, not its window files:
-  a batch run's --overwrite refuses them, as a streaming run's does, rather
-  than leave them beside its own shards."""
-  output_dir = tmp_path / 'out'
-  output_dir.mkdir()
-  claim = output_dir_lib.prepare_streaming_output_dir(str(output_dir),
-                                                      False)
-  window = IntervalWindow(1764000000, 1764000060)
-  shard = filenames.window_file_name(filenames.SHARD_PREFIX,
-                                     filenames.SHARD_SUFFIX, window, None)
-  (output_dir / shard).write_bytes(b'x')
-  (output_dir / filenames.window_file_name(
-      filenames.WINDOW_STATS_PREFIX, filenames.WINDOW_STATS_SUFFIX, window,
-      None)).write_bytes(b'{}')
-  claim.release()
-  before = tree(output_dir)
-  with pytest.raises(ConfigError,
-                     match=f'holds {shard} and 1 more, which no sftbeam run '
-                     'recorded'):
-    output_dir_lib.prepare_output_dir(str(output_dir), True)
-  assert tree(output_dir) == before
-
-
-@pytest.mark.parametrize('record', [
+@pytest.mark.parametrize('manifest', [
     {'files': ['../victim.txt'], 'work_dir': None, 'name_lists': []},
     {'files': ['{tmp}/victim.txt'], 'work_dir': None, 'name_lists': []},
     {'files': [], 'work_dir': '../victim', 'name_lists': []},
@@ -517,7 +368,7 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
     {'files': 'notes.txt'},
     # A file of the user's, not of a kind sftbeam writes.
     {'files': ['notes.txt'], 'work_dir': None, 'name_lists': []},
-    # Lists of names that records of earlier versions kept in the work
+    # Lists of names that manifests of earlier versions kept in the work
     # directory: never read from outside it (this one names notes.txt).
     {'files': [], 'work_dir': OLD_WORK_DIR, 'name_lists': ['{tmp}/names.json']},
     {'files': [], 'work_dir': OLD_WORK_DIR,
@@ -525,8 +376,8 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
 ], ids=['dotdot-file', 'absolute-file', 'dotdot-work-dir', 'other-work-dir',
         'files-not-a-list', 'users-file', 'absolute-name-list',
         'dotdot-name-list'])
-def test_record_naming_other_paths_is_refused(record, tmp_path, capsys):
-  """Whatever a record says, only sftbeam's own entries of the directory
+def test_manifest_naming_other_paths_is_refused(manifest, tmp_path, capsys):
+  """Whatever a manifest says, only sftbeam's own entries of the directory
   go, and nothing outside it is read."""
   (tmp_path / 'victim.txt').write_bytes(b'safe')
   (tmp_path / 'victim').mkdir()
@@ -536,18 +387,15 @@ def test_record_naming_other_paths_is_refused(record, tmp_path, capsys):
   (output_dir / 'notes.txt').write_bytes(b'safe')
   (output_dir / OLD_WORK_DIR).mkdir()
   (output_dir / filenames.MANIFEST).write_text(
-      json.dumps(record).replace('{tmp}', str(tmp_path)))
+      json.dumps(manifest).replace('{tmp}', str(tmp_path)))
   before = tree(tmp_path)
   line = one_error_line(run_main(capsys, SAMPLE, output_dir, '--overwrite'),
                         2)
-  assert 'is not a record sftbeam can read' in line
+  assert 'is not a manifest sftbeam can read' in line
   assert tree(tmp_path) == before
 
 
 # ------------------------------------------------ links in the output directory
-
-OUTSIDE = b'a file outside the output directory\n'
-
 
 def make_lock(kind: str, path, outside):
   """Puts at `path` a lock file of this kind; `outside` is a directory."""
@@ -567,9 +415,8 @@ def make_lock(kind: str, path, outside):
                                   'directory', 'fifo'])
 def test_a_lock_file_that_is_not_a_plain_file_is_refused(kind, tmp_path,
                                                          capsys):
-  """The lock is never written through a link (before: the file outside
-  truncated and written, exit 0), a hard link, into a directory or a FIFO
-  (before: tracebacks)."""
+  """The lock is never written through a link, a hard link, into a
+  directory or a FIFO."""
   (tmp_path / 'victim.txt').write_bytes(OUTSIDE)
   output_dir = tmp_path / 'out'
   output_dir.mkdir()
@@ -583,18 +430,18 @@ def test_a_lock_file_that_is_not_a_plain_file_is_refused(kind, tmp_path,
 def make_link(case: str, output_dir, outside):
   """Replaces or adds in `output_dir` an entry of this case: a link, or
   another kind of file, where sftbeam writes, reads or deletes."""
-  if case == 'record-temp-link':
+  if case == 'manifest-temp-link':
     os.symlink(outside / 'victim.txt',
                output_dir / (filenames.MANIFEST + '.incomplete'))
-  elif case == 'record-link':
-    record = outside / 'record.json'
-    os.rename(output_dir / filenames.MANIFEST, record)
-    os.symlink(record, output_dir / filenames.MANIFEST)
-  elif case == 'record-directory':
+  elif case == 'manifest-link':
+    manifest = outside / 'manifest.json'
+    os.rename(output_dir / filenames.MANIFEST, manifest)
+    os.symlink(manifest, output_dir / filenames.MANIFEST)
+  elif case == 'manifest-directory':
     os.remove(output_dir / filenames.MANIFEST)
     os.mkdir(output_dir / filenames.MANIFEST)
-  elif case in ('recorded-shard-link', 'recorded-info-link'):
-    name = ('batches-00000-of-00001.tfrecord' if case == 'recorded-shard-link'
+  elif case in ('listed-shard-link', 'listed-info-link'):
+    name = ('batches-00000-of-00001.tfrecord' if case == 'listed-shard-link'
             else filenames.INFO)
     os.remove(output_dir / name)
     os.symlink(outside / 'victim.txt', output_dir / name)
@@ -602,18 +449,17 @@ def make_link(case: str, output_dir, outside):
     os.symlink(outside / 'victim-dir', output_dir / OLD_WORK_DIR)
 
 
-LINK_CASES = ['record-temp-link', 'record-link', 'record-directory',
-              'recorded-shard-link', 'recorded-info-link', 'work-dir-link']
+LINK_CASES = ['manifest-temp-link', 'manifest-link', 'manifest-directory',
+              'listed-shard-link', 'listed-info-link', 'work-dir-link']
 
 
 @pytest.mark.parametrize('case', LINK_CASES)
 def test_links_where_sftbeam_writes_or_deletes_are_refused(case, tmp_path,
                                                           capsys):
   """--overwrite over an earlier run: a link, or a file of another kind,
-  under a name sftbeam would write, read or delete is refused, naming it
-  (before: the record's temp file was written through, the record read
-  through a link, a recorded link deleted and replaced, a link named like
-  a work directory kept)."""
+  under a name sftbeam would write, read or delete is refused, naming it:
+  the manifest's temp file, the manifest, a listed file, a link named like
+  a work directory."""
   (tmp_path / 'victim.txt').write_bytes(OUTSIDE)
   (tmp_path / 'victim-dir').mkdir()
   (tmp_path / 'victim-dir' / 'data.txt').write_bytes(OUTSIDE)
@@ -628,37 +474,12 @@ def test_links_where_sftbeam_writes_or_deletes_are_refused(case, tmp_path,
   assert tree(tmp_path) == before
 
 
-def test_atomic_write_never_writes_through_a_link(tmp_path):
-  """dataset_info.json and the record (and a streaming run's window
-  stats): the temp file is created new, never through a link there; a link
-  at the final name is replaced, not written through; a temp file left by
-  a killed write is replaced."""
-  victim = tmp_path / 'victim.txt'
-  victim.write_bytes(OUTSIDE)
-  output_dir = tmp_path / 'out'
-  output_dir.mkdir()
-  path = output_dir / filenames.INFO
-  temp = output_dir / (filenames.INFO + '.incomplete')
-  os.symlink(victim, temp)
-  with pytest.raises(FileExistsError, match='a link or not a regular file'):
-    write_json_atomically(str(path), {'run': 1})
-  assert victim.read_bytes() == OUTSIDE and not path.exists()
-  os.remove(temp)
-  temp.write_bytes(b'left by a killed write')
-  os.symlink(victim, path)
-  write_json_atomically(str(path), {'run': 2})
-  assert victim.read_bytes() == OUTSIDE
-  assert not path.is_symlink() and json.loads(path.read_bytes()) == {'run': 2}
-  assert sorted(os.listdir(output_dir)) == [filenames.INFO]
-
-
 # ------------------------------------------------------ paths read literally
 
 @pytest.mark.slow
 def test_an_output_path_with_glob_characters_is_read_back(tmp_path, capsys):
   """`[1]` in --output: the run, an --overwrite over it, the readers,
-  stats and inspect all take the path as it is (before: they matched it
-  as a glob and called the run incomplete)."""
+  stats and inspect all take the path as it is, not as a glob."""
   output_dir = tmp_path / 'runs' / 'run[1]'
   for flags in [(), ('--overwrite', '--num_shards', '2')]:
     result = run_main(capsys, SAMPLE, output_dir, *flags)
@@ -673,26 +494,12 @@ def test_an_output_path_with_glob_characters_is_read_back(tmp_path, capsys):
   assert 'Traceback' not in capsys.readouterr().err
 
 
-def test_a_streaming_runs_files_are_listed_in_a_directory_named_like_a_glob(
-    tmp_path):
-  """A streaming run lists its rejected and window-stats files; the
-  directory's name is not a pattern."""
-  output_dir = tmp_path / 'stream[1]'
-  output_dir.mkdir()
-  (tmp_path / 'stream1').mkdir()
-  for directory in (output_dir, tmp_path / 'stream1'):
-    (directory / 'rejected-a.jsonl').write_bytes(b'')
-  assert matching_paths(str(output_dir), filenames.REJECTED_PREFIX,
-                        filenames.REJECTED_SUFFIX) == [
-                            str(output_dir / 'rejected-a.jsonl')]
-
-
 # ------------------------------------------------------- one run at a time
 
 HOLD_LOCK = """
 import sys, time
 from sftbeam.pipeline import run_lock
-lock = run_lock.acquire(sys.argv[1], run_lock.owner_record('holder-run'))
+lock = run_lock.acquire(sys.argv[1], run_lock.new_owner('holder-run'))
 print('locked', flush=True)
 time.sleep(600)
 """
@@ -744,112 +551,6 @@ def test_two_runs_at_once_one_writes(tmp_path):
               if name.startswith(filenames.work_dir_name(''))]
 
 
-class _FakeBlob:
-  """A google.cloud.storage Blob with generations and preconditions."""
-
-  def __init__(self, bucket, name):
-    self._bucket = bucket
-    self.name = name
-    self.generation = None
-
-  def upload_from_string(self, data, if_generation_match=None):
-    stored = self._bucket.objects.get(self.name)
-    if if_generation_match == 0 and stored is not None:
-      raise gcs_exceptions.PreconditionFailed('exists')
-    self._bucket.next_generation += 1
-    self.generation = self._bucket.next_generation
-    self._bucket.objects[self.name] = (data.encode('utf-8'), self.generation)
-
-  def download_as_bytes(self):
-    return self._bucket.objects[self.name][0]
-
-  def delete(self, if_generation_match=None):
-    stored = self._bucket.objects.get(self.name)
-    if stored is None:
-      raise gcs_exceptions.NotFound('gone')
-    if if_generation_match is not None and stored[1] != if_generation_match:
-      raise gcs_exceptions.PreconditionFailed('changed')
-    del self._bucket.objects[self.name]
-
-
-class _FakeBucket:
-
-  def __init__(self, name):
-    self.name = name
-    self.objects = {}  # name -> (bytes, generation)
-    self.next_generation = 0
-
-  def blob(self, name):
-    return _FakeBlob(self, name)
-
-  def get_blob(self, name):
-    if name not in self.objects:
-      return None
-    blob = _FakeBlob(self, name)
-    blob.generation = self.objects[name][1]
-    return blob
-
-
-class _FakeClient:
-
-  def __init__(self):
-    self.buckets = {}
-
-  def bucket(self, name):
-    return self.buckets.setdefault(name, _FakeBucket(name))
-
-
-def _dead_pid() -> int:
-  process = subprocess.Popen([sys.executable, '-c', 'pass'])
-  process.wait()
-  return process.pid
-
-
-def test_gcs_lock_is_exclusive_and_released():
-  client = _FakeClient()
-  first = run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('one'),
-                           client)
-  stored = client.bucket('b').objects['sft/run1/' + filenames.LOCK]
-  assert json.loads(stored[0])['run_id'] == 'one'
-  with pytest.raises(run_lock.OutputLocked, match='in use by run one'):
-    run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('two'), client)
-  # Another directory of the same bucket is not locked.
-  run_lock.acquire('gs://b/sft/run2', run_lock.owner_record('two'), client)
-  first.release()
-  run_lock.acquire('gs://b/sft/run1', run_lock.owner_record('two'), client)
-
-
-def test_gcs_lock_of_a_dead_owner_here_is_taken_over():
-  client = _FakeClient()
-  dead = dict(run_lock.owner_record('dead-run'), pid=_dead_pid())
-  run_lock.acquire('gs://b/out', dead, client)
-  lock = run_lock.acquire('gs://b/out', run_lock.owner_record('new'), client)
-  stored = client.bucket('b').objects['out/' + filenames.LOCK]
-  assert json.loads(stored[0])['run_id'] == 'new'
-  lock.release()
-  assert not client.bucket('b').objects
-
-
-def test_gcs_lock_of_another_host_is_not_taken_over():
-  client = _FakeClient()
-  elsewhere = dict(run_lock.owner_record('far-run'), pid=_dead_pid(),
-                   host='another-host')
-  run_lock.acquire('gs://b/out', elsewhere, client)
-  with pytest.raises(run_lock.OutputLocked,
-                     match=r'far-run .*another-host.*delete gs://b/out/'):
-    run_lock.acquire('gs://b/out', run_lock.owner_record('new'), client)
-
-
-def test_gcs_lock_release_leaves_a_lock_taken_over_meanwhile():
-  client = _FakeClient()
-  mine = run_lock.acquire('gs://b/out', run_lock.owner_record('mine'), client)
-  objects = client.bucket('b').objects
-  name = 'out/' + filenames.LOCK
-  objects[name] = (b'{"run_id": "theirs"}', 99)
-  mine.release()
-  assert objects[name][1] == 99
-
-
 # ------------------------------------------------------------- tokenizers
 
 def evil_tokenizer_dir(tmp_path):
@@ -887,32 +588,3 @@ def test_tokenizer_with_its_own_code_is_refused(tmp_path):
   with pytest.raises(TokenizerNotFound, match='needs its own Python code'):
     load_tokenizer(str(directory))
   assert not marker.exists()
-
-
-# ---------------------------------------------------------- atomic replace
-
-def test_dataset_info_is_never_missing_while_replaced(tmp_path):
-  """A reader polling the file sees the old or the new one, whole."""
-  path = str(tmp_path / filenames.INFO)
-  write_json_atomically(path, {'version': 0})
-  seen, failures, done = set(), [], threading.Event()
-
-  def poll():
-    while not done.is_set():
-      try:
-        with open(path, encoding='utf-8') as handle:
-          seen.add(json.load(handle)['version'])
-      except (OSError, ValueError) as error:
-        failures.append(repr(error))
-
-  poller = threading.Thread(target=poll)
-  poller.start()
-  try:
-    for version in range(1, 400):
-      write_json_atomically(path, {'version': version, 'pad': 'x' * 5000})
-  finally:
-    done.set()
-    poller.join()
-  assert not failures, failures[:3]
-  assert len(seen) > 1
-  assert os.listdir(tmp_path) == [filenames.INFO]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sftbeam.transforms import example_codec, pack, schema
-from sftbeam.transforms.sft import pad_shift_mask
+from sftbeam.transforms.spec_arithmetic import pad_shift_mask
 from token_chunks import pairs_chunk
 
 CHUNK = pairs_chunk([[1, 2], [5], [8]], [[3, 4], [6, 7], [9]], ['a', 'b', 'c'])

@@ -8,7 +8,6 @@ import struct
 import tracemalloc
 
 import pytest
-import tensorflow as tf
 
 from sftbeam.transforms import tfrecord
 
@@ -32,8 +31,10 @@ def record_offsets(records):
   return offsets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('compress', [False, True])
 def test_tensorflow_reads_what_we_write(tmp_path, compress):
+  import tensorflow as tf
   path = write_file(tmp_path / ('a.tfrecord' + '.gz' * compress),
                     compress=compress)
   dataset = tf.data.TFRecordDataset(
@@ -41,8 +42,10 @@ def test_tensorflow_reads_what_we_write(tmp_path, compress):
   assert [record.numpy() for record in dataset] == RECORDS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('compress', [False, True])
 def test_we_read_what_tensorflow_writes(tmp_path, compress):
+  import tensorflow as tf
   path = str(tmp_path / ('a.tfrecord' + '.gz' * compress))
   options = tf.io.TFRecordOptions(compression_type='GZIP' if compress else '')
   with tf.io.TFRecordWriter(path, options) as writer:
@@ -169,8 +172,10 @@ def test_a_huge_announced_length_is_refused_before_allocating(
   assert peak < 16 << 20
 
 
+@pytest.mark.slow
 def test_masked_crc_matches_tensorflow_framing(tmp_path):
   """The first 12 bytes TensorFlow writes: length and its masked CRC."""
+  import tensorflow as tf
   path = str(tmp_path / 'a.tfrecord')
   with tf.io.TFRecordWriter(path) as writer:
     writer.write(b'abc')

@@ -6,6 +6,7 @@ Pub/Sub; these drive the watermark and processing time by hand.
 """
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.testing import test_pipeline, test_stream
 from apache_beam.testing.util import assert_that, equal_to
@@ -41,6 +42,7 @@ def records(prefix, count, length=5):
                      [f'{prefix}{index}' for index in range(count)])
 
 
+@pytest.mark.slow
 def test_a_partial_batch_leaves_after_max_buffering_seconds():
   """3 records sit in a bucket of batch 32: the buffering timer flushes
   them; 40 more give a full batch at once and 8 that leave at the end."""
@@ -61,6 +63,7 @@ def test_a_partial_batch_leaves_after_max_buffering_seconds():
                          [f'b{i}' for i in range(40)]), label='EachOnce')
 
 
+@pytest.mark.slow
 def test_packing_per_flush_packs_what_each_flush_holds():
   stream = (test_stream.TestStream()
             .advance_watermark_to(0)
@@ -87,6 +90,7 @@ class _Panes(beam.DoFn):
            sorted(keyed[1]))
 
 
+@pytest.mark.slow
 def test_write_windows_fire_on_time_and_give_late_data_a_pane():
   """An element behind the watermark, within the allowed lateness, fires a
   late pane of its own; one beyond it is dropped (by design: stamped with
@@ -111,6 +115,7 @@ def test_write_windows_fire_on_time_and_give_late_data_a_pane():
         (0, 'LATE', ['late'])]))
 
 
+@pytest.mark.slow
 def test_into_write_windows_stamps_with_the_clock():
   times = iter([3.0, 7.5, 12.0])
   with streaming_pipeline() as root:

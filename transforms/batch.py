@@ -29,7 +29,7 @@ from apache_beam import coders
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 
-from sftbeam.transforms import example_codec, parquet_shards, sft
+from sftbeam.transforms import example_codec, parquet_shards, spec_arithmetic
 from sftbeam.transforms.records import TokenChunk
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
 
@@ -126,7 +126,7 @@ class EncodeBatchesFn(beam.DoFn):
 
   def setup(self):
     if self._pad_id is None:
-      self._pad_id = sft.resolve_pad_id(
+      self._pad_id = spec_arithmetic.resolve_pad_id(
           shared_tokenizer(self._tokenizer, self._backend).tokenizer)
 
   def _encode(self, arrays: dict, example_ids, layout: str):

@@ -40,7 +40,8 @@ from sftbeam.transforms.chat_rows import (CHAT_ROWS, MARK_END, MARK_START,
                                           TooLong, conversation_rows, row_of,
                                           unmarked)
 from sftbeam.transforms.chat_template import REASONING_FIELDS, ChatTemplate
-from sftbeam.transforms.sft import SPECIAL_TOKEN_MODES, TRUNCATION_MODES
+from sftbeam.transforms.spec_arithmetic import (SPECIAL_TOKEN_MODES,
+                                                TRUNCATION_MODES)
 from sftbeam.transforms.tokenizer_backend import special_token_strings
 
 Encode = Callable[[List[str], bool], List[List[int]]]

@@ -118,7 +118,7 @@ def _bytes_feature(values) -> list:
 
 def serialize_batch(arrays: dict, example_ids, layout: str = 'padded') -> bytes:
   """Serializes a batch's arrays (`pad_shift_mask`'s, or for the packed
-  layout `pack.packed_arrays`') plus record ids into Example bytes."""
+  layout `pack.packed_arrays`') plus example ids into Example bytes."""
   features = LAYOUTS[layout]
   parts = []
   for name in features.matrix + features.vectors:

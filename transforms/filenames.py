@@ -137,8 +137,8 @@ STREAMING_NAMES = re.compile(_either(
     rf'(?:{re.escape(TEMP_SUFFIX)})?'))
 # What a manifest may name as a file: sftbeam's kinds of files, nothing
 # else (the manifest's own temp file among them).
-RECORDABLE = re.compile(_either(STREAMING_NAMES.pattern,
-                                re.escape(temp_name(MANIFEST))))
+LISTABLE = re.compile(_either(STREAMING_NAMES.pattern,
+                              re.escape(temp_name(MANIFEST))))
 # A shard as dataset_info.json lists it (batch or window shard).
 SHARD_ENTRY = re.compile(rf'{re.escape(SHARD_PREFIX)}-[A-Za-z0-9._-]+'
                          rf'{_SHARD_SUFFIX}')

@@ -3,7 +3,7 @@ batches.
 
   LineChunks -> ParseLines -> TokenizeRecords -> BatchByBucket -> PadBatches
   RowChunks -> ParseRows  -^                   (packed layout: PackIntoRows
-                                                -> PackedBatches)
+                                                -> EncodePackedBatches)
 
 Batch runs (sftbeam.pipeline.batch) and streaming runs
 (sftbeam.pipeline.streaming) both use `LinesToBatches`; only reading and
@@ -14,7 +14,8 @@ from typing import Optional
 
 import apache_beam as beam
 
-from sftbeam.transforms.packed import PackedBatches, PackIntoRows, PackShape
+from sftbeam.transforms.packed import (EncodePackedBatches, PackIntoRows,
+                                       PackShape)
 from sftbeam.transforms.padded import BatchByBucket, BatchShape, PadBatches
 from sftbeam.transforms.parse import FieldNames, ParseLines, ParseRows
 from sftbeam.transforms.stats import rejection_stats
@@ -113,11 +114,12 @@ class LinesToBatches(beam.PTransform):
           chunks
           | 'PackIntoRows' >> PackIntoRows(pack_shape(config),
                                            self._max_buffering_seconds)
-          | 'PackedBatches' >> beam.ParDo(
-              PackedBatches(config.pad_id, config.tokenizer,
-                            config.tokenizer_backend,
-                            config.output_format)).with_outputs(
-                                PackedBatches.STATS, main='batches'))
+          | 'EncodePackedBatches' >> beam.ParDo(
+              EncodePackedBatches(config.pad_id, config.tokenizer,
+                                  config.tokenizer_backend,
+                                  config.output_format)).with_outputs(
+                                      EncodePackedBatches.STATS,
+                                      main='batches'))
     return (
         chunks
         | 'BatchByBucket' >> BatchByBucket(batch_shape(config),

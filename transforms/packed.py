@@ -175,7 +175,7 @@ class PackIntoRows(beam.PTransform):
                 self._shape, self._max_buffering_seconds, self._clock)))
 
 
-class PackedBatches(EncodeBatchesFn):
+class EncodePackedBatches(EncodeBatchesFn):
   """(pack_length, PackedRows of one batch) -> the encoded packed batch
   (Example bytes, or a Parquet rows table with `output_format` parquet).
 

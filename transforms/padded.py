@@ -6,8 +6,8 @@ batch holds records of one bucket only: `batch_size` of them, or with
 `batch_tokens` T, max(1, T // boundary) of them, so that every batch holds
 about T tokens. Partial batches are kept. `BatchByBucket` forms batches by
 either batching strategy (transforms/batch.py); `PadBatches` pads, shifts
-and masks each one (transforms/sft.py) and encodes it for the shard format
-(transforms/example_codec.py, transforms/parquet_shards.py).
+and masks each one (transforms/spec_arithmetic.py) and encodes it for the
+shard format (transforms/example_codec.py, transforms/parquet_shards.py).
 """
 
 import time
@@ -17,7 +17,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import pack, sft, stats
+from sftbeam.transforms import pack, spec_arithmetic, stats
 from sftbeam.transforms.batch import (BATCHING_STRATEGIES, BufferPerKeyFn,
                                       EncodeBatchesFn)
 from sftbeam.transforms.records import TokenChunk
@@ -174,7 +174,7 @@ class PadBatches(EncodeBatchesFn):
 
   def process(self, keyed_batch):
     bucket, records = keyed_batch
-    arrays = sft.pad_shift_mask(
+    arrays = spec_arithmetic.pad_shift_mask(
         records, self._pad_id,
         width=bucket if self._pad_to == 'bucket' else None)
     yield beam.pvalue.TaggedOutput(self.STATS,

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from sftbeam.transforms import example_codec, schema, sft
+from sftbeam.transforms import example_codec, schema, spec_arithmetic
 from sftbeam.transforms.records import TokenChunk, offsets_of
 from sftbeam.transforms.tfrecord import CorruptRecord
 
@@ -270,8 +270,8 @@ def _padded_arrays(rows: pa.Table, pad_id: int) -> dict:
       supervised=np.insert(mask, ends - lengths, False),
       prompt_lengths=rows.column('prompt_length').to_numpy().astype(np.int64),
       truncated=np.zeros(rows.num_rows, np.bool_))
-  arrays = sft.pad_shift_mask(chunk, pad_id,
-                              int(rows.column('batch_width')[0].as_py()))
+  arrays = spec_arithmetic.pad_shift_mask(
+      chunk, pad_id, int(rows.column('batch_width')[0].as_py()))
   return dict(arrays, example_ids=chunk.example_ids)
 
 

@@ -3,7 +3,7 @@
 Every step that learns something emits a flat `{name: count}` dict on its
 `stats` output, and nothing else counts. The stats stream then reaches:
   SumStatsFn       the exact totals in dataset_info.json (and, in
-                   streaming mode, the window-stats records);
+                   streaming mode, the window-stats files);
   CountStats       Beam counters (Dataflow's job page shows them) and the
                    live tally the CLI prints while a local run goes
                    (pipeline/progress.py).

@@ -1,6 +1,7 @@
 """The TFRecord framing, written and read in one place, without TensorFlow.
 
-A TFRecord file is a sequence of records, each framed as
+A TFRecord file is a sequence of TFRecord records (each one Example of
+sftbeam's: one batch), each framed as
   uint64 length | uint32 masked crc32c(length) | data |
   uint32 masked crc32c(data)
 all little-endian. The writer's sink (`transforms/write.py`) writes with

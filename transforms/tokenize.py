@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional, Tuple
 import apache_beam as beam
 import numpy as np
 
-from sftbeam.transforms import chat, sft
+from sftbeam.transforms import chat, spec_arithmetic
 from sftbeam.transforms.chat_records import ChatRejected, chat_strings
 from sftbeam.transforms.records import RecordChunk, TokenChunk
 from sftbeam.transforms.stats import backend_stats
@@ -185,7 +185,7 @@ class TokenizeRecords(beam.DoFn):
   # ------------------------------------------------ prompt/output records
 
   def _encode(self, records: RecordChunk):
-    return sft.encode_pairs(
+    return spec_arithmetic.encode_pairs(
         self._tokenizer.encoder, records.prompts, records.outputs,
         add_special_tokens=self._settings.add_special_tokens,
         special_tokens_in_text=self._settings.special_tokens_in_text,
@@ -222,7 +222,8 @@ class TokenizeRecords(beam.DoFn):
     }
 
   def _fit(self, records: RecordChunk,
-           encoded: sft.PairEncoding) -> Tuple[TokenChunk, list]:
+           encoded: spec_arithmetic.PairEncoding
+           ) -> Tuple[TokenChunk, list]:
     """The records that fit, as a TokenChunk, and Rejecteds of the rest."""
     settings = self._settings
     prompt_lengths = encoded.prompt_lengths
@@ -243,8 +244,9 @@ class TokenizeRecords(beam.DoFn):
       rejected.append(records.reject(index, reason, message))
     keep = ((prompt_lengths > 0) & (output_lengths > 0) &
             (fit.does_not_fit == 0))
-    chunk = sft.join_pairs(records.example_ids, encoded, keep,
-                           fit.prompt_start, fit.output_end, fit.truncated)
+    chunk = spec_arithmetic.join_pairs(
+        records.example_ids, encoded, keep, fit.prompt_start, fit.output_end,
+        fit.truncated)
     return chunk, rejected
 
   # -------------------------------------------------------- chat records

@@ -14,7 +14,7 @@ still come late, the allowed lateness and the late trigger give it a pane
 
 Per window firing: shards and rejected files named
 `<prefix>-<start>-<end>-<pane>-<random>`, and a `window-stats-...json`
-record (counts and files of the firing).
+file (counts and files of the firing).
 """
 
 import collections
@@ -112,7 +112,7 @@ class WriteWindowStats(beam.DoFn):
     stats = collections.Counter()
     for window_stats in groups['stats']:
       stats.update(window_stats)
-    record = {
+    window_file = {
         'window': {'start': filenames.utc(window_.start),
                    'end': filenames.utc(window_.end)},
         'pane': {'index': pane.index,
@@ -127,5 +127,6 @@ class WriteWindowStats(beam.DoFn):
     name = filenames.window_file_name(filenames.WINDOW_STATS_PREFIX,
                                       filenames.WINDOW_STATS_SUFFIX, window_,
                                       pane)
-    write_json_atomically(FileSystems.join(self._output_dir, name), record)
-    yield '', {'stats': dict(stats), 'shards': record['shards']}
+    write_json_atomically(FileSystems.join(self._output_dir, name),
+                          window_file)
+    yield '', {'stats': dict(stats), 'shards': window_file['shards']}

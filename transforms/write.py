@@ -69,8 +69,8 @@ class TFRecordSink(fileio.FileSink):
     self._handle = (gzip.GzipFile(fileobj=fh, mode='wb')
                     if self._compression == 'gzip' else fh)
 
-  def write(self, record: bytes):
-    tfrecord.write_record(self._handle, record)
+  def write(self, example: bytes):
+    tfrecord.write_record(self._handle, example)
 
   def flush(self):
     # fileio calls flush only right before it closes the file: closing the
@@ -292,7 +292,7 @@ class WriteRejected(beam.PTransform):
   def expand(self, rejected):
     return (
         rejected
-        | 'ToJson' >> beam.Map(lambda record: record.to_json())
+        | 'ToJson' >> beam.Map(lambda rejected: rejected.to_json())
         | 'WriteRejectedFiles' >> fileio.WriteToFiles(
             path=self._output_dir,
             file_naming=fileio.default_file_naming(

@@ -2,10 +2,13 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fake_tokenizer import WordIdTokenizer
 from sftbeam import tokenize_prompt_and_output
-from sftbeam.transforms.sft import pad_shift_mask
+from sftbeam.transforms.spec_arithmetic import pad_shift_mask
+from strategies import EXAMPLES, token_ids
 from token_chunks import pairs_chunk
 
 F, T = False, True
@@ -109,6 +112,7 @@ def test_tokenizer_without_pad_or_eos():
                                WordIdTokenizer(pad_token_id=None))
 
 
+@pytest.mark.slow
 def test_return_tensors_tf_and_bad_value():
   import tensorflow as tf
   result = tokenize_prompt_and_output(['w1 w2'], ['w3'], WordIdTokenizer(),
@@ -142,3 +146,60 @@ def test_pad_shift_mask_to_a_wider_bucket():
   assert arrays['response_mask'].tolist() == [[F, T, F, F, F]]
   with pytest.raises(ValueError, match='shorter than the longest row'):
     pad_shift_mask(pairs_chunk([[1, 2, 3]], [[4]]), pad_id=0, width=2)
+
+
+rows = st.lists(st.tuples(token_ids.filter(bool), token_ids),
+                min_size=1, max_size=12)
+
+
+@EXAMPLES
+@given(rows=rows, pad_id=st.integers(0, 151_000),
+       extra_width=st.none() | st.integers(0, 20))
+def test_pad_shift_mask_properties(rows, pad_id, extra_width):
+  prompts = [prompt for prompt, _ in rows]
+  outputs = [output for _, output in rows]
+  longest = max(len(p) + len(o) for p, o in rows) - 1
+  width = None if extra_width is None else longest + extra_width
+  arrays = pad_shift_mask(pairs_chunk(prompts, outputs), pad_id, width=width)
+
+  expected_width = longest if width is None else width
+  for name in ('input_ids', 'labels', 'response_mask'):
+    assert arrays[name].shape == (len(rows), expected_width), name
+  assert arrays['input_ids'].dtype == np.int64
+  assert arrays['labels'].dtype == np.int64
+  assert arrays['response_mask'].dtype == np.bool_
+  assert arrays['prompt_lengths'].tolist() == [len(p) for p in prompts]
+  assert arrays['output_lengths'].tolist() == [len(o) for o in outputs]
+
+  for row, (prompt, output) in enumerate(rows):
+    sequence = prompt + output
+    real = len(sequence) - 1  # the row's real length: its label positions
+    input_ids = arrays['input_ids'][row]
+    labels = arrays['labels'][row]
+    mask = arrays['response_mask'][row]
+    # seq[:-1] and seq[1:]; labels are input_ids shifted by one.
+    assert input_ids[:real].tolist() == sequence[:-1]
+    assert labels[:real].tolist() == sequence[1:]
+    shifted = min(real, expected_width - 1)
+    assert labels[:shifted].tolist() == input_ids[1:shifted + 1].tolist()
+    # The mask is True exactly where the label is an output token.
+    label_is_output = [position + 1 >= len(prompt) for position in range(real)]
+    assert mask[:real].tolist() == label_is_output
+    assert int(mask.sum()) == len(output)
+    # Padding, never masked: labels from the real length on; input_ids one
+    # later, as input_ids[real] is the last real token (the spec's padded
+    # row [21, 22, 23, 24, 25, pad]).
+    assert (labels[real:] == pad_id).all()
+    assert (input_ids[real + 1:] == pad_id).all()
+    if real < expected_width:
+      assert input_ids[real] == sequence[-1]
+    assert not mask[real:].any()
+
+
+@EXAMPLES
+@given(rows=rows, shortfall=st.integers(1, 5))
+def test_pad_shift_mask_refuses_a_width_below_the_longest_row(rows, shortfall):
+  longest = max(len(p) + len(o) for p, o in rows) - 1
+  with pytest.raises(ValueError, match='shorter than the longest row'):
+    pad_shift_mask(pairs_chunk([p for p, _ in rows], [o for _, o in rows]),
+                   0, width=longest - shortfall)

@@ -25,8 +25,8 @@ from sftbeam.pipeline.options import ConfigError
 from sftbeam.transforms import chat, chat_records, example_codec, schema
 from sftbeam.transforms.chat_rows import CHAT_ROWS, TRAIN_ON
 from sftbeam.transforms.lines_to_batches import chat_template_text
-from sftbeam.transforms.sft import (SPECIAL_TOKEN_MODES,
-                                    tokenize_prompt_and_output)
+from sftbeam.transforms.spec_arithmetic import (SPECIAL_TOKEN_MODES,
+                                                tokenize_prompt_and_output)
 from sftbeam.transforms.tokenizer_backend import HfEncoder, segment_encode
 from sftbeam.transforms.tokenizer_source import (EMBEDDED, TokenizerNotFound,
                                                  load_tokenizer)

@@ -1,49 +1,17 @@
-"""How the batch graph picks its batching strategy from the runner, and
-that every option reaches the step that uses it."""
+"""transforms/lines_to_batches.py: the bundled configs resolve, and every
+option reaches the step that uses it."""
 
 import os
-import types
 
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from conftest import ROOT
-from sftbeam.pipeline import runners
 from sftbeam.pipeline.config import load_yaml
 from sftbeam.pipeline.options import defaults, make_config
 from sftbeam.transforms.lines_to_batches import (batch_shape, pack_shape,
                                                  tokenize_settings)
 from sftbeam.transforms.packed import PackShape
 from sftbeam.transforms.tokenize import TokenizeSettings
-
-
-@pytest.mark.parametrize('runner, expected', [
-    ('FnApiRunner', 'bundle'),
-    ('fnapirunner', 'bundle'),  # Beam reads runner names case-insensitively
-    ('apache_beam.runners.portability.fn_api_runner.FnApiRunner', 'bundle'),
-    ('DirectRunner', 'bundle'),
-    (None, 'bundle'),  # unset: Beam's DirectRunner
-    ('DataflowRunner', 'global'),
-    ('PortableRunner', 'global'),
-])
-def test_batching_follows_the_runner(runner, expected):
-  flags = [f'--runner={runner}'] if runner else []
-  config = types.SimpleNamespace(batching=None)
-  assert runners.batching(config, PipelineOptions(flags)) == expected
-
-
-@pytest.mark.parametrize('setting', ['bundle', 'global'])
-def test_batching_option_wins(setting):
-  config = types.SimpleNamespace(batching=setting)
-  options = PipelineOptions(['--runner=DataflowRunner'])
-  assert runners.batching(config, options) == setting
-
-
-@pytest.mark.parametrize('streaming, runner', [
-    (False, 'FnApiRunner'), (True, 'BundleBasedDirectRunner')])
-def test_default_runners_never_download_anything(streaming, runner):
-  options = runners.pipeline_options([], streaming=streaming)
-  assert options.get_all_options()['runner'] == runner
 
 
 @pytest.mark.parametrize('config_file', ['local.yaml', 'dataflow.yaml'])
