@@ -384,9 +384,13 @@ def _lock(output_dir: str, inputs, lock):
     raise ConfigError(f'--output {output_dir} is a file, not a directory: '
                       'choose another --output')
   check_output_apart(output_dir, inputs)
-  created_dir = not is_remote(output_dir) and not os.path.isdir(output_dir)
-  if created_dir:
-    os.makedirs(output_dir)
+  created_dir = False
+  if not is_remote(output_dir) and not os.path.isdir(output_dir):
+    try:
+      os.makedirs(output_dir)
+      created_dir = True
+    except FileExistsError:
+      pass  # a run started at the same moment made it: the lock decides
   if lock is None:
     try:
       lock = run_lock.acquire(output_dir,

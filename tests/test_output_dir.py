@@ -1,6 +1,7 @@
 """pipeline/output_dir.py: claiming --output, checked before anything is
 written or deleted."""
 
+import os
 import pathlib
 
 import pytest
@@ -67,3 +68,21 @@ def test_batch_overwrite_refuses_a_streaming_runs_window_files(tmp_path):
                      'recorded'):
     output_dir_lib.prepare_output_dir(str(output_dir), True)
   assert tree(output_dir) == before
+
+
+def test_a_directory_made_by_a_run_started_at_the_same_moment_is_claimed(
+    tmp_path, monkeypatch):
+  """Two runs both see --output missing; the one whose makedirs loses the
+  race claims the directory the other made (the lock decides between
+  them), and does not count it as its own to remove."""
+  output_dir = tmp_path / 'out'
+
+  def made_meanwhile(path, *args, **kwargs):
+    os.mkdir(path)  # the other run, between the check and this call
+    raise FileExistsError(path)
+
+  monkeypatch.setattr(output_dir_lib.os, 'makedirs', made_meanwhile)
+  with pytest.raises(RuntimeError):
+    with output_dir_lib.prepare_output_dir(str(output_dir), False):
+      raise RuntimeError('the run failed')
+  assert output_dir.is_dir()  # the other run's: not removed by this one
