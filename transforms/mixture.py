@@ -29,11 +29,12 @@ from typing import Dict, Iterable, NamedTuple, Optional, Tuple
 import apache_beam as beam
 import numpy as np
 
+from sftbeam.transforms import filenames
 from sftbeam.transforms.parse import FieldNames
 from sftbeam.transforms.records import TokenChunk
 from sftbeam.transforms.stats import split_stats
 
-SPLITS = ('train', 'validation')
+SPLITS = (filenames.TRAIN, filenames.VALIDATION)
 # What each hash is for: the two decisions draw independent hashes.
 _SPLIT, _COPY = 'split', 'copy'
 
@@ -154,10 +155,11 @@ class _SplitKeys(beam.DoFn):
 
   def process(self, keyed: Tuple[str, TokenChunk]):
     name, chunk = keyed
-    if self._sources[name].weight == 0:
-      return  # dropped from both splits: none of its records is chosen
-    for index in range(len(chunk)):
-      yield name, split_key(self._sources[name], self._seed, chunk, index)
+    source = self._sources[name]
+    # A source of weight 0 is dropped from both splits: none is chosen.
+    chosen = range(len(chunk)) if source.weight else ()
+    for index in chosen:
+      yield name, split_key(source, self._seed, chunk, index)
 
 
 class _SplitRecords(beam.DoFn):
@@ -221,7 +223,7 @@ class _WriteCopies(beam.DoFn):
     name, chunk = keyed
     source = self._sources[name]
     counts = np.ones(len(chunk), np.int64)
-    if self._split == 'train':
+    if self._split == filenames.TRAIN:
       counts = np.array([copy_count(source.weight, self._seed, name,
                                     record_id(source, example_id))
                          for example_id in chunk.example_ids], np.int64)
