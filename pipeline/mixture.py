@@ -76,7 +76,9 @@ def _source(entry, index: int, fields: FieldNames, where: str) -> Source:
     raise MixtureError(
         f'{where}: name must be 1 to 100 letters, digits, "_", "." or "-", '
         f'starting with a letter or digit (no ":", "~" or "/"); got '
-        f'{_shown(name)}')
+        f'{_shown(name)}' + (' (YAML reads yes, no, on, off as booleans: '
+                             'quote the name)' if isinstance(name, bool)
+                             else ''))
   where = f'{where} ({name})'
   patterns = entry.get('input')
   if isinstance(patterns, str):
