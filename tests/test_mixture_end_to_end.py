@@ -237,7 +237,10 @@ def test_shuffled_lines_and_files_change_nothing(padded_run, sources,
     halves[0].write_text(''.join(lines[::2]))
     halves[1].write_text(''.join(lines[1::2]))
     files[name] = [str(halves[1]), str(halves[0])]
-  shuffled = _run(tmp_path, files, '--batch_size', '7')
+  # Other batches, and two worker processes instead of one.
+  shuffled = _run(tmp_path, files, '--batch_size', '7',
+                  '--direct_num_workers', '2', '--direct_running_mode',
+                  'multi_processing')
   for split in ('train', 'validation'):
     assert _rows(os.path.join(shuffled, split)) == _rows(
         os.path.join(padded_run, split)), split
