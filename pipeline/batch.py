@@ -65,16 +65,26 @@ def build_batch_pipeline(root, config, run_dir=None):
           config.input, config.read_chunk_lines, config.max_line_bytes,
           record_columns(field_names(config)), batching)
       | 'LinesToBatches' >> LinesToBatches(config, batching))
-  run_dir = run_dir or config.output
-  shard_entries = outputs['batches'] | 'WriteBatches' >> WriteBatches(
-      run_dir, config.num_shards, config.compression, config.output_format,
+  return write_dataset(root, config, run_dir or config.output,
+                       outputs['batches'], outputs['rejected'],
+                       outputs['stats'])
+
+
+def write_dataset(root, config, output_dir, batches, rejected, stats,
+                  sections=None):
+  """Writes one dataset in `output_dir`: the encoded `batches` as shards,
+  the `rejected` records, and, from the `stats`, dataset_info.json (with
+  `sections`) last; counts the stats (CountStats). Applies its steps where
+  it is called; gives the info PCollection."""
+  shard_entries = batches | 'WriteBatches' >> WriteBatches(
+      output_dir, config.num_shards, config.compression, config.output_format,
       config.layout)
-  rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(
-      run_dir)
-  _ = outputs['stats'] | 'CountStats' >> beam.ParDo(progress.CountStats())
-  stats = outputs['stats'] | 'SumStats' >> beam.CombineGlobally(SumStatsFn())
+  rejected_results = rejected | 'WriteRejected' >> WriteRejected(output_dir)
+  _ = stats | 'CountStats' >> beam.ParDo(progress.CountStats())
   return root | 'WriteDatasetInfo' >> WriteDatasetInfo(
-      run_dir, config.to_dict(), stats, shard_entries, rejected_results)
+      output_dir, config.to_dict(),
+      stats | 'SumStats' >> beam.CombineGlobally(SumStatsFn()),
+      shard_entries, rejected_results, sections)
 
 
 class ReadSource(beam.PTransform):
@@ -158,19 +168,11 @@ class WriteSplit(beam.PTransform):
     self._sections = sections
 
   def expand(self, pbegin):
-    config = self._config
-    examples = to_examples(self._chunks, config, self._batching)
-    shard_entries = examples.batches | 'WriteBatches' >> WriteBatches(
-        self._output_dir, config.num_shards, config.compression,
-        config.output_format, config.layout)
-    rejected_results = self._rejected | 'WriteRejected' >> WriteRejected(
-        self._output_dir)
+    examples = to_examples(self._chunks, self._config, self._batching)
     stats = self._stats + [examples.stats] | 'AllStats' >> beam.Flatten()
-    _ = stats | 'CountStats' >> beam.ParDo(progress.CountStats())
-    return pbegin | 'WriteDatasetInfo' >> WriteDatasetInfo(
-        self._output_dir, config.to_dict(),
-        stats | 'SumStats' >> beam.CombineGlobally(SumStatsFn()),
-        shard_entries, rejected_results, self._sections)
+    return write_dataset(pbegin, self._config, self._output_dir,
+                         examples.batches, self._rejected, stats,
+                         self._sections)
 
 
 def _prefixed(chunk: TokenChunk, source: Source):

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, run_sftbeam, shared_data
+from conftest import ROOT, SAMPLE, run_sftbeam, shared_data
 from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
                                       load_dataset_info)
 from sftbeam.transforms import schema
@@ -315,3 +315,19 @@ def test_the_dataflow_dry_run_builds_the_mixture_job(tmp_path):
   for step in ('Source[gsm8k]', 'Source[alpaca]', 'SplitAndCopy',
                'Write[train]', 'Write[validation]'):
     assert step in steps
+
+
+def test_a_split_of_plain_input_keeps_its_ids(tmp_path):
+  plain, split = tmp_path / 'plain', tmp_path / 'split'
+  run_sftbeam('run', '--input', SAMPLE, '--output', str(plain), check=True)
+  run_sftbeam('run', '--input', SAMPLE, '--output', str(split),
+              '--validation_fraction', '0.2', check=True)
+  written = load_dataset_info(plain)['counts']['records_written']
+  train, validation = (_ids(str(split / name))
+                       for name in ('train', 'validation'))
+  assert len(validation) == validation_count(0.2, written)
+  assert sorted(train + validation) == sorted(_ids(str(plain)))
+  counts = load_dataset_info(split / 'train')['counts']
+  assert counts['rejected_by_reason'] == load_dataset_info(plain)['counts'][
+      'rejected_by_reason'] and counts['reconciled']
+  assert list(counts['by_source']) == ['input']
