@@ -331,3 +331,33 @@ def test_a_split_of_plain_input_keeps_its_ids(tmp_path):
   assert counts['rejected_by_reason'] == load_dataset_info(plain)['counts'][
       'rejected_by_reason'] and counts['reconciled']
   assert list(counts['by_source']) == ['input']
+
+
+def test_overwrite_replaces_a_split_run_and_is_replaced_by_one(tmp_path):
+  output = tmp_path / 'out'
+  split_flags = ('--validation_fraction', '0.2')
+  run_sftbeam('run', '--input', SAMPLE, '--output', str(output),
+              *split_flags, check=True)
+  assert sorted(os.listdir(output)) == [
+      '.sftbeam-manifest.json', 'train', 'validation']
+  assert 'temp' not in os.listdir(output / 'train')
+  run_sftbeam('run', '--input', SAMPLE, '--output', str(output),
+              '--overwrite', check=True)
+  assert not {'train', 'validation'} & set(os.listdir(output))
+  load_dataset_info(output)
+  run_sftbeam('run', '--input', SAMPLE, '--output', str(output), '--overwrite',
+              *split_flags, check=True)
+  assert not [name for name in os.listdir(output)
+              if name.startswith(('batches-', 'dataset_info'))]
+  load_dataset_info(output / 'validation')
+
+
+def test_a_train_directory_no_run_recorded_is_never_replaced(tmp_path):
+  output = tmp_path / 'out'
+  (output / 'train').mkdir(parents=True)
+  (output / 'train' / 'mine.txt').write_text('keep me')
+  result = run_sftbeam('run', '--input', SAMPLE, '--output', str(output),
+                       '--overwrite', '--validation_fraction', '0.2')
+  assert result.returncode == 2 and 'which no sftbeam run recorded' in (
+      result.stderr)
+  assert (output / 'train' / 'mine.txt').read_text() == 'keep me'
