@@ -199,7 +199,8 @@ class _SettleTies(beam.DoFn):
   which changes nothing written."""
   VALIDATION = 'validation'
 
-  def process(self, grouped):
+  def process(self, grouped: Tuple[Tuple[str, SplitKey, int],
+                                   Iterable[TokenChunk]]):
     (name, _, taken), chunks = grouped
     for index, chunk in enumerate(chunks):
       if index < taken:
@@ -211,7 +212,7 @@ class _SettleTies(beam.DoFn):
 class _WriteCopies(beam.DoFn):
   """(name, TokenChunk) of one split -> the TokenChunk written (train: each
   record as many times as its weight says, validation: once); and per
-  source stats on `stats` (source_stats)."""
+  source stats on `stats` (stats.split_stats)."""
   STATS = 'stats'
 
   def __init__(self, split: str, sources: Dict[str, Source], seed: int):
