@@ -20,7 +20,7 @@ import pytest
 
 from conftest import ROOT, SAMPLE, run_sftbeam, shared_data
 from sftbeam.pipeline.readers import (IncompleteOutput, iter_numpy_batches,
-                                      load_dataset_info)
+                                      load_dataset_info, torch_dataset)
 from sftbeam.transforms import schema
 from sftbeam.transforms.mixture import (copy_count, copy_id, unit_hash,
                                         validation_count)
@@ -214,6 +214,15 @@ def test_readers_name_the_splits(padded_run):
     load_dataset_info(padded_run)
   result = run_sftbeam('stats', os.path.join(padded_run, 'train'), check=True)
   assert 'alpaca_pq' in result.stdout and 'learned' in result.stdout
+  copy = next(example_id for example_id in _ids(os.path.join(padded_run,
+                                                             'train'))
+              if example_id.startswith('gsm8k:') and example_id.endswith('~3'))
+  result = run_sftbeam('inspect', os.path.join(padded_run, 'train'), '--id',
+                       copy, check=True)
+  assert f'example {copy}:' in result.stdout
+  dataset = torch_dataset(os.path.join(padded_run, 'validation'))
+  assert sum(len(batch['input_ids']) for batch in dataset) == len(
+      _ids(os.path.join(padded_run, 'validation')))
 
 
 def test_shuffled_lines_and_files_change_nothing(padded_run, sources,

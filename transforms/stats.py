@@ -144,7 +144,7 @@ def split_stats(name: str, split: str, *, records: int, examples: int,
                 learned_tokens: int) -> dict:
   """The stats of `records` records of source `name` a mixture sent to
   `split`, written as `examples` examples: `copies` extra copies,
-  `dropped` records not written (weight 0), their tokens and learned
+  `dropped` records not written (a weight below 1), their tokens and learned
   tokens. A validation record is counted in the train stats as sent
   there (`records_validation`) and in the validation stats as read
   (`split_records_in`)."""
