@@ -26,12 +26,20 @@ from sftbeam.pipeline.output_dir import prepare_output_dir
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.pipeline.summary import summary_lines
 from sftbeam.transforms.dataset_info import WriteDatasetInfo
-from sftbeam.transforms.lines_to_batches import LinesToBatches, field_names
+from sftbeam.pipeline.mixture import (input_patterns, run_sources,
+                                      source_section)
+from sftbeam.transforms import filenames
+from sftbeam.transforms.lines_to_batches import (LinesToBatches, field_names,
+                                                 parse_and_tokenize,
+                                                 to_examples)
+from sftbeam.transforms.mixture import Source, SplitAndCopy
 from sftbeam.transforms.parse import record_columns
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.read import corrupt_input_message
 from sftbeam.transforms.read_input import ReadInput
-from sftbeam.transforms.stats import SumStatsFn, rejected_by_reason
+from sftbeam.transforms.records import TokenChunk
+from sftbeam.transforms.stats import (SumStatsFn, per_source,
+                                      rejected_by_reason, sent_to_validation)
 from sftbeam.transforms.write import WriteBatches, WriteRejected
 
 
@@ -40,13 +48,16 @@ class RunFailed(Exception):
 
 
 def build_batch_pipeline(root, config, run_dir=None):
-  """Adds the whole batch job under `root`; gives the info PCollection.
+  """Adds the whole batch job under `root`; gives the info PCollection (a
+  split run: train's).
 
   `run_dir`: the directory the job writes its whole output in (shards,
   rejected files, dataset_info.json; temp files below it): an OutputClaim's
   work directory, moved into --output once the job has succeeded. None:
   --output itself (dry runs, which write nothing).
   """
+  if config.mixture or config.validation_fraction:
+    return _build_mixture_pipeline(root, config, run_dir or config.output)
   batching = runners.batching(config, root.options)
   outputs = (
       root
@@ -54,16 +65,122 @@ def build_batch_pipeline(root, config, run_dir=None):
           config.input, config.read_chunk_lines, config.max_line_bytes,
           record_columns(field_names(config)), batching)
       | 'LinesToBatches' >> LinesToBatches(config, batching))
-  run_dir = run_dir or config.output
-  shard_entries = outputs['batches'] | 'WriteBatches' >> WriteBatches(
-      run_dir, config.num_shards, config.compression, config.output_format,
+  return write_dataset(root, config, run_dir or config.output,
+                       outputs['batches'], outputs['rejected'],
+                       outputs['stats'])
+
+
+def write_dataset(root, config, output_dir, batches, rejected, stats,
+                  sections=None):
+  """Writes one dataset in `output_dir`: the encoded `batches` as shards,
+  the `rejected` records, and, from the `stats`, dataset_info.json (with
+  `sections`) last; counts the stats (CountStats). Applies its steps where
+  it is called; gives the info PCollection."""
+  shard_entries = batches | 'WriteBatches' >> WriteBatches(
+      output_dir, config.num_shards, config.compression, config.output_format,
       config.layout)
-  rejected_results = outputs['rejected'] | 'WriteRejected' >> WriteRejected(
-      run_dir)
-  _ = outputs['stats'] | 'CountStats' >> beam.ParDo(progress.CountStats())
-  stats = outputs['stats'] | 'SumStats' >> beam.CombineGlobally(SumStatsFn())
+  rejected_results = rejected | 'WriteRejected' >> WriteRejected(output_dir)
+  _ = stats | 'CountStats' >> beam.ParDo(progress.CountStats())
   return root | 'WriteDatasetInfo' >> WriteDatasetInfo(
-      run_dir, config.to_dict(), stats, shard_entries, rejected_results)
+      output_dir, config.to_dict(),
+      stats | 'SumStats' >> beam.CombineGlobally(SumStatsFn()),
+      shard_entries, rejected_results, sections)
+
+
+class ReadSource(beam.PTransform):
+  """Pipeline root -> {'chunks': (source name, TokenChunk), 'rejected',
+  'stats'} of one source of a mixture: its inputs read, its records parsed
+  with its own fields (ids prefixed with its name) and tokenized; every
+  count also counted as the source's (stats.per_source)."""
+
+  def __init__(self, source: Source, config, batching: str):
+    super().__init__()
+    self._source = source
+    self._config = config
+    self._batching = batching
+
+  def expand(self, pbegin):
+    source, config = self._source, self._config
+    chunks = pbegin | 'ReadInput' >> ReadInput(
+        source.input, config.read_chunk_lines, config.max_line_bytes,
+        record_columns(source.fields), self._batching)
+    tokenized = parse_and_tokenize(chunks, config, source.fields)
+    return {
+        'chunks': tokenized['chunks'] | 'PrefixIds' >> beam.Map(
+            _prefixed, source),
+        'rejected': tokenized['rejected'],
+        'stats': tokenized['stats'] | 'CountBySource' >> beam.Map(
+            per_source, source.name)}
+
+
+def _build_mixture_pipeline(root, config, run_dir):
+  """The job of a mixture, or of a validation split: each source read and
+  tokenized apart (ReadSource), then split and copied (SplitAndCopy), each
+  split batched and written as a dataset of its own (OUT/train and
+  OUT/validation; without a split, OUT itself)."""
+  batching = runners.batching(config, root.options)
+  sources = run_sources(config)
+  read = [root | f'Source[{source.name}]' >> ReadSource(source, config,
+                                                          batching)
+          for source in sources]
+  split = ([part['chunks'] for part in read] | 'AllChunks' >> beam.Flatten()
+           | 'SplitAndCopy' >> SplitAndCopy(
+               {source.name: source for source in sources},
+               config.validation_fraction, config.seed))
+  sent_away = split['validation_stats'] | 'SentToValidation' >> beam.Map(
+      sent_to_validation)
+  rejected = [part['rejected'] for part in read] | 'AllRejected' >> (
+      beam.Flatten())
+  train_stats = ([part['stats'] for part in read] +
+                 [split['train_stats'], sent_away])
+  splits = [(filenames.TRAIN, rejected, train_stats)]
+  if config.validation_fraction:
+    splits.append((filenames.VALIDATION,
+                   root | 'NothingRejected' >> beam.Create([]),
+                   [split['validation_stats']]))
+  infos = [
+      root | f'Write[{name}]' >> WriteSplit(
+          config, batching, split[name], rejected_records, stats,
+          FileSystems.join(run_dir, name) if config.validation_fraction
+          else run_dir, {'split': name if config.validation_fraction
+                         else None,
+                         'sources': [source_section(source)
+                                     for source in sources]})
+      for name, rejected_records, stats in splits]
+  return infos[0]
+
+
+class WriteSplit(beam.PTransform):
+  """Pipeline root -> the info of one dataset written in `output_dir`: the
+  TokenChunks `chunks` batched and written, `rejected` records written,
+  dataset_info.json from the `stats` PCollections and its batches' stats
+  (its `sections` added)."""
+
+  def __init__(self, config, batching, chunks, rejected, stats, output_dir,
+               sections):
+    super().__init__()
+    self._config = config
+    self._batching = batching
+    self._chunks = chunks
+    self._rejected = rejected
+    self._stats = stats
+    self._output_dir = output_dir
+    self._sections = sections
+
+  def expand(self, pbegin):
+    examples = to_examples(self._chunks, self._config, self._batching)
+    stats = self._stats + [examples.stats] | 'AllStats' >> beam.Flatten()
+    return write_dataset(pbegin, self._config, self._output_dir,
+                         examples.batches, self._rejected, stats,
+                         self._sections)
+
+
+def _prefixed(chunk: TokenChunk, source: Source):
+  """(source name, the TokenChunk with the source's prefix on its ids)."""
+  if source.id_prefix:
+    chunk = chunk.renamed(source.id_prefix + example_id
+                          for example_id in chunk.example_ids)
+  return source.name, chunk
 
 
 def run(config, beam_args) -> int:
@@ -76,9 +193,12 @@ def run(config, beam_args) -> int:
     print(remote.dry_run(config, options, build_batch_pipeline))
     return 0
   with prepare_output_dir(config.output, config.overwrite,
-                          config.input) as claim:
+                          input_patterns(config)) as claim:
     wall_seconds = _run_job(config, options, claim.work_dir)
-    info = load_dataset_info(claim.work_dir)
+    infos = {name: load_dataset_info(FileSystems.join(claim.work_dir, name))
+             for name in _split_names(config)}
+    info = (infos.get(filenames.TRAIN) or
+            load_dataset_info(claim.work_dir))
     problem = run_problem(info)
     if problem and claim.replaces_a_complete_run:
       # A failed run does not replace a complete one.
@@ -88,14 +208,28 @@ def run(config, beam_args) -> int:
     else:
       claim.complete()
       if problem:
-        problem += (f'; every rejected line is in {config.output}/'
+        where = FileSystems.join(config.output, *(
+            [filenames.TRAIN] if infos else []))
+        problem += (f'; every rejected line is in {where}/'
                     'rejected-*.jsonl (outputs kept)')
-  print('\n'.join(summary_lines(info, wall_seconds)))
+  if infos:
+    for name, split_info in infos.items():
+      print(f'{name}:')
+      print('\n'.join('  ' + line for line in summary_lines(
+          split_info, wall_seconds if name == filenames.TRAIN else None)))
+  else:
+    print('\n'.join(summary_lines(info, wall_seconds)))
   print(f'output: {config.output}')
   if problem:
     print(f'sftbeam: error: {problem}', file=sys.stderr)
     return 1
   return 0
+
+
+def _split_names(config) -> tuple:
+  """The datasets a run writes in directories of their own: train and
+  validation with a validation split, else none (OUT is the dataset)."""
+  return filenames.SPLIT_DIRS[::-1] if config.validation_fraction else ()
 
 
 def _run_job(config, options, work_dir) -> float:
@@ -104,7 +238,7 @@ def _run_job(config, options, work_dir) -> float:
   Raises RunFailed when an input file is cut short or corrupt.
   """
   started = time.time()
-  describe = progress_describer(input_size(config.input))
+  describe = progress_describer(input_size(input_patterns(config)))
   try:
     with progress.printed(describe,
                           enabled=runners.runs_in_this_process(options)):

@@ -15,6 +15,7 @@ import os
 from apache_beam.io.filesystems import FileSystems
 
 from sftbeam.pipeline import remote
+from sftbeam.pipeline.mixture import input_patterns
 from sftbeam.pipeline.options import ConfigError, one_line
 from sftbeam.transforms import chat
 from sftbeam.transforms.lines_to_batches import chat_template_text
@@ -28,7 +29,7 @@ def check_run(config, options):
   """Every check, in order (see the module docstring)."""
   remote.check_dataflow_job(config, options)
   if not config.streaming:
-    check_inputs_exist(config.input)
+    check_inputs_exist(input_patterns(config))
   check_tokenizer(config)
   check_chat_input(config)
 

@@ -9,10 +9,11 @@ import difflib
 import reprlib
 from typing import Any, Callable, Optional, Tuple
 
-from sftbeam.pipeline import gcp_names
+from sftbeam.pipeline import gcp_names, mixture
 from sftbeam.transforms import schema
 from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.pack import DEFAULT_PACK_WINDOW
+from sftbeam.transforms.parse import FieldNames
 from sftbeam.transforms.padded import PAD_TO_MODES
 from sftbeam.transforms.chat_records import (INPUT_FORMATS,
                                              RESERVED_TEMPLATE_KWARGS)
@@ -129,6 +130,20 @@ OPTIONS = (
            requirement='a local directory, or a remote one without [ * ? in '
            'its path (Beam reads them as glob characters there) '
            f'{_BUCKET_NOTE}'),
+    Option('mixture', 'str', '',
+           'a mixture file (YAML, instead of --input): its "sources", each '
+           'with a name, input globs, a weight and optionally its own field '
+           'names (docs/mixtures.md)'),
+    Option('validation_fraction', 'float', 0.0,
+           'per source, this fraction of the records that are not rejected '
+           '(round(F * n), chosen by hash) goes to OUT/validation, the rest '
+           'to OUT/train; 0: no split, the output layout unchanged '
+           '(docs/mixtures.md)',
+           check=lambda v: 0.0 <= v < 1.0, requirement='at least 0 and below 1'),
+    Option('seed', 'int', 0,
+           'chooses which records get a mixture\'s extra copy and which go to '
+           'validation (a hash of seed, source name and record id)',
+           check=lambda v: v >= 0, requirement='a non-negative integer'),
     Option('tokenizer', 'str', EMBEDDED,
            'HuggingFace hub name, local directory, gs:// directory, or '
            '"embedded" (the bundled Qwen tokenizer)',
@@ -384,6 +399,28 @@ def _check_streaming_source(values: dict):
                       f'--{sources[0]}')
 
 
+def _check_streaming_split(values: dict):
+  """A stream has no end, so no per-source count to choose validation
+  records from, nor a whole mixture to weigh."""
+  for name in ('mixture', 'validation_fraction'):
+    if values[name]:
+      raise ConfigError(f'--{name} is for batch runs: a streaming run never '
+                        'sees all of its records, so cannot split or weigh '
+                        'them (docs/mixtures.md)')
+
+
+def _check_mixture(values: dict):
+  """--mixture replaces --input, and its file must be a valid mixture."""
+  if values['input']:
+    raise ConfigError('--mixture and --input both set: a mixture file names '
+                      'its sources\' inputs; pass one of them')
+  try:
+    mixture.load_mixture(values['mixture'], FieldNames(
+        values['prompt_field'], values['output_field'], values['id_field']))
+  except mixture.MixtureError as error:
+    raise ConfigError(str(error)) from None
+
+
 def _packed(values: dict) -> dict:
   """The packed layout's values: a record must fit one row."""
   if values['max_seq_len'] is None:
@@ -428,8 +465,11 @@ def make_config(values: dict) -> Config:
     raise ConfigError('no output directory: pass --output DIR')
   if values['streaming']:
     _check_streaming_source(values)
+    _check_streaming_split(values)
+  elif values['mixture']:
+    _check_mixture(values)
   elif not values['input']:
-    raise ConfigError('no input: pass --input PATTERN')
+    raise ConfigError('no input: pass --input PATTERN (or --mixture FILE)')
   values = dict(values, boundaries=list(values['boundaries']))
   if values['batch_tokens'] is not None and values['batch_size'] is not None:
     raise ConfigError('batch_size and batch_tokens both set: choose one (a '
@@ -441,6 +481,10 @@ def make_config(values: dict) -> Config:
     raise ConfigError('chat_rows per_turn with truncation output_right: a '
                       'per_turn row ends at its own turn, so there are no '
                       'trailing turns to drop; use truncation prompt_left')
+  if values['chat_rows'] == 'per_turn' and values['validation_fraction']:
+    raise ConfigError('chat_rows per_turn with validation_fraction: the '
+                      'split is per record, a per_turn record is several '
+                      'examples; use chat_rows whole to split')
   _check_batching(values)
   _check_output_format(values)
   if values['layout'] == 'packed':

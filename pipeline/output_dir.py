@@ -167,7 +167,7 @@ def _check_kinds(output_dir: str, names):
     return  # no links on an object store
   for name in names:
     path = os.path.join(output_dir, name)
-    is_dir = filenames.WORK_DIR.fullmatch(name) is not None
+    is_dir = _is_directory_name(name)
     try:
       mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -176,15 +176,25 @@ def _check_kinds(output_dir: str, names):
       raise _wrong_kind(path, 'a directory' if is_dir else 'a regular file')
 
 
+def _is_directory_name(name: str) -> bool:
+  """Whether sftbeam makes `name` as a directory: a work directory or a
+  split run's dataset."""
+  return bool(filenames.WORK_DIR.fullmatch(name) or
+              filenames.SPLIT_DIR.fullmatch(name))
+
+
 def _remove(output_dir: str, names):
   """Deletes these entries of `output_dir` (those still there):
-  dataset_info.json first, so readers stop accepting the directory at
-  once, work directories last."""
-  for name in sorted(names, key=lambda name: (
-      name != filenames.INFO, bool(filenames.WORK_DIR.fullmatch(name)), name)):
+  dataset_info.json first (a split's own too), so readers stop accepting
+  the directory at once, directories last."""
+  infos = [name for name in names if name == filenames.INFO] + [
+      FileSystems.join(name, filenames.INFO) for name in names
+      if filenames.SPLIT_DIR.fullmatch(name)]
+  for name in infos + sorted(set(names) - {filenames.INFO},
+                             key=lambda name: (_is_directory_name(name), name)):
     path = FileSystems.join(output_dir, name)
     try:
-      if filenames.WORK_DIR.fullmatch(name):
+      if _is_directory_name(name):
         delete_tree(path)
       else:
         delete_files([path])
@@ -271,7 +281,7 @@ class OutputClaim(Claim):
   @property
   def replaces_a_complete_run(self) -> bool:
     """Whether complete() would replace a complete earlier run."""
-    return filenames.INFO in self._earlier.files
+    return bool({filenames.INFO, filenames.TRAIN} & set(self._earlier.files))
 
   def _write_manifest(self, state: str, files, running: bool):
     manifest.write_manifest(self.output_dir, manifest.new_manifest(
@@ -286,14 +296,20 @@ class OutputClaim(Claim):
       os.mkdir(self.work_dir)
 
   def _new_files(self) -> list:
-    """The files the run wrote at the top of its work directory."""
-    names = [name for name in names_in(self.work_dir) if '/' not in name and
+    """The files (and split directories) the run wrote at the top of its
+    work directory."""
+    entries = names_in(self.work_dir)
+    names = [name for name in entries if '/' not in name and
              (is_remote(self.work_dir) or
               os.path.isfile(os.path.join(self.work_dir, name)))]
-    if filenames.INFO not in names:
+    splits = [name for name in filenames.SPLIT_DIRS
+              if FileSystems.join(name, filenames.INFO) in entries or
+              os.path.isfile(os.path.join(self.work_dir, name,
+                                          filenames.INFO))]
+    if filenames.INFO not in names and len(splits) < len(filenames.SPLIT_DIRS):
       raise ReplaceFailed(f'the run wrote no {filenames.INFO} in '
                           f'{self.work_dir}: it is not complete')
-    return names
+    return names + splits
 
   def _check_unchanged(self, new_files: list):
     """Raises ReplaceFailed when a file the run would move in or delete was
@@ -322,9 +338,14 @@ class OutputClaim(Claim):
                          running=True)
     self._replacing = True
     try:
+      self._remove_split_temp_dirs(new_files)
       _remove(self.output_dir, self._earlier.files)
-      self._move_in(sorted(set(new_files) - {filenames.INFO}))
-      self._move_in([filenames.INFO])  # last: now the run is readable
+      # Last: dataset_info.json (or train/): now the run is readable.
+      self._move_in(sorted(set(new_files) - {filenames.INFO} -
+                           set(filenames.SPLIT_DIRS)))
+      for name in filenames.SPLIT_DIRS + (filenames.INFO,):
+        if name in new_files:
+          self._move_in([name])
       delete_tree(self.work_dir)
     except (OSError, BeamIOError) as error:
       raise ReplaceFailed(
@@ -334,9 +355,21 @@ class OutputClaim(Claim):
     self._write_manifest('complete', new_files, running=False)
     self._completed = True
 
+  def _remove_split_temp_dirs(self, new_files):
+    """The writers' temp files stay behind, as they do in the work dir."""
+    for name in set(filenames.SPLIT_DIRS) & set(new_files):
+      try:
+        delete_tree(FileSystems.join(self.work_dir, name, filenames.TEMP_DIR))
+      except FileNotFoundError:
+        pass
+
   def _move_in(self, names):
     """Moves these files from the work directory to the output directory
     (a rename replaces whatever is there, never writes through it)."""
+    if is_remote(self.work_dir):
+      # An object store has no directories: a split's objects move one by one.
+      names = [entry for entry in names_in(self.work_dir)
+               if _top_level(entry) in names]
     FileSystems.rename(
         [FileSystems.join(self.work_dir, name) for name in names],
         [FileSystems.join(self.output_dir, name) for name in names])

@@ -142,6 +142,18 @@ def _read_json(path: str):
     raise CorruptOutput(f'{path} is not readable JSON: {error}') from None
 
 
+def _refuse_split_run(output_dir: str):
+  """A run with a validation split wrote two datasets, one directory each:
+  IncompleteOutput naming them."""
+  splits = [FileSystems.join(output_dir, name) for name in filenames.SPLIT_DIRS
+            if FileSystems.exists(FileSystems.join(output_dir, name,
+                                                   filenames.INFO))]
+  if splits:
+    raise IncompleteOutput(
+        f'{output_dir} holds the datasets of a run with a validation split: '
+        f'read {" or ".join(sorted(splits))}')
+
+
 def load_dataset_info(output_dir: str) -> dict:
   """The directory's dataset_info.json, checked to exist, to be of a
   schema version this code reads, and to hold every section sftbeam writes
@@ -149,6 +161,7 @@ def load_dataset_info(output_dir: str) -> dict:
   output_dir = os.fspath(output_dir)
   path = FileSystems.join(output_dir, filenames.INFO)
   if not FileSystems.exists(path):
+    _refuse_split_run(output_dir)
     raise IncompleteOutput(
         f'{output_dir} has no {filenames.INFO}: the run did not finish '
         '(re-run it with --overwrite)')

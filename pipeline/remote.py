@@ -17,6 +17,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
 
 from sftbeam.pipeline import gcp_names
+from sftbeam.pipeline.mixture import input_patterns
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.pipeline.runners import new_pipeline, runner_of
 from sftbeam.transforms.paths import is_remote
@@ -69,7 +70,7 @@ def check_dataflow_job(config, options):
   if setup_file and not os.path.isfile(setup_file):
     raise ConfigError(f'--setup_file {setup_file} not found: run sftbeam from '
                       'the project root')
-  for name, path in [('input', pattern) for pattern in config.input] + [
+  for name, path in [('input', pattern) for pattern in input_patterns(config)] + [
       ('output', config.output)]:
     if not is_remote(path):
       raise ConfigError(f'--{name} {path} is a local path, which Dataflow '

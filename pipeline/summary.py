@@ -7,6 +7,11 @@
       invalid_json           1
   ...
   reconciled                 yes: in = written + rejected
+
+then, for a mixture or a validation split, a table per source:
+
+  source   read  written  copies  validation  dropped  rejected  tokens  learned
+  gsm8k     300      270     412          30        0         0  126006    85638
 """
 
 from typing import List, Optional
@@ -31,7 +36,39 @@ def summary_lines(info: dict, wall_seconds: Optional[float] = None
   rows = (_record_rows(info) + _batch_rows(info['counts']) +
           _tail_rows(info, wall_seconds))
   width = max(len(name) for name, _ in rows)
-  return [f'{name:<{width}}  {value}' for name, value in rows]
+  return [f'{name:<{width}}  {value}' for name, value in rows] + (
+      source_table(info['counts'].get('by_source') or {}))
+
+
+# The per-source table's columns: (heading, key of counts.by_source.<name>).
+_SOURCE_COLUMNS = (
+    ('read', 'records_in'), ('written', 'records_written'),
+    ('copies', 'copies'), ('validation', 'records_validation'),
+    ('dropped', 'records_dropped'), ('rejected', 'records_rejected'),
+    ('tokens', 'tokens'), ('learned', 'learned_tokens'))
+
+
+def source_table(by_source: dict) -> List[str]:
+  """The per-source table of counts.by_source (none without sources);
+  a source whose counts do not reconcile is marked."""
+  if not by_source:
+    return []
+  width = max(len('source'), *map(len, by_source))
+  lines = [f'{"source":<{width}}  ' + '  '.join(
+      heading for heading, _ in _SOURCE_COLUMNS)]
+  for name, counts in by_source.items():
+    cells = '  '.join(f'{counts[key]:>{len(heading)}}'
+                      for heading, key in _SOURCE_COLUMNS)
+    mark = '' if counts['reconciled'] else '  NOT RECONCILED'
+    lines.append(f'{name:<{width}}  {cells}{mark}')
+  return lines
+
+
+# Rows a mixture or a validation split adds when they count something.
+# (label, key, its term in the reconciliation or None)
+_MIXTURE_ROWS = (('sent to validation', 'records_validation', 'validation'),
+                 ('dropped by weight', 'records_dropped', 'dropped'),
+                 ('extra copies written', 'copies', None))
 
 
 def _record_rows(info: dict) -> list:
@@ -39,6 +76,8 @@ def _record_rows(info: dict) -> list:
   rows = [('records in', counts['records_in']),
           ('  written', counts['records_written']),
           ('  rejected', counts['records_rejected'])]
+  rows += [(f'  {label}', counts[key]) for label, key, _ in _MIXTURE_ROWS
+           if counts.get(key)]
   rows += [(f'    {reason}', count)
            for reason, count in counts['rejected_by_reason'].items()]
   if counts['chat_records']:  # a prompt/output run has no chat row
@@ -77,8 +116,10 @@ def _batch_rows(counts: dict) -> list:
 
 def _tail_rows(info: dict, wall_seconds: Optional[float]) -> list:
   counts = info['counts']
-  rows = [('reconciled', 'yes: in = written + rejected' if counts['reconciled']
-           else 'NO: in != written + rejected'),
+  terms = ' + '.join(['written', 'rejected'] + [
+      term for _, key, term in _MIXTURE_ROWS if term and counts.get(key)])
+  rows = [('reconciled', f'yes: in = {terms}' if counts['reconciled']
+           else f'NO: in != {terms}'),
           ('tokenizer backend', f'{info["tokenizer"]["backend"]} '
            f'({info["tokenizer"]["backend_reason"]})')]
   if wall_seconds is not None:

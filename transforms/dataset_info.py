@@ -64,12 +64,13 @@ def _tokenizer_section(config: dict, stats: dict) -> dict:
 
 
 def build_info(config: dict, stats: dict, shard_entries,
-               rejected_paths) -> dict:
+               rejected_paths, sections=None) -> dict:
   """The dataset_info dict of a run with these summed stats and files.
 
   `shard_entries`: one describe_shard dict per shard (tfrecord.py,
   parquet_shards.py); file names are relative to the output directory.
   `features`: the Example features, or, for Parquet shards, the columns.
+  `sections`: more top-level keys (a mixture run's `split`, `sources`).
   """
   layout = config['layout']
   return {
@@ -87,6 +88,7 @@ def build_info(config: dict, stats: dict, shard_entries,
       'shards': sorted(shard_entries, key=lambda entry: entry['name']),
       'rejected_files': sorted(map(os.path.basename, rejected_paths)),
       'completed_at': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+      **(sections or {}),
   }
 
 
@@ -98,14 +100,15 @@ def write_info(output_dir: str, info: dict) -> dict:
 class _WriteDatasetInfoFn(beam.DoFn):
   """Writes dataset_info.json once the shards it lists are final."""
 
-  def __init__(self, output_dir: str, config: dict):
+  def __init__(self, output_dir: str, config: dict, sections=None):
     self._output_dir = output_dir
     self._config = config
+    self._sections = sections
 
   def process(self, unused_trigger, stats, shard_entries, rejected_results):
     yield write_info(self._output_dir, build_info(
         self._config, stats, shard_entries,
-        [result.file_name for result in rejected_results]))
+        [result.file_name for result in rejected_results], self._sections))
 
 
 class WriteDatasetInfo(beam.PTransform):
@@ -114,14 +117,15 @@ class WriteDatasetInfo(beam.PTransform):
   Takes the pipeline root; the summed stats (a one-element PCollection),
   the shard entries of WriteBatches and the FileResults of the rejected
   files come in as side inputs, which makes this step wait for them. Gives
-  the info dict.
+  the info dict. `sections`: more top-level keys of dataset_info.json.
   """
 
   def __init__(self, output_dir, config: dict, stats, shard_entries,
-               rejected_results):
+               rejected_results, sections=None):
     super().__init__()
     self._output_dir = output_dir
     self._config = config
+    self._sections = sections
     self._stats = stats
     self._shard_entries = shard_entries
     self._rejected_results = rejected_results
@@ -131,7 +135,8 @@ class WriteDatasetInfo(beam.PTransform):
         pbegin
         | 'Trigger' >> beam.Create([None])
         | 'WriteInfo' >> beam.ParDo(
-            _WriteDatasetInfoFn(self._output_dir, self._config),
+            _WriteDatasetInfoFn(self._output_dir, self._config,
+                                self._sections),
             stats=beam.pvalue.AsSingleton(self._stats),
             shard_entries=beam.pvalue.AsList(self._shard_entries),
             rejected_results=beam.pvalue.AsList(self._rejected_results)))

@@ -11,8 +11,13 @@ names the writers give and the patterns the checks match must agree.
                                            are joined (in the work dir)
   KIND-START-END-PANE-RANDOM.SUFFIX        a streaming window firing's
                                            shard, rejected file or stats
+  train/, validation/                      a split run's two datasets
+                                           (each with dataset_info.json,
+                                           shards; train/ the rejected)
   .sftbeam-manifest.json                   the run's manifest of its files
   .sftbeam-run-RUNID/                      a run's work directory
+  temp/                                    the writers' temp files (in
+                                           the work dir, or a split's)
   .sftbeam-lock                            the lock of the directory
   NAME.incomplete                          the temp file of an atomic write
 """
@@ -33,6 +38,12 @@ REJECTED_PREFIX = 'rejected'
 REJECTED_SUFFIX = '.jsonl'
 WINDOW_STATS_PREFIX = 'window-stats'
 WINDOW_STATS_SUFFIX = '.json'
+TEMP_DIR = 'temp'
+TRAIN = 'train'
+VALIDATION = 'validation'
+# Moved into the output directory in this order: train, the dataset a
+# trainer waits for, last.
+SPLIT_DIRS = (VALIDATION, TRAIN)
 _UNFINISHED_SHARD_PREFIX = 'unfinished-batches'
 _WORK_DIR_PREFIX = '.sftbeam-run-'
 _TIME_FORMAT = '%Y%m%dT%H%M%SZ'
@@ -119,6 +130,8 @@ _WINDOW_FILE = (
                              WINDOW_STATS_PREFIX))) + _WINDOW +
     _either(re.escape(SHARD_SUFFIX) + _GZIP, re.escape(REJECTED_SUFFIX),
             re.escape(WINDOW_STATS_SUFFIX)))
+# A split run's dataset directories.
+SPLIT_DIR = re.compile(_either(*map(re.escape, SPLIT_DIRS)))
 # A work directory's name: sftbeam's alone, so one that no manifest names
 # (its run killed as it finished) is known to be a leftover.
 WORK_DIR = re.compile(re.escape(_WORK_DIR_PREFIX) +
@@ -127,7 +140,8 @@ WORK_DIR = re.compile(re.escape(_WORK_DIR_PREFIX) +
 # one of them already there, but not in a manifest, is someone else's file
 # (which the run would replace) or an earlier streaming run's (which
 # --overwrite would leave beside the new run's files).
-BATCH_NAMES = re.compile(_either(_INFO, _SHARD, _REJECTED, _WINDOW_FILE))
+BATCH_NAMES = re.compile(_either(_INFO, _SHARD, _REJECTED, _WINDOW_FILE,
+                                 SPLIT_DIR.pattern))
 # A streaming run lists every file of these patterns as its own.
 STREAMING_NAMES = re.compile(_either(
     _INFO,
@@ -138,7 +152,8 @@ STREAMING_NAMES = re.compile(_either(
 # What a manifest may name as a file: sftbeam's kinds of files, nothing
 # else (the manifest's own temp file among them).
 LISTABLE = re.compile(_either(STREAMING_NAMES.pattern,
-                              re.escape(temp_name(MANIFEST))))
+                              re.escape(temp_name(MANIFEST)),
+                              SPLIT_DIR.pattern))
 # A shard as dataset_info.json lists it (batch or window shard).
 SHARD_ENTRY = re.compile(rf'{re.escape(SHARD_PREFIX)}-[A-Za-z0-9._-]+'
                          rf'{_SHARD_SUFFIX}')

@@ -82,51 +82,63 @@ class LinesToBatches(beam.PTransform):
     self._max_buffering_seconds = max_buffering_seconds
 
   def expand(self, chunks):
-    config = self._config
-    fields = field_names(config)
-    parsed = [chunks['lines'] | 'ParseLines' >> beam.ParDo(
-        ParseLines(fields, config.max_line_bytes,
-                   config.input_format)).with_outputs(
-            ParseLines.REJECTED, ParseLines.STATS, main='records')]
-    if 'rows' in chunks:
-      parsed.append(chunks['rows'] | 'ParseRows' >> beam.ParDo(
-          ParseRows(fields, config.input_format)).with_outputs(
-              ParseRows.REJECTED, ParseRows.STATS, main='records'))
-    records = ([part.records for part in parsed]
-               | 'AllRecords' >> beam.Flatten())
-    tokenized = records | 'TokenizeRecords' >> beam.ParDo(
-        TokenizeRecords(tokenize_settings(config))).with_outputs(
-            TokenizeRecords.REJECTED, TokenizeRecords.STATS, main='chunks')
-    padded = self._to_examples(tokenized.chunks)
-    rejected = ([part.rejected for part in parsed] + [tokenized.rejected]
-                | 'AllRejected' >> beam.Flatten())
-    stats = ([part.stats for part in parsed] +
-             [tokenized.stats, padded.stats,
-              rejected | 'RejectionStats' >> beam.Map(rejection_stats)]
+    tokenized = parse_and_tokenize(chunks, self._config,
+                                   field_names(self._config))
+    examples = to_examples(tokenized['chunks'], self._config, self._batching,
+                           self._max_buffering_seconds)
+    stats = ((tokenized['stats'], examples.stats)
              | 'AllStats' >> beam.Flatten())
-    return {'batches': padded.batches, 'rejected': rejected, 'stats': stats}
+    return {'batches': examples.batches, 'rejected': tokenized['rejected'],
+            'stats': stats}
 
-  def _to_examples(self, chunks):
-    """TokenChunks -> encoded batches ('batches') and 'stats'."""
-    config = self._config
-    if config.layout == 'packed':
-      return (
-          chunks
-          | 'PackIntoRows' >> PackIntoRows(pack_shape(config),
-                                           self._max_buffering_seconds)
-          | 'EncodePackedBatches' >> beam.ParDo(
-              EncodePackedBatches(config.pad_id, config.tokenizer,
-                                  config.tokenizer_backend,
-                                  config.output_format)).with_outputs(
-                                      EncodePackedBatches.STATS,
-                                      main='batches'))
+
+def parse_and_tokenize(chunks, config, fields: FieldNames) -> dict:
+  """{'lines': LineChunks, 'rows': RowChunks (optional)} -> {'chunks':
+  TokenChunks, 'rejected': Rejected records, 'stats'}: records of these
+  `fields` parsed and tokenized. Applies its steps where it is called."""
+  parsed = [chunks['lines'] | 'ParseLines' >> beam.ParDo(
+      ParseLines(fields, config.max_line_bytes,
+                 config.input_format)).with_outputs(
+          ParseLines.REJECTED, ParseLines.STATS, main='records')]
+  if 'rows' in chunks:
+    parsed.append(chunks['rows'] | 'ParseRows' >> beam.ParDo(
+        ParseRows(fields, config.input_format)).with_outputs(
+            ParseRows.REJECTED, ParseRows.STATS, main='records'))
+  records = ([part.records for part in parsed]
+             | 'AllRecords' >> beam.Flatten())
+  tokenized = records | 'TokenizeRecords' >> beam.ParDo(
+      TokenizeRecords(tokenize_settings(config))).with_outputs(
+          TokenizeRecords.REJECTED, TokenizeRecords.STATS, main='chunks')
+  rejected = ([part.rejected for part in parsed] + [tokenized.rejected]
+              | 'AllRejected' >> beam.Flatten())
+  stats = ([part.stats for part in parsed] +
+           [tokenized.stats,
+            rejected | 'RejectionStats' >> beam.Map(rejection_stats)]
+           | 'TokenizeStats' >> beam.Flatten())
+  return {'chunks': tokenized.chunks, 'rejected': rejected, 'stats': stats}
+
+
+def to_examples(chunks, config, batching: str,
+                max_buffering_seconds: Optional[float] = None):
+  """TokenChunks -> encoded batches ('batches') and 'stats' (a tagged
+  output). Applies its steps where it is called."""
+  if config.layout == 'packed':
     return (
         chunks
-        | 'BatchByBucket' >> BatchByBucket(batch_shape(config),
-                                           self._batching,
-                                           self._max_buffering_seconds)
-        | 'PadBatches' >> beam.ParDo(
-            PadBatches(config.pad_to, config.pad_id, config.tokenizer,
-                       config.tokenizer_backend,
-                       config.output_format)).with_outputs(
-                           PadBatches.STATS, main='batches'))
+        | 'PackIntoRows' >> PackIntoRows(pack_shape(config),
+                                         max_buffering_seconds)
+        | 'EncodePackedBatches' >> beam.ParDo(
+            EncodePackedBatches(config.pad_id, config.tokenizer,
+                                config.tokenizer_backend,
+                                config.output_format)).with_outputs(
+                                    EncodePackedBatches.STATS,
+                                    main='batches'))
+  return (
+      chunks
+      | 'BatchByBucket' >> BatchByBucket(batch_shape(config), batching,
+                                         max_buffering_seconds)
+      | 'PadBatches' >> beam.ParDo(
+          PadBatches(config.pad_to, config.pad_id, config.tokenizer,
+                     config.tokenizer_backend,
+                     config.output_format)).with_outputs(
+                         PadBatches.STATS, main='batches'))

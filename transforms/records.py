@@ -277,6 +277,11 @@ class TokenChunk(NamedTuple):
         prompt_lengths=self.prompt_lengths[indices],
         truncated=self.truncated[indices])
 
+  def renamed(self, example_ids) -> 'TokenChunk':
+    """The same records under these ids (`_replace` cannot: the tuple's
+    length is not the records')."""
+    return TokenChunk(list(example_ids), *self[1:])
+
   @staticmethod
   def concat(chunks) -> 'TokenChunk':
     """One chunk holding the records of `chunks`, in order."""

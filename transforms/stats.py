@@ -25,6 +25,10 @@ Names (the keys with a `/` are built and read here only):
   packed_rows, examples_per_row/<k>        per packed batch, with the
                                            counts above but buckets
                                            (packing_stats)
+  copies, records_dropped,                 from a mixture's split and
+  records_validation, split_records_in     copies (split_stats)
+  source/<name>/<any name above>           the same, of one source of a
+                                           mixture (per_source)
 """
 
 import collections
@@ -125,30 +129,107 @@ def packing_summary(stats: dict) -> dict:
   }
 
 
+_SOURCE_PREFIX = 'source/'
+
+
+def per_source(stats: dict, name: str) -> dict:
+  """`stats` as the stats of source `name` too: each count also under
+  `source/<name>/`."""
+  return {**stats, **{f'{_SOURCE_PREFIX}{name}/{key}': count
+                      for key, count in stats.items()}}
+
+
+def split_stats(name: str, split: str, *, records: int, examples: int,
+                dropped: int, copies: int, tokens: int,
+                learned_tokens: int) -> dict:
+  """The stats of `records` records of source `name` a mixture sent to
+  `split`, written as `examples` examples: `copies` extra copies,
+  `dropped` records not written (a weight below 1), their tokens and learned
+  tokens. A validation record is counted in the train stats as sent
+  there (`records_validation`) and in the validation stats as read
+  (`split_records_in`)."""
+  prefix = f'{_SOURCE_PREFIX}{name}/'
+  own = {'records_written': examples, 'real_tokens': tokens,
+         'supervised_tokens': learned_tokens}
+  if split == 'train':
+    own.update(copies=copies, records_dropped=dropped)
+    return {prefix + key: count for key, count in own.items()} | {
+        'copies': copies, 'records_dropped': dropped}
+  own.update(split_records_in=records)
+  return {prefix + key: count for key, count in own.items()} | {
+      'split_records_in': records}
+
+
+def sent_to_validation(validation_stats: dict) -> dict:
+  """The train stats of records a mixture sent to validation, from their
+  validation stats."""
+  return {key.replace('split_records_in', 'records_validation'): count
+          for key, count in validation_stats.items()
+          if key.endswith('split_records_in')}
+
+
+def _sources(stats: dict) -> dict:
+  """{source name: its stats} of the `source/<name>/` counts."""
+  sources = collections.defaultdict(dict)
+  for key, count in stats.items():
+    if key.startswith(_SOURCE_PREFIX):
+      name, own = key[len(_SOURCE_PREFIX):].split('/', 1)
+      sources[name][own] = count
+  return sources
+
+
+def _record_counts(stats: dict) -> dict:
+  """The record counts of summed stats (a run's, or one source's), and
+  whether they reconcile: every record read is written, rejected, sent to
+  validation or dropped."""
+  rejected = rejected_by_reason(stats)
+  records_in = (stats.get('lines', 0) - stats.get('blank_lines', 0) +
+                stats.get('rows', 0) + stats.get('split_records_in', 0))
+  examples = stats.get('records_written', 0)
+  # A per_turn chat record is written as one example per learned turn,
+  # and a mixture's record once per copy.
+  written = (examples - stats.get('chat_extra_rows', 0) -
+             stats.get('copies', 0))
+  validation = stats.get('records_validation', 0)
+  dropped = stats.get('records_dropped', 0)
+  return {
+      'records_in': records_in,
+      'records_written': written,
+      'examples_written': examples,
+      'copies': stats.get('copies', 0),
+      'records_validation': validation,
+      'records_dropped': dropped,
+      'records_rejected': sum(rejected.values()),
+      'rejected_by_reason': dict(sorted(rejected.items())),
+      'reconciled': records_in == (written + sum(rejected.values()) +
+                                   validation + dropped),
+  }
+
+
+def source_counts(stats: dict) -> dict:
+  """`counts.by_source` of dataset_info: per source, its record counts,
+  tokens and learned tokens of the examples written."""
+  return {name: {**_record_counts(own),
+                 'tokens': own.get('real_tokens', 0),
+                 'learned_tokens': own.get('supervised_tokens', 0)}
+          for name, own in sorted(_sources(stats).items())}
+
+
 def summarize(stats: dict) -> dict:
   """Structures summed stats into the `counts` section of dataset_info."""
-  rejected = rejected_by_reason(stats)
   buckets = collections.defaultdict(dict)
   for name, count in stats.items():
     if name.startswith('bucket/'):
       _, boundary, what = name.split('/')
       buckets[int(boundary)][what] = count
-  records_in = (stats.get('lines', 0) - stats.get('blank_lines', 0) +
-                stats.get('rows', 0))
-  examples = stats.get('records_written', 0)
-  # A per_turn chat record is written as one example per learned turn.
-  written = examples - stats.get('chat_extra_rows', 0)
+  records = _record_counts(stats)
   stored = stats.get('stored_tokens', 0)
   packing = packing_summary(stats) if 'packed_rows' in stats else None
   return {
       'lines': stats.get('lines', 0),
       'blank_lines': stats.get('blank_lines', 0),
       'rows': stats.get('rows', 0),
-      'records_in': records_in,
-      'records_written': written,
-      'examples_written': examples,
-      'records_rejected': sum(rejected.values()),
-      'rejected_by_reason': dict(sorted(rejected.items())),
+      **{key: value for key, value in records.items() if key != 'reconciled'},
       'records_truncated': stats.get('truncated', 0),
       'chat_records': stats.get('chat_records', 0),
       'assistant_turns': stats.get('assistant_turns', 0),
@@ -156,7 +237,7 @@ def summarize(stats: dict) -> dict:
       'reasoning_turns_learned': stats.get('reasoning_turns_learned', 0),
       'records_with_special_token_text': stats.get(
           'records_with_special_token_text', 0),
-      'reconciled': records_in == written + sum(rejected.values()),
+      'reconciled': records['reconciled'],
       'batches_written': stats.get('batches_written', 0),
       'buckets': {str(boundary): buckets[boundary]
                   for boundary in sorted(buckets)},
@@ -166,6 +247,7 @@ def summarize(stats: dict) -> dict:
       'padding_efficiency': (stats.get('real_tokens', 0) / stored
                              if stored else None),
       'packing': packing,
+      'by_source': source_counts(stats),
   }
 
 

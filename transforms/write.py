@@ -176,7 +176,7 @@ def _slot_file_naming(suffix: str):
 
 def _temp_dir_of(output_dir: str) -> str:
   """Where the writers of `output_dir` keep files until complete."""
-  return FileSystems.join(output_dir, 'temp')
+  return FileSystems.join(output_dir, filenames.TEMP_DIR)
 
 
 def _fileio_temp_dir(temp_dir: str, step: str) -> StaticValueProvider:
