@@ -52,7 +52,8 @@ def build_batch_pipeline(root, config, run_dir=None):
       root
       | 'ReadInput' >> ReadInput(
           config.input, config.read_chunk_lines, config.max_line_bytes,
-          record_columns(field_names(config)), batching)
+          record_columns(field_names(config)), batching,
+          runners.worker_processes(root.options))
       | 'LinesToBatches' >> LinesToBatches(config, batching))
   run_dir = run_dir or config.output
   shard_entries = outputs['batches'] | 'WriteBatches' >> WriteBatches(
@@ -104,7 +105,10 @@ def _run_job(config, options, work_dir) -> float:
   Raises RunFailed when an input file is cut short or corrupt.
   """
   started = time.time()
-  describe = progress_describer(input_size(config.input))
+  total_bytes = input_size(config.input)
+  describe = progress_describer(total_bytes)
+  options = runners.with_workers(
+      options, runners.local_workers(config, total_bytes))
   try:
     with progress.printed(describe,
                           enabled=runners.runs_in_this_process(options)):

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileMetadata
 from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline, dofn_outputs
 from sftbeam.transforms.stats import padded_batch_stats
 from sftbeam.transforms.parse import (FieldNames, ParseLines, content_id,
                                      record_columns)
-from sftbeam.transforms.read import iter_lines
+from sftbeam.transforms.read import (ListLineRangesFn, ReadLineRangeFn,
+                                    iter_lines)
 from sftbeam.transforms.read_input import ReadInput
 from sftbeam.pipeline.options import MAX_OPTION_CHARS
 from sftbeam.transforms.records import (MAX_MESSAGE_CHARS, LineChunk,
@@ -50,10 +52,45 @@ def test_read_line_chunks_in_pipeline(tmp_path):
   with beam_test_pipeline() as root:
     chunks = root | ReadInput([str(tmp_path / '*.jsonl')], 2, 100,
                               record_columns(FIELDS))
-    sizes = chunks['lines'] | beam.Map(
+    sizes = chunks | beam.Map(
         lambda chunk: (os.path.basename(chunk.source), len(chunk.lines)))
     assert_that(sizes, equal_to([('a.jsonl', 2), ('a.jsonl', 2),
                                  ('a.jsonl', 1), ('b.jsonl', 2)]))
+
+
+def _lines_read(path: str, ranges: int, monkeypatch, block_bytes: int):
+  """Every (line number, bytes, total) of `path` read as `ranges` ranges,
+  each range read alone, in range order."""
+  monkeypatch.setattr('sftbeam.transforms.read._READ_BLOCK_BYTES',
+                      block_bytes)
+  metadata = FileMetadata(path, os.path.getsize(path))
+  lines = []
+  for line_range in ListLineRangesFn(ranges).process(metadata):
+    for chunk in ReadLineRangeFn(3, 12).process(line_range):
+      lines += chunk.lines
+  return lines
+
+
+@pytest.mark.parametrize('data', [
+    b'a\nbb\n\n' + b'x' * 40 + b'\nccc\r\nd\n',
+    b'one line without a newline',
+    b'\n\n\n\n\n',
+    b'x' * 30 + b'\n' + b'y\n' * 7 + b'z' * 25,
+])
+@pytest.mark.parametrize('ranges', [2, 3, 5, 16, 97])
+def test_byte_ranges_read_every_line_once_numbered_as_the_file(
+    tmp_path, monkeypatch, data, ranges):
+  """Whatever the cuts (inside a line, on a newline, inside a CRLF, in an
+  over-long line; more ranges than lines), the ranges give the file's
+  lines, each once, with the file's line numbers."""
+  path = str(tmp_path / 'in.jsonl')
+  with open(path, 'wb') as handle:
+    handle.write(data)
+  whole = _lines_read(path, 1, monkeypatch, 1 << 20)
+  assert [number for number, _, _ in whole] == list(
+      range(1, len(whole) + 1))
+  for block_bytes in (4, 1 << 20):
+    assert _lines_read(path, ranges, monkeypatch, block_bytes) == whole
 
 
 # ---------------------------------------------------------------- parsing
