@@ -262,7 +262,7 @@ OPTIONS = (
            'processes a local batch run works in, each reading, tokenizing, '
            'batching and writing its own share of the input (byte ranges of '
            'JSON-lines files, Parquet row groups); null: the machine\'s '
-           'cores, but 1 for input under 64 MiB, where starting workers '
+           'cores, but 1 for input under 160 MiB, where starting workers '
            'costs more than they save. 1 runs every step in this process '
            '(with a live progress line). Batches form within each worker, so '
            'runs on different worker counts give every record the same row '

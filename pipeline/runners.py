@@ -32,7 +32,7 @@ DEFAULT_STREAMING_RUNNER = 'BundleBasedDirectRunner'
 # Below this much input a local run works in one process by default:
 # starting a worker (interpreter, imports, tokenizer) costs more than its
 # share of the work saves (docs/performance.md).
-MULTI_WORKER_MIN_BYTES = 64 << 20
+MULTI_WORKER_MIN_BYTES = 160 << 20
 
 
 def pipeline_options(beam_args, streaming: bool = False) -> PipelineOptions:

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
 from conftest import SAMPLE, run_sftbeam, shared_data
 from output_rows import record_counts, rows_by_id
+from sftbeam.console import HIDE_TORCH_ENV
 from sftbeam.pipeline.readers import load_dataset_info
 from sftbeam.pipeline import runners
 from sftbeam.pipeline.options import defaults, make_config
@@ -96,3 +98,18 @@ def rejections(output_dir) -> set:
                    record.get('line_number') or record['row_number'],
                    record['reason']))
   return found
+
+
+def test_a_local_worker_loads_the_tokenizer_without_pytorch():
+  """A worker of the command (which inherits HIDE_TORCH_ENV) does not
+  import PyTorch to load the tokenizer, and can still import it after."""
+  script = ('import sys\n'
+            'from sftbeam.transforms.tokenizer_source import load_tokenizer\n'
+            'load_tokenizer("embedded")\n'
+            'print("torch" in sys.modules)\n'
+            'import torch\n'
+            'print(torch.__name__)\n')
+  result = subprocess.run(
+      [sys.executable, '-c', script], capture_output=True, text=True,
+      check=True, env=dict(os.environ, **{HIDE_TORCH_ENV: '1'}))
+  assert result.stdout.split() == ['False', 'torch']
