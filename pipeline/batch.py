@@ -105,10 +105,9 @@ def _run_job(config, options, work_dir) -> float:
   Raises RunFailed when an input file is cut short or corrupt.
   """
   started = time.time()
-  total_bytes = input_size(config.input)
-  describe = progress_describer(total_bytes)
+  describe = progress_describer(input_size(config.input))
   options = runners.with_workers(
-      options, runners.local_workers(config, total_bytes))
+      options, runners.local_workers(config, input_size(config.input, True)))
   try:
     with progress.printed(describe,
                           enabled=runners.runs_in_this_process(options)):
@@ -136,15 +135,16 @@ def caused_by_interrupt(error: BaseException) -> bool:
   return False
 
 
-def input_size(patterns):
+def input_size(patterns, compressed: bool = False):
   """Bytes of every input file, or None when that does not tell how much
-  is left to read (remote or compressed input)."""
+  is left to read (remote input; compressed input unless `compressed`,
+  which counts a compressed file's own bytes)."""
   total = 0
   for pattern in patterns:
     if is_remote(pattern):
       return None
     for metadata in FileSystems.match([pattern])[0].metadata_list:
-      if CompressionTypes.detect_compression_type(
+      if not compressed and CompressionTypes.detect_compression_type(
           metadata.path) != CompressionTypes.UNCOMPRESSED:
         return None
       total += metadata.size_in_bytes
