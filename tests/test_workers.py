@@ -74,10 +74,11 @@ def test_every_record_gets_the_same_row_on_three_workers(tmp_path):
   outputs = {}
   for workers in (1, 3):
     outputs[workers] = tmp_path / f'out-{workers}'
-    run_sftbeam('run', '--config', 'configs/local.yaml', '--input',
-                str(inputs / '*'), '--output', str(outputs[workers]),
-                '--workers', str(workers), '--read_chunk_lines', '1000',
-                network=False, check=True)
+    result = run_sftbeam('run', '--config', 'configs/local.yaml', '--input',
+                         str(inputs / '*'), '--output', str(outputs[workers]),
+                         '--workers', str(workers), '--read_chunk_lines',
+                         '1000', network=False, check=True)
+    assert result.stderr == ''  # the workers' own log lines stay quiet
   rows = rows_by_id(str(outputs[1]))
   assert len(rows) > 13_000
   assert rows_by_id(str(outputs[3])) == rows
