@@ -18,7 +18,7 @@ picks any of them; all by default), each defined in its module under
 benchmarks/contenders/, whose docstring says what it runs and times:
   raw       the tokenizer limit: the Rust backend (contenders/raw.py)
   raw-fast  the limit with the fast backend, fastokens (contenders/raw_fast.py)
-  sftbeam, sftbeam-hf, sftbeam-packed, sftbeam-chat
+  sftbeam, sftbeam-1w, sftbeam-hf, sftbeam-packed, sftbeam-chat
             the real CLI, default options but one (contenders/sftbeam_cli.py);
             all are timed as sftbeam
   loop      a plain Python loop implementing the spec (contenders/loop.py)
@@ -106,10 +106,12 @@ ROOT = measure.ROOT
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
 SOURCE_FILES = ('gsm8k_train.jsonl', 'gsm8k_test.jsonl', 'alpaca_5000.jsonl')
 CHAT_SOURCE = 'gsm8k_chat.jsonl'
-CONTENDERS = ('raw', 'raw-fast', 'sftbeam', 'sftbeam-hf', 'sftbeam-packed',
-              'sftbeam-chat', 'loop', 'loop-fast', 'datasets')
+CONTENDERS = ('raw', 'raw-fast', 'sftbeam', 'sftbeam-1w', 'sftbeam-hf',
+              'sftbeam-packed', 'sftbeam-chat', 'loop', 'loop-fast',
+              'datasets')
 # The ratios block: (numerator, denominator) contenders.
 RATIOS = (('sftbeam', 'sftbeam-hf'), ('sftbeam', 'loop-fast'),
+          ('sftbeam-1w', 'loop-fast'), ('sftbeam', 'sftbeam-1w'),
           ('sftbeam', 'datasets'), ('sftbeam-packed', 'sftbeam'))
 MEMORY_FACTOR = 10
 # Recorded with the results: what decides how many threads the contenders use.

@@ -63,7 +63,8 @@ def build_batch_pipeline(root, config, run_dir=None):
       root
       | 'ReadInput' >> ReadInput(
           config.input, config.read_chunk_lines, config.max_line_bytes,
-          record_columns(field_names(config)), batching)
+          record_columns(field_names(config)), batching,
+          runners.worker_processes(root.options))
       | 'LinesToBatches' >> LinesToBatches(config, batching))
   return write_dataset(root, config, run_dir or config.output,
                        outputs['batches'], outputs['rejected'],
@@ -93,17 +94,19 @@ class ReadSource(beam.PTransform):
   with its own fields (ids prefixed with its name) and tokenized; every
   count also counted as the source's (stats.per_source)."""
 
-  def __init__(self, source: Source, config, batching: str):
+  def __init__(self, source: Source, config, batching: str,
+               workers: int = 1):
     super().__init__()
     self._source = source
     self._config = config
     self._batching = batching
+    self._workers = workers
 
   def expand(self, pbegin):
     source, config = self._source, self._config
     chunks = pbegin | 'ReadInput' >> ReadInput(
         source.input, config.read_chunk_lines, config.max_line_bytes,
-        record_columns(source.fields), self._batching)
+        record_columns(source.fields), self._batching, self._workers)
     tokenized = parse_and_tokenize(chunks, config, source.fields)
     return {
         'chunks': tokenized['chunks'] | 'PrefixIds' >> beam.Map(
@@ -120,9 +123,9 @@ def _build_mixture_pipeline(root, config, run_dir):
   OUT/validation; without a split, OUT itself)."""
   batching = runners.batching(config, root.options)
   sources = run_sources(config)
-  read = [root | f'Source[{source.name}]' >> ReadSource(source, config,
-                                                          batching)
-          for source in sources]
+  workers = runners.worker_processes(root.options)
+  read = [root | f'Source[{source.name}]' >> ReadSource(
+      source, config, batching, workers) for source in sources]
   split = ([part['chunks'] for part in read] | 'AllChunks' >> beam.Flatten()
            | 'SplitAndCopy' >> SplitAndCopy(
                {source.name: source for source in sources},
@@ -238,7 +241,10 @@ def _run_job(config, options, work_dir) -> float:
   Raises RunFailed when an input file is cut short or corrupt.
   """
   started = time.time()
-  describe = progress_describer(input_size(input_patterns(config)))
+  patterns = input_patterns(config)
+  describe = progress_describer(input_size(patterns))
+  options = runners.with_workers(
+      options, runners.local_workers(config, input_size(patterns, True)))
   try:
     with progress.printed(describe,
                           enabled=runners.runs_in_this_process(options)):
@@ -266,15 +272,16 @@ def caused_by_interrupt(error: BaseException) -> bool:
   return False
 
 
-def input_size(patterns):
+def input_size(patterns, compressed: bool = False):
   """Bytes of every input file, or None when that does not tell how much
-  is left to read (remote or compressed input)."""
+  is left to read (remote input; compressed input unless `compressed`,
+  which counts a compressed file's own bytes)."""
   total = 0
   for pattern in patterns:
     if is_remote(pattern):
       return None
     for metadata in FileSystems.match([pattern])[0].metadata_list:
-      if CompressionTypes.detect_compression_type(
+      if not compressed and CompressionTypes.detect_compression_type(
           metadata.path) != CompressionTypes.UNCOMPRESSED:
         return None
       total += metadata.size_in_bytes

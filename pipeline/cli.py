@@ -63,6 +63,11 @@ def _quiet_libraries():
   for name in ('apache_beam.runners.common',  # a step in this process
                'apache_beam.runners.portability.local_job_service'):  # workers
     logging.getLogger(name).addFilter(_skip_logs_of_one_line_errors)
+  # Every local worker process warns that it has no directory for objects
+  # registered by user code, which sftbeam never registers.
+  logging.getLogger('apache_beam.runners.portability.local_job_service'
+                    ).addFilter(lambda record: 'No semi_persistent_directory'
+                                not in record.getMessage())
 
 
 def _skip_logs_of_one_line_errors(record) -> bool:

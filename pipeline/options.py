@@ -274,6 +274,17 @@ OPTIONS = (
            'batches globally, a partial batch leaving after '
            'max_buffering_seconds. The packed layout packs within each '
            'bundle: "global" is refused with it', choices=BATCHING_STRATEGIES),
+    Option('workers', 'optional_int', None,
+           'processes a local batch run works in, each reading, tokenizing, '
+           'batching and writing its own share of the input (byte ranges of '
+           'JSON-lines files, Parquet row groups); null: the machine\'s '
+           'cores, but 1 for input under 160 MiB, where starting workers '
+           'costs more than they save. 1 runs every step in this process '
+           '(with a live progress line). Batches form within each worker, so '
+           'runs on different worker counts give every record the same row '
+           'but may group rows into batches differently. Other runners '
+           'ignore it', check=lambda v: v is None or _positive_int(v),
+           requirement='a positive integer'),
     Option('overwrite', 'bool', False,
            'replace the outputs of an earlier run in --output'),
     Option('streaming', 'bool', False,

@@ -8,7 +8,14 @@ run never touches the network.
 A local runner holds all data between shuffled stages in memory, so local
 batch runs batch within bundles (no shuffle; see transforms/batch.py);
 distributed runners batch globally.
+
+A local batch run on several workers (the `workers` option) runs the
+FnApiRunner in its multi-process mode; the graph then gives each worker
+its own share of the input (transforms/read_input.py), so that records do
+not pass through the runner's process.
 """
+
+import os
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (DirectOptions,
@@ -22,6 +29,10 @@ from sftbeam.pipeline.options import ConfigError
 
 DEFAULT_BATCH_RUNNER = 'FnApiRunner'
 DEFAULT_STREAMING_RUNNER = 'BundleBasedDirectRunner'
+# Below this much input a local run works in one process by default:
+# starting a worker (interpreter, imports, tokenizer) costs more than its
+# share of the work saves (docs/performance.md).
+MULTI_WORKER_MIN_BYTES = 160 << 20
 
 
 def pipeline_options(beam_args, streaming: bool = False) -> PipelineOptions:
@@ -58,6 +69,37 @@ def runs_in_this_process(options) -> bool:
   return (isinstance(runner, FnApiRunner) and
           options.view_as(DirectOptions).direct_running_mode !=
           'multi_processing')
+
+
+def local_workers(config, input_bytes) -> int:
+  """The `workers` option, its null resolved: the machine's cores, or 1
+  for known input (`input_bytes`, None when unknown) too small to share."""
+  if config.workers is not None:
+    return config.workers
+  if input_bytes is not None and input_bytes < MULTI_WORKER_MIN_BYTES:
+    return 1
+  return len(os.sched_getaffinity(0))
+
+
+def with_workers(options, workers: int):
+  """`options`, set to run the FnApiRunner on `workers` processes (unless
+  the Beam flags chose its running mode themselves)."""
+  direct = options.view_as(DirectOptions)
+  if (workers > 1 and isinstance(runner_of(options), FnApiRunner) and
+      direct.direct_running_mode == 'in_memory'):
+    direct.direct_running_mode = 'multi_processing'
+    direct.direct_num_workers = workers
+  return options
+
+
+def worker_processes(options) -> int:
+  """How many processes the FnApiRunner runs the steps on (1: this one,
+  or another runner)."""
+  direct = options.view_as(DirectOptions)
+  if (isinstance(runner_of(options), FnApiRunner) and
+      direct.direct_running_mode == 'multi_processing'):
+    return direct.direct_num_workers or len(os.sched_getaffinity(0))
+  return 1
 
 
 def batching(config, options) -> str:

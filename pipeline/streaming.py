@@ -62,7 +62,7 @@ def build_streaming_pipeline(root, config, earlier=None):
                                    config.max_line_bytes))
   # Up to the batches everything stays in the global window; a bucket's
   # partial batch leaves max_buffering_seconds after its first record.
-  outputs = {'lines': lines} | 'LinesToBatches' >> LinesToBatches(
+  outputs = lines | 'LinesToBatches' >> LinesToBatches(
       config, 'global', config.max_buffering_seconds)
   if config.dead_letter_topic:
     _ = (outputs['rejected']

@@ -4,8 +4,13 @@ Apart from pipeline/cli.py, whose imports (Beam, transformers) take
 seconds: a Ctrl-C while they load is caught here too.
 """
 
+import os
 import sys
 
+# Set for the local worker processes the command starts, which inherit it:
+# transforms/tokenizer_source.py then hides PyTorch from transformers there
+# as main() does here.
+HIDE_TORCH_ENV = 'SFTBEAM_HIDE_TORCH'
 # What a shell reports for a process ended by SIGINT (128 + 2).
 INTERRUPTED_EXIT = 130
 
@@ -25,6 +30,7 @@ def main() -> int:
   cli.main(), which tests call in a process that uses PyTorch.
   """
   sys.modules.setdefault('torch', None)
+  os.environ.setdefault(HIDE_TORCH_ENV, '1')
   try:
     from sftbeam.pipeline import cli  # pylint: disable=import-outside-toplevel
     return cli.main()

@@ -78,7 +78,7 @@ def test_dry_run_reads_nothing_remote(job):
 def test_job_has_the_pipeline_steps(job):
   steps = job[1]['steps']
   for step in ('ReadInput', 'ReadInput/MatchFiles', 'LinesToBatches',
-               'LinesToBatches/ParseLines', 'LinesToBatches/TokenizeRecords',
+               'LinesToBatches/ParseChunks', 'LinesToBatches/TokenizeRecords',
                'LinesToBatches/BatchByBucket', 'LinesToBatches/PadBatches',
                'WriteBatches', 'WriteRejected', 'SumStats',
                'WriteDatasetInfo'):

@@ -26,7 +26,7 @@ from sftbeam.transforms.parse import (FieldNames, ParseLines, ParseRows,
                                       record_columns)
 from sftbeam.transforms.read import CorruptInputError
 from sftbeam.transforms.read_input import ReadInput
-from sftbeam.transforms.read_parquet import RowGroup, _ReadRowGroupFn
+from sftbeam.transforms.read_parquet import RowGroup, ReadRowGroupFn
 from sftbeam.transforms.records import LineChunk, RowChunk
 
 FIELDS = FieldNames()
@@ -211,7 +211,7 @@ def test_row_numbers_count_over_row_groups_and_chunks(tmp_path):
   with beam_test_pipeline() as root:
     chunks = root | ReadInput([str(tmp_path / '*.parquet')], 2, 100,
                               record_columns(FIELDS))
-    rows = chunks['rows'] | beam.FlatMap(lambda chunk: [
+    rows = chunks | beam.FlatMap(lambda chunk: [
         (os.path.basename(chunk.source), chunk.first_row_number + index,
          prompt, chunk.rows.num_rows <= 2, chunk.rows.schema.names)
         for index, prompt in enumerate(
@@ -235,10 +235,10 @@ def test_a_read_column_of_a_type_json_lacks_fails_the_run(data_type,
                            'unread': pa.array([b'x'])}), path)
   group = RowGroup(str(path), 0, 1, 0)
   with pytest.raises(CorruptInputError, match=f'{path}: column "prompt"'):
-    list(_ReadRowGroupFn(record_columns(FIELDS), 10).process(group))
+    list(ReadRowGroupFn(record_columns(FIELDS), 10).process(group))
   pq.write_table(pa.table({'prompt': ['p'], 'output': ['o'],
                            'unread': values}), path)
-  [chunk] = _ReadRowGroupFn(record_columns(FIELDS), 10).process(group)
+  [chunk] = ReadRowGroupFn(record_columns(FIELDS), 10).process(group)
   assert chunk.rows.schema.names == ['prompt', 'output']
 
 

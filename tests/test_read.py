@@ -1,6 +1,7 @@
 """transforms/read.py: lines of an input file, whole or refused."""
 
 import io
+import os
 from unittest import mock
 
 import pytest
@@ -9,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from compressed_inputs import COMPRESSORS, RECORDS_PER_FILE
+from apache_beam.io.filesystem import FileMetadata
 from sftbeam.transforms.read import (CorruptInputError, DecompressingReader,
+                                     ListLineRangesFn, ReadLineRangeFn,
                                      corrupt_input_message, iter_lines)
 from sftbeam.transforms.records import MAX_RAW_CHARS
 from strategies import EXAMPLES
@@ -85,3 +88,38 @@ def test_error_text_from_a_worker_becomes_one_line():
   assert corrupt_input_message(RuntimeError(remote_text)) == (
       'input a.gz is cut short')
   assert corrupt_input_message(RuntimeError('something else')) is None
+
+
+def _lines_read(path: str, ranges: int, monkeypatch, block_bytes: int):
+  """Every (line number, bytes, total) of `path` read as `ranges` ranges,
+  each range read alone, in range order."""
+  monkeypatch.setattr('sftbeam.transforms.read._READ_BLOCK_BYTES',
+                      block_bytes)
+  metadata = FileMetadata(path, os.path.getsize(path))
+  lines = []
+  for line_range in ListLineRangesFn(ranges).process(metadata):
+    for chunk in ReadLineRangeFn(3, 12).process(line_range):
+      lines += chunk.lines
+  return lines
+
+
+@pytest.mark.parametrize('data', [
+    b'a\nbb\n\n' + b'x' * 40 + b'\nccc\r\nd\n',
+    b'one line without a newline',
+    b'\n\n\n\n\n',
+    b'x' * 30 + b'\n' + b'y\n' * 7 + b'z' * 25,
+])
+@pytest.mark.parametrize('ranges', [2, 3, 5, 16, 97])
+def test_byte_ranges_read_every_line_once_numbered_as_the_file(
+    tmp_path, monkeypatch, data, ranges):
+  """Whatever the cuts (inside a line, on a newline, inside a CRLF, in an
+  over-long line; more ranges than lines), the ranges give the file's
+  lines, each once, with the file's line numbers."""
+  path = str(tmp_path / 'in.jsonl')
+  with open(path, 'wb') as handle:
+    handle.write(data)
+  whole = _lines_read(path, 1, monkeypatch, 1 << 20)
+  assert [number for number, _, _ in whole] == list(
+      range(1, len(whole) + 1))
+  for block_bytes in (4, 1 << 20):
+    assert _lines_read(path, ranges, monkeypatch, block_bytes) == whole

@@ -21,7 +21,7 @@ def test_read_line_chunks_in_pipeline(tmp_path):
   with beam_test_pipeline() as root:
     chunks = root | ReadInput([str(tmp_path / '*.jsonl')], 2, 100,
                               record_columns(FIELDS))
-    sizes = chunks['lines'] | beam.Map(
+    sizes = chunks | beam.Map(
         lambda chunk: (os.path.basename(chunk.source), len(chunk.lines)))
     assert_that(sizes, equal_to([('a.jsonl', 2), ('a.jsonl', 2),
                                  ('a.jsonl', 1), ('b.jsonl', 2)]))

@@ -1,9 +1,8 @@
 """The whole computation from raw lines (and Parquet rows) to encoded
 batches.
 
-  LineChunks -> ParseLines -> TokenizeRecords -> BatchByBucket -> PadBatches
-  RowChunks -> ParseRows  -^                   (packed layout: PackIntoRows
-                                                -> EncodePackedBatches)
+  LineChunks, RowChunks -> ParseChunks -> TokenizeRecords -> BatchByBucket
+    -> PadBatches (packed layout: PackIntoRows -> EncodePackedBatches)
 
 Batch runs (sftbeam.pipeline.batch) and streaming runs
 (sftbeam.pipeline.streaming) both use `LinesToBatches`; only reading and
@@ -17,7 +16,7 @@ import apache_beam as beam
 from sftbeam.transforms.packed import (EncodePackedBatches, PackIntoRows,
                                        PackShape)
 from sftbeam.transforms.padded import BatchByBucket, BatchShape, PadBatches
-from sftbeam.transforms.parse import FieldNames, ParseLines, ParseRows
+from sftbeam.transforms.parse import FieldNames, ParseChunks
 from sftbeam.transforms.stats import rejection_stats
 from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
 
@@ -64,8 +63,8 @@ def pack_shape(config) -> PackShape:
 
 
 class LinesToBatches(beam.PTransform):
-  """{'lines': LineChunks, 'rows': RowChunks (optional)} -> {'batches',
-  'rejected', 'stats'} PCollections.
+  """LineChunks and RowChunks -> {'batches', 'rejected', 'stats'}
+  PCollections.
 
   `batches` are the encoded batches (Example bytes, or Parquet rows tables
   with output_format parquet: transforms/batch.py), `rejected` Rejected
@@ -93,27 +92,21 @@ class LinesToBatches(beam.PTransform):
 
 
 def parse_and_tokenize(chunks, config, fields: FieldNames) -> dict:
-  """{'lines': LineChunks, 'rows': RowChunks (optional)} -> {'chunks':
-  TokenChunks, 'rejected': Rejected records, 'stats'}: records of these
-  `fields` parsed and tokenized. Applies its steps where it is called."""
-  parsed = [chunks['lines'] | 'ParseLines' >> beam.ParDo(
-      ParseLines(fields, config.max_line_bytes,
-                 config.input_format)).with_outputs(
-          ParseLines.REJECTED, ParseLines.STATS, main='records')]
-  if 'rows' in chunks:
-    parsed.append(chunks['rows'] | 'ParseRows' >> beam.ParDo(
-        ParseRows(fields, config.input_format)).with_outputs(
-            ParseRows.REJECTED, ParseRows.STATS, main='records'))
-  records = ([part.records for part in parsed]
-             | 'AllRecords' >> beam.Flatten())
-  tokenized = records | 'TokenizeRecords' >> beam.ParDo(
+  """LineChunks and RowChunks -> {'chunks': TokenChunks, 'rejected':
+  Rejected records, 'stats'}: records of these `fields` parsed and
+  tokenized. Applies its steps where it is called."""
+  parsed = chunks | 'ParseChunks' >> beam.ParDo(
+      ParseChunks(fields, config.max_line_bytes,
+                  config.input_format)).with_outputs(
+                      ParseChunks.REJECTED, ParseChunks.STATS,
+                      main='records')
+  tokenized = parsed.records | 'TokenizeRecords' >> beam.ParDo(
       TokenizeRecords(tokenize_settings(config))).with_outputs(
           TokenizeRecords.REJECTED, TokenizeRecords.STATS, main='chunks')
-  rejected = ([part.rejected for part in parsed] + [tokenized.rejected]
+  rejected = ((parsed.rejected, tokenized.rejected)
               | 'AllRejected' >> beam.Flatten())
-  stats = ([part.stats for part in parsed] +
-           [tokenized.stats,
-            rejected | 'RejectionStats' >> beam.Map(rejection_stats)]
+  stats = ((parsed.stats, tokenized.stats,
+            rejected | 'RejectionStats' >> beam.Map(rejection_stats))
            | 'TokenizeStats' >> beam.Flatten())
   return {'chunks': tokenized.chunks, 'rejected': rejected, 'stats': stats}
 

@@ -21,7 +21,7 @@ record or a Rejected, read as the JSON line of its non-null values
 import functools
 import hashlib
 import json
-from typing import NamedTuple, Optional
+from typing import Iterable, NamedTuple, Optional, Union
 
 import apache_beam as beam
 import orjson
@@ -405,6 +405,25 @@ class ParseRows(beam.DoFn):
     return prompt_output_record(_ABSENT if prompt is None else prompt,
                                 _ABSENT if output is None else output,
                                 id_value, fields, escaped=False)
+
+
+class ParseChunks(beam.DoFn):
+  """LineChunk -> ParseLines' outputs; RowChunk -> ParseRows' (the same
+  tags): one step for both formats, so that the records reach the
+  tokenizer without a Flatten (see transforms/read_input.py)."""
+  REJECTED = ParseLines.REJECTED
+  STATS = ParseLines.STATS
+
+  def __init__(self, fields: FieldNames, max_line_bytes: int,
+               input_format: str = 'auto'):
+    self._lines = ParseLines(fields, max_line_bytes, input_format)
+    self._rows = ParseRows(fields, input_format)
+
+  def process(self, chunk: Union[LineChunk, RowChunk]
+              ) -> Iterable[RecordChunk]:
+    if isinstance(chunk, RowChunk):
+      return self._rows.process(chunk)
+    return self._lines.process(chunk)
 
 
 def _cell(columns: dict, name: str, index: int):

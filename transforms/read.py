@@ -1,5 +1,9 @@
 """Reading JSON-lines input files as chunks of raw lines.
 
+A file is read whole (`LineRange` with end None), or, to share it among
+local workers, as byte ranges: each range holds the lines that start in
+it, numbered as in the whole file.
+
 Lines are read as bytes (decoding is the parser's job, so one invalid byte
 costs one record, not the run) and grouped into chunks, so that every later
 step handles thousands of records per element instead of one.
@@ -15,11 +19,12 @@ import contextlib
 import lzma
 import re
 import zlib
+from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import zstandard
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from sftbeam.transforms.records import MAX_RAW_CHARS, LineChunk
 
@@ -140,11 +145,9 @@ class DecompressingReader:
     self._raw.close()
 
 
-def open_input(readable_file):
-  """A binary handle of a matched input file's (decompressed) bytes."""
-  path = readable_file.metadata.path
-  raw = readable_file.open(mime_type='application/octet-stream',
-                           compression_type=CompressionTypes.UNCOMPRESSED)
+def _decompressing(raw, path: str):
+  """A binary handle of an input file's decompressed bytes, from one of
+  its raw bytes."""
   compression = CompressionTypes.detect_compression_type(path)
   if compression == CompressionTypes.UNCOMPRESSED:
     return raw
@@ -195,53 +198,129 @@ def _finish_line(line: bytes, skipped: int, max_line_bytes: int):
   return line, total
 
 
-class _ReadLineChunksFn(beam.DoFn):
-  """ReadableFile -> LineChunk of up to `chunk_lines` lines each."""
+def _line_chunks(source: str, handle, first_number: int, chunk_lines: int,
+                 max_line_bytes: int):
+  """Yields LineChunks of a handle's lines, the first numbered
+  `first_number`."""
+  lines = []
+  for line_number, (line, total) in enumerate(
+      iter_lines(handle, max_line_bytes), start=first_number):
+    lines.append((line_number, line, total))
+    if len(lines) == chunk_lines:
+      yield LineChunk(source, lines)
+      lines = []
+  if lines:
+    yield LineChunk(source, lines)
+
+
+class LineRange(NamedTuple):
+  """The lines of a file that start in bytes [start, end), to be read by
+  one worker; end None: the whole file, decompressed by its extension."""
+  path: str
+  start: int
+  end: Optional[int]
+
+
+class ListLineRangesFn(beam.DoFn):
+  """FileMetadata -> `ranges` LineRanges of about equal bytes; one, the
+  whole file, when `ranges` is 1 or the file is compressed (its bytes
+  cannot be entered in the middle)."""
+
+  def __init__(self, ranges: int):
+    self._ranges = ranges
+
+  def process(self, metadata):
+    path, size = metadata.path, metadata.size_in_bytes
+    if self._ranges == 1 or (CompressionTypes.detect_compression_type(path)
+                             != CompressionTypes.UNCOMPRESSED):
+      yield LineRange(path, 0, None)
+      return
+    bounds = [size * part // self._ranges for part in range(self._ranges)]
+    for start, end in zip(bounds, bounds[1:] + [size]):
+      if end > start:
+        yield LineRange(path, start, end)
+
+
+class _RangeReader:
+  """A binary handle read from `first` (a line start) through the end of
+  the line holding byte `end - 1`: the lines that start before `end`."""
+
+  def __init__(self, handle, first: int, end: int):
+    handle.seek(first)
+    self._handle = handle
+    self._left = end - first  # bytes before `end`
+    self._in_line = False  # whether the last byte read was no newline
+
+  def read(self, size: int) -> bytes:
+    if self._left > 0:
+      block = self._handle.read(min(size, self._left))
+      self._left -= len(block)
+      self._in_line = bool(block) and not block.endswith(b'\n')
+      return block
+    if not self._in_line:
+      return b''
+    # Past `end`, inside a line that started before it: read to its end.
+    block = self._handle.read(size)
+    cut = block.find(b'\n')
+    if cut >= 0 or not block:
+      self._in_line = False
+      block = block[:cut + 1] if cut >= 0 else block
+    return block
+
+
+def _first_line_start(handle, start: int) -> Tuple[int, int]:
+  """(offset of the first line starting at or after `start`, its line
+  number): every newline before it is counted, so that line numbers are
+  the file's whichever worker reads which range."""
+  newlines, offset = 0, 0
+  handle.seek(0)
+  while offset < start:
+    block = handle.read(min(_READ_BLOCK_BYTES, start - offset))
+    if not block:
+      return offset, newlines + 1
+    newlines += block.count(b'\n')
+    offset += len(block)
+  if start == 0 or _ends_line(handle, start):
+    return start, newlines + 1
+  while True:  # inside a line that an earlier range reads: skip it
+    block = handle.read(_READ_BLOCK_BYTES)
+    cut = block.find(b'\n')
+    if cut >= 0:
+      return offset + cut + 1, newlines + 2
+    if not block:
+      return offset, newlines + 1
+    offset += len(block)
+
+
+def _ends_line(handle, start: int) -> bool:
+  """Whether byte `start - 1` is a newline; leaves the handle at `start`."""
+  handle.seek(start - 1)
+  return handle.read(1) == b'\n'
+
+
+class ReadLineRangeFn(beam.DoFn):
+  """LineRange -> LineChunks of up to `chunk_lines` of its lines."""
 
   def __init__(self, chunk_lines: int, max_line_bytes: int):
     self._chunk_lines = chunk_lines
     self._max_line_bytes = max_line_bytes
 
-  def process(self, readable_file):
-    source = readable_file.metadata.path
-    lines = []
-    with contextlib.closing(open_input(readable_file)) as handle:
-      for line_number, (line, total) in enumerate(
-          iter_lines(handle, self._max_line_bytes), start=1):
-        lines.append((line_number, line, total))
-        if len(lines) == self._chunk_lines:
-          yield LineChunk(source, lines)
-          lines = []
-    if lines:
-      yield LineChunk(source, lines)
-
-
-class ReadLineChunks(beam.PTransform):
-  """FileMetadata of matched files -> LineChunks of their lines.
-
-  Compressed files (.gz, .bz2, .deflate, .xz, .lzma, .zst, .zstd) are
-  decompressed by extension, and one cut short or corrupt fails the run.
-  With `batching` "global" the chunks are spread across workers.
-  """
-
-  def __init__(self, chunk_lines: int, max_line_bytes: int,
-               batching: str = 'global'):
-    super().__init__()
-    self._chunk_lines = chunk_lines
-    self._max_line_bytes = max_line_bytes
-    self._batching = batching
-
-  def expand(self, files):
-    chunks = (
-        files
-        | 'OpenFiles' >> fileio.ReadMatches()
-        | 'ReadChunks' >> beam.ParDo(
-            _ReadLineChunksFn(self._chunk_lines, self._max_line_bytes)))
-    if self._batching == 'bundle':
-      return chunks
-    # One file yields many chunks: spread them so that tokenizing runs on
-    # every worker, not only on the one that read the file.
-    return chunks | 'SpreadChunks' >> beam.Reshuffle()
+  def process(self, line_range: LineRange):
+    path = line_range.path
+    raw = FileSystems.open(path, 'application/octet-stream',
+                           compression_type=CompressionTypes.UNCOMPRESSED)
+    if line_range.end is None:
+      with contextlib.closing(_decompressing(raw, path)) as handle:
+        yield from _line_chunks(path, handle, 1, self._chunk_lines,
+                                self._max_line_bytes)
+      return
+    with contextlib.closing(raw):
+      first, first_number = _first_line_start(raw, line_range.start)
+      if first >= line_range.end:
+        return
+      yield from _line_chunks(
+          path, _RangeReader(raw, first, line_range.end), first_number,
+          self._chunk_lines, self._max_line_bytes)
 
 
 def message_to_chunk(message, source: str, max_line_bytes: int) -> LineChunk:

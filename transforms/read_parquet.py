@@ -2,7 +2,7 @@
 
 Each matched `.parquet` file is opened once to list its row groups (from
 its footer); each row group then travels as one small element, spread over
-the workers with "global" batching, and the worker that gets it reads that
+the workers (transforms/read_input.py), and the worker that gets it reads that
 row group only, and of it only the columns a record may read, as Arrow
 record batches of up to `chunk_rows` rows (`RowChunk`). Row numbers count
 from 1 over the whole file, whichever worker reads which row group.
@@ -98,7 +98,7 @@ def _open(path: str):
     raise _not_parquet(path, error) from None
 
 
-class _ListRowGroupsFn(beam.DoFn):
+class ListRowGroupsFn(beam.DoFn):
   """FileMetadata of a Parquet file -> a RowGroup per row group."""
 
   def __init__(self, columns):
@@ -119,7 +119,7 @@ class _ListRowGroupsFn(beam.DoFn):
         first_row_number += group.num_rows
 
 
-class _ReadRowGroupFn(beam.DoFn):
+class ReadRowGroupFn(beam.DoFn):
   """RowGroup -> RowChunks of up to `chunk_rows` rows, the columns a
   record may read."""
 
@@ -148,27 +148,3 @@ class _ReadRowGroupFn(beam.DoFn):
                        group.input_bytes * rows.num_rows //
                        max(rows_in_group, 1))
         first_row_number += rows.num_rows
-
-
-class ReadParquetRows(beam.PTransform):
-  """FileMetadata of Parquet files -> RowChunks of every row, row groups
-  spread over the workers (see the module doc).
-
-  `columns`: the columns a record may read (parse.record_columns);
-  `batching` "global" reshuffles the row groups, "bundle" reads them where
-  they are listed.
-  """
-
-  def __init__(self, columns, chunk_rows: int, batching: str = 'global'):
-    super().__init__()
-    self._columns = tuple(columns)
-    self._chunk_rows = chunk_rows
-    self._batching = batching
-
-  def expand(self, files):
-    groups = files | 'ListRowGroups' >> beam.ParDo(
-        _ListRowGroupsFn(self._columns))
-    if self._batching == 'global':
-      groups = groups | 'SpreadRowGroups' >> beam.Reshuffle()
-    return groups | 'ReadRowGroups' >> beam.ParDo(
-        _ReadRowGroupFn(self._columns, self._chunk_rows))

@@ -10,15 +10,18 @@ A tokenizer is named by one string:
 """
 
 import concurrent.futures
+import contextlib
 import hashlib
 import importlib.util
 import os
+import sys
 import tempfile
 import threading
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
+from sftbeam.console import HIDE_TORCH_ENV
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.tokenizer_backend import (load_fastokens, make_encoder,
                                                   special_token_strings)
@@ -93,12 +96,35 @@ def _copy_remote_dir(remote_dir: str) -> str:
     return _copied_dirs[remote_dir]
 
 
+@contextlib.contextmanager
+def _torch_hidden():
+  """Within: `import torch` fails, in a local worker of the `sftbeam`
+  command (console.HIDE_TORCH_ENV) that has not imported it, so that
+  transformers, imported and loading a tokenizer here, takes PyTorch for
+  absent: it would import it (about a second per process) though
+  tokenizers never use it. Other processes (a user's program, a Dataflow
+  worker) see no change."""
+  hide = os.environ.get(HIDE_TORCH_ENV) == '1' and 'torch' not in sys.modules
+  if hide:
+    sys.modules['torch'] = None
+  try:
+    yield
+  finally:
+    if hide and sys.modules.get('torch', 0) is None:
+      del sys.modules['torch']
+
+
 def load_tokenizer(name: str):
   """Loads a HuggingFace tokenizer by name (see the module docstring).
 
   Special-token strings inside texts are mapped to special ids by default;
   the encoders (transforms/tokenizer_backend.py) choose per call.
   """
+  with _torch_hidden():
+    return _load_tokenizer(name)
+
+
+def _load_tokenizer(name: str):
   # Imported here: `import sftbeam` stays light, and the CLI can quiet
   # transformers' import-time advice first.
   import transformers  # pylint: disable=import-outside-toplevel

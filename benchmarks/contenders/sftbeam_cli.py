@@ -5,8 +5,10 @@
                   "wall time" summary line (records in -> shards and
                   dataset_info.json written); the process wall time, which
                   adds interpreter start, imports and the config checks, is
-                  shown too. The default local runner runs every step in
-                  this one process.
+                  shown too. The default local runner works on every core
+                  for input of 160 MiB or more, in one process below.
+  sftbeam-1w      the CLI with --workers 1: every step in its one process,
+                  on any input.
   sftbeam-hf      the CLI with --tokenizer_backend hf: HuggingFace's encoder,
                   sftbeam's fallback backend.
   sftbeam-packed  the CLI with --layout packed --pack_length 2048; its pad
@@ -26,7 +28,8 @@ import measure
 
 SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
 # The CLI arguments each variant adds to the default run.
-VARIANTS = {'sftbeam': (), 'sftbeam-hf': ('--tokenizer_backend', 'hf'),
+VARIANTS = {'sftbeam': (), 'sftbeam-1w': ('--workers', '1'),
+            'sftbeam-hf': ('--tokenizer_backend', 'hf'),
             'sftbeam-packed': ('--layout', 'packed', '--pack_length', '2048'),
             'sftbeam-chat': ()}
 
