@@ -30,16 +30,17 @@ from sftbeam.pipeline.mixture import (input_patterns, run_sources,
                                       source_section)
 from sftbeam.transforms import filenames
 from sftbeam.transforms.lines_to_batches import (LinesToBatches, field_names,
-                                                 parse_and_tokenize,
-                                                 to_examples)
-from sftbeam.transforms.mixture import Source, SplitAndCopy
+                                                 to_examples,
+                                                 tokenize_settings)
+from sftbeam.transforms.mixture import SplitAndCopy
 from sftbeam.transforms.parse import record_columns
 from sftbeam.transforms.paths import is_remote
 from sftbeam.transforms.read import corrupt_input_message
 from sftbeam.transforms.read_input import ReadInput
-from sftbeam.transforms.records import TokenChunk
-from sftbeam.transforms.stats import (SumStatsFn, per_source,
-                                      rejected_by_reason, sent_to_validation)
+from sftbeam.transforms.sources import (ParseAndTokenizeSources,
+                                       sources_columns)
+from sftbeam.transforms.stats import (SumStatsFn, rejected_by_reason,
+                                      sent_to_validation)
 from sftbeam.transforms.write import WriteBatches, WriteRejected
 
 
@@ -88,54 +89,32 @@ def write_dataset(root, config, output_dir, batches, rejected, stats,
       shard_entries, rejected_results, sections)
 
 
-class ReadSource(beam.PTransform):
-  """Pipeline root -> {'chunks': (source name, TokenChunk), 'rejected',
-  'stats'} of one source of a mixture: its inputs read, its records parsed
-  with its own fields (ids prefixed with its name) and tokenized; every
-  count also counted as the source's (stats.per_source)."""
-
-  def __init__(self, source: Source, config, batching: str,
-               workers: int = 1):
-    super().__init__()
-    self._source = source
-    self._config = config
-    self._batching = batching
-    self._workers = workers
-
-  def expand(self, pbegin):
-    source, config = self._source, self._config
-    chunks = pbegin | 'ReadInput' >> ReadInput(
-        source.input, config.read_chunk_lines, config.max_line_bytes,
-        record_columns(source.fields), self._batching, self._workers)
-    tokenized = parse_and_tokenize(chunks, config, source.fields)
-    return {
-        'chunks': tokenized['chunks'] | 'PrefixIds' >> beam.Map(
-            _prefixed, source),
-        'rejected': tokenized['rejected'],
-        'stats': tokenized['stats'] | 'CountBySource' >> beam.Map(
-            per_source, source.name)}
-
-
 def _build_mixture_pipeline(root, config, run_dir):
-  """The job of a mixture, or of a validation split: each source read and
-  tokenized apart (ReadSource), then split and copied (SplitAndCopy), each
+  """The job of a mixture, or of a validation split: every source's files
+  read as one, each chunk parsed with its source's fields and tokenized
+  (ParseAndTokenizeSources), then split and copied (SplitAndCopy), each
   split batched and written as a dataset of its own (OUT/train and
   OUT/validation; without a split, OUT itself)."""
   batching = runners.batching(config, root.options)
   sources = run_sources(config)
-  workers = runners.worker_processes(root.options)
-  read = [root | f'Source[{source.name}]' >> ReadSource(
-      source, config, batching, workers) for source in sources]
-  split = ([part['chunks'] for part in read] | 'AllChunks' >> beam.Flatten()
-           | 'SplitAndCopy' >> SplitAndCopy(
-               {source.name: source for source in sources},
-               config.validation_fraction, config.seed))
+  read = (
+      root
+      | 'ReadInput' >> ReadInput(
+          input_patterns(config), config.read_chunk_lines,
+          config.max_line_bytes, sources_columns(sources), batching,
+          runners.worker_processes(root.options))
+      | 'ParseAndTokenizeSources' >> beam.ParDo(ParseAndTokenizeSources(
+          sources, tokenize_settings(config), config.max_line_bytes,
+          config.input_format)).with_outputs(
+              ParseAndTokenizeSources.REJECTED,
+              ParseAndTokenizeSources.STATS, main='chunks'))
+  split = read.chunks | 'SplitAndCopy' >> SplitAndCopy(
+      {source.name: source for source in sources},
+      config.validation_fraction, config.seed)
   sent_away = split['validation_stats'] | 'SentToValidation' >> beam.Map(
       sent_to_validation)
-  rejected = [part['rejected'] for part in read] | 'AllRejected' >> (
-      beam.Flatten())
-  train_stats = ([part['stats'] for part in read] +
-                 [split['train_stats'], sent_away])
+  rejected = read.rejected
+  train_stats = [read.stats, split['train_stats'], sent_away]
   splits = [(filenames.TRAIN, rejected, train_stats)]
   if config.validation_fraction:
     splits.append((filenames.VALIDATION,
@@ -176,14 +155,6 @@ class WriteSplit(beam.PTransform):
     return write_dataset(pbegin, self._config, self._output_dir,
                          examples.batches, self._rejected, stats,
                          self._sections)
-
-
-def _prefixed(chunk: TokenChunk, source: Source):
-  """(source name, the TokenChunk with the source's prefix on its ids)."""
-  if source.id_prefix:
-    chunk = chunk.renamed(source.id_prefix + example_id
-                          for example_id in chunk.example_ids)
-  return source.name, chunk
 
 
 def run(config, beam_args) -> int:

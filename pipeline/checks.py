@@ -3,7 +3,8 @@ or written, in one order for batch and streaming runs.
 
   1. a Dataflow job's options (placeholders, temp location, bucket and
      project names)
-  2. the input files (batch runs: they exist and are files)
+  2. the input files (batch runs: they exist and are files, each of one
+     mixture source only)
   3. the tokenizer (it loads; append_eos and pad_id fit it)
   4. the chat template (it compiles and renders a plain conversation)
 
@@ -15,11 +16,12 @@ import os
 from apache_beam.io.filesystems import FileSystems
 
 from sftbeam.pipeline import remote
-from sftbeam.pipeline.mixture import input_patterns
+from sftbeam.pipeline.mixture import input_patterns, run_sources
 from sftbeam.pipeline.options import ConfigError, one_line
 from sftbeam.transforms import chat
 from sftbeam.transforms.lines_to_batches import chat_template_text
 from sftbeam.transforms.paths import is_remote
+from sftbeam.transforms.sources import files_by_source
 from sftbeam.transforms.tokenizer_backend import BackendUnavailable
 from sftbeam.transforms.tokenizer_source import (TokenizerNotFound,
                                                  shared_tokenizer)
@@ -30,6 +32,7 @@ def check_run(config, options):
   remote.check_dataflow_job(config, options)
   if not config.streaming:
     check_inputs_exist(input_patterns(config))
+    check_sources_apart(config)
   check_tokenizer(config)
   check_chat_input(config)
 
@@ -49,6 +52,20 @@ def check_inputs_exist(patterns):
     for metadata in matched:
       if os.path.isdir(metadata.path):
         raise _input_is_a_directory(pattern, metadata.path)
+
+
+def check_sources_apart(config):
+  """A local file two mixture sources both match is refused (its records
+  would be read twice under two names); remote ones when the run reads."""
+  if not config.mixture:
+    return
+  sources = [source._replace(input=tuple(
+      pattern for pattern in source.input if not is_remote(pattern)))
+             for source in run_sources(config)]
+  try:
+    files_by_source(sources)
+  except ValueError as error:
+    raise ConfigError(f'--mixture {config.mixture}: {error}') from None
 
 
 def _input_is_a_directory(pattern: str, directory: str) -> ConfigError:

@@ -20,7 +20,11 @@ from sftbeam.transforms.mixture import (Boundary, Source, copy_count, copy_id,
                                         split_key, token_counts, unit_hash,
                                         validation_count)
 from sftbeam.transforms.parse import FieldNames
-from sftbeam.transforms.records import TokenChunk
+from conftest import dofn_outputs
+from sftbeam.transforms.records import LineChunk, TokenChunk
+from sftbeam.transforms.sources import ParseAndTokenizeSources
+from sftbeam.transforms.tokenize import TokenizeSettings
+from sftbeam.transforms.tokenizer_source import EMBEDDED
 from test_cli_errors import assert_one_line_error
 
 
@@ -261,3 +265,44 @@ def test_a_missing_mixture_input_is_refused_before_any_work(tmp_path, capsys):
   captured = capsys.readouterr()
   assert_one_line_error(code, captured.out, captured.err, 'matches no file')
 
+
+
+def test_a_file_of_two_sources_is_refused_before_any_work(tmp_path, capsys):
+  """A file both sources' globs match would be read twice under two
+  names: refused at start, naming it and both sources."""
+  (tmp_path / 'both.jsonl').write_text('{"prompt": "p", "output": "o"}\n')
+  path = _write(tmp_path, f'sources: [{{name: a, input: {tmp_path}/*.jsonl}}, '
+                f'{{name: b, input: {tmp_path}/both.jsonl}}]\n')
+  code = cli.main(['run', '--mixture', path, '--output',
+                   str(tmp_path / 'out')])
+  captured = capsys.readouterr()
+  assert_one_line_error(code, captured.out, captured.err,
+                        'is an input of two sources, a and b')
+  assert not (tmp_path / 'out').exists()
+
+
+def test_each_chunk_is_parsed_with_its_sources_fields(tmp_path):
+  """ParseAndTokenizeSources, directly: a chunk of source b's file is read
+  with b's field names and its ids get b's prefix; a rejection counts as
+  b's."""
+  (tmp_path / 'a.jsonl').write_text('')
+  (tmp_path / 'b.jsonl').write_text('')
+  sources = [Source('a', (str(tmp_path / 'a.jsonl'),), id_prefix='a:'),
+             Source('b', (str(tmp_path / 'b.jsonl'),),
+                    fields=FieldNames('q', 'r', 'key'), id_prefix='b:')]
+  step = ParseAndTokenizeSources(
+      sources, TokenizeSettings(tokenizer=EMBEDDED, max_seq_len=64), 1000,
+      'auto')
+  step.setup()
+  chunk = LineChunk(str(tmp_path / 'b.jsonl'), [
+      (1, b'{"q": "hi", "r": "there", "key": "x"}', 100),
+      (2, b'{"prompt": "p", "output": "o"}', 100)])
+  main, tagged = dofn_outputs(step, chunk)
+  [(name, tokens)] = main
+  assert name == 'b' and tokens.example_ids == ['b:x']
+  [rejected] = tagged[ParseAndTokenizeSources.REJECTED]
+  stats = collections.Counter()
+  for part in tagged[ParseAndTokenizeSources.STATS]:
+    stats.update(part)
+  assert stats[f'source/b/rejected/{rejected.reason}'] == 1
+  assert not [key for key in stats if key.startswith('source/a/')]
