@@ -321,7 +321,7 @@ def test_the_dataflow_dry_run_builds_the_mixture_job(tmp_path):
         timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   steps = json.loads(result.stdout[result.stdout.index('{'):])['steps']
-  for step in ('Source[gsm8k]', 'Source[alpaca]', 'SplitAndCopy',
+  for step in ('ReadInput', 'ParseAndTokenizeSources', 'SplitAndCopy',
                'Write[train]', 'Write[validation]'):
     assert step in steps
 
