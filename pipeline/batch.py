@@ -113,9 +113,8 @@ def _build_mixture_pipeline(root, config, run_dir):
       config.validation_fraction, config.seed)
   sent_away = split['validation_stats'] | 'SentToValidation' >> beam.Map(
       sent_to_validation)
-  rejected = read.rejected
   train_stats = [read.stats, split['train_stats'], sent_away]
-  splits = [(filenames.TRAIN, rejected, train_stats)]
+  splits = [(filenames.TRAIN, read.rejected, train_stats)]
   if config.validation_fraction:
     splits.append((filenames.VALIDATION,
                    root | 'NothingRejected' >> beam.Create([]),
