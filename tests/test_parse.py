@@ -1,14 +1,21 @@
 """transforms/parse.py: JSON lines to records, or rejected with a reason."""
 
+import json
+
 import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given
+from hypothesis import strategies as st
 
+import hostile_cases
+import strategies
 from conftest import beam_test_pipeline, dofn_outputs
-from sftbeam.transforms.parse import FieldNames, ParseLines, content_id
+from sftbeam.transforms.parse import (FieldNames, ParseLines, content_id,
+                                      parse_line)
 from sftbeam.pipeline.options import MAX_OPTION_CHARS
 from sftbeam.transforms.records import (MAX_MESSAGE_CHARS, LineChunk,
-                                        RecordChunk)
+                                        RecordChunk, Rejected)
 
 
 FIELDS = FieldNames()
@@ -70,3 +77,110 @@ def test_parse_lines_in_pipeline():
                 equal_to([['q1']]), label='Records')
     assert_that(parsed.rejected | 'Reasons' >> beam.Map(lambda r: r.reason),
                 equal_to(['invalid_json']), label='Rejected')
+
+
+# ------------------------------------------ plain records: the chunk path
+
+def _line_by_line(chunk: LineChunk, fields=FIELDS, max_line_bytes=1000,
+                  input_format='auto'):
+  """What ParseLines must give, from parse_line line by line: (records as
+  (number, id, prompt, output, conversation, input) tuples, rejections as
+  (line number, reason, message, raw), blank lines)."""
+  records, rejected, blank = [], [], 0
+  for number, line, total in chunk.lines:
+    parsed = parse_line(chunk.source, number, line, total, fields,
+                        max_line_bytes, input_format)
+    if parsed is None:
+      blank += 1
+    elif isinstance(parsed, Rejected):
+      rejected.append(parsed)
+    else:
+      record, kept = parsed
+      records.append((number, record.example_id, record.prompt,
+                      record.output, record.conversation, kept))
+  return records, rejected, blank
+
+
+def _chunked(chunk: LineChunk, fields=FIELDS, max_line_bytes=1000,
+             input_format='auto'):
+  """The same three from ParseLines, which parses plain lines per chunk."""
+  main, tagged = dofn_outputs(
+      ParseLines(fields, max_line_bytes, input_format), chunk)
+  records = [record for records in main
+             for record in zip(records.numbers, records.example_ids,
+                               records.prompts, records.outputs,
+                               records.conversations, records.inputs)]
+  [stats] = tagged['stats']
+  return records, tagged.get('rejected', []), stats['blank_lines']
+
+
+def _lines(raw_lines):
+  return LineChunk('f.jsonl', [(number, line, len(line)) for number, line
+                               in enumerate(raw_lines, start=1)])
+
+
+def test_every_hostile_line_parses_as_parse_line_parses_it():
+  """Each hostile case alone, and all of them in one chunk between good
+  lines: the chunk path decides nothing parse_line would not."""
+  lines = [case.line for case in hostile_cases.cases()
+           if len(case.line) < 1 << 20]
+  for line in lines:
+    assert _chunked(_lines([line])) == _line_by_line(_lines([line]))
+  mixed = _lines([GOOD.replace(b'q1', b'g%d' % i) if i % 2 else line
+                  for i, line in enumerate(
+                      x for line in lines for x in (line, GOOD))])
+  assert _chunked(mixed) == _line_by_line(mixed)
+  assert _chunked(mixed, max_line_bytes=60) == _line_by_line(
+      mixed, max_line_bytes=60)
+  for input_format in ('prompt_output', 'messages'):
+    assert _chunked(mixed, input_format=input_format) == _line_by_line(
+        mixed, input_format=input_format)
+
+
+@pytest.mark.parametrize('line', [
+    b'{"prompt": "a", "output": "b", "prompt": "c", "id": "r"}',  # repeated
+    b'{"prompt": "a", "output": "b", "\\u0070rompt": "c", "id": "e"}',
+    b'{"id": "s", "prompt": "\\ud800", "output": "b"}',  # lone surrogate
+    b'{"prompt": "a", "output": "b", "id": "x", "id": "y"}',
+    b'{"prompt": "a", "output": "b", "id": true}',
+    b'{"prompt": "a", "output": "b", "id": 1.0}',
+    b'{"prompt": "a", "output": "b", "id": 123456789012345678901234567890}',
+    b'{"prompt": "a", "output": "b", "id": ""}',
+    b'{"prompt": "a", "output": "b", "id": 7}',
+    b'{"prompt": "a", "output": " \\n"}',
+    b'{"prompt": "\\ud800", "output": "b"}',
+    b'\xef\xbb\xbf{"prompt": "a", "output": "b"}',
+    b'{"prompt": "a", "output": "b", "messages": []}',
+    b'{"prompt": "a", "output": "b", "x": {"prompt": 1}}',
+    b'{"prompt": "a", "output": "prompt"}',
+    b'{"prompt": "a", "output": "\\"prompt\\""}',
+    b'{"prompt": "a", "output": "b", "n": NaN}',
+    b'{"prompt": "a", "output": "b", "n": 1e400}',
+])
+def test_lines_only_parse_line_can_judge(line):
+  """Lines the chunk path must leave to parse_line (or may take only when
+  parse_line would decide the same), alone and beside a plain line."""
+  for chunk in (_lines([line]), _lines([GOOD, line, GOOD])):
+    assert _chunked(chunk) == _line_by_line(chunk)
+
+
+_TEXT = st.text(st.sampled_from('ab "\\\n\u00e9\u2028 \t{}'), max_size=6)
+_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**70), _TEXT,
+                   st.floats(allow_nan=False), st.lists(_TEXT, max_size=2))
+_KEY = st.sampled_from(['prompt', 'output', 'id', 'messages', 'x'])
+
+
+@strategies.EXAMPLES
+@given(st.lists(st.lists(st.tuples(_KEY, _VALUE), max_size=5), max_size=12),
+       st.booleans())
+def test_generated_chunks_parse_as_parse_line_parses_them(objects, ensure_ascii):
+  """Objects with repeated, missing, escaped and odd fields, written as
+  JSON lines by hand (so keys may repeat)."""
+  lines = []
+  for pairs in objects:
+    body = ', '.join(json.dumps(key, ensure_ascii=ensure_ascii) + ': ' +
+                     json.dumps(value, ensure_ascii=ensure_ascii)
+                     for key, value in pairs)
+    lines.append(('{' + body + '}').encode('utf-8'))
+  chunk = _lines(lines)
+  assert _chunked(chunk) == _line_by_line(chunk)

@@ -24,13 +24,14 @@ import json
 from typing import Iterable, NamedTuple, Optional, Union
 
 import apache_beam as beam
+import numpy as np
 import orjson
 
 from sftbeam.transforms import chat_records
 from sftbeam.transforms.records import (MAX_RAW_CHARS, LineChunk, NotUtf8,
                                         RecordChunk, Rejected, RowChunk,
-                                        column_values, rejected_row,
-                                        without_nulls)
+                                        column_values, offsets_of,
+                                        rejected_row, without_nulls)
 
 _BOM_BYTES = '\ufeff'.encode('utf-8')
 
@@ -300,6 +301,129 @@ def parse_line(source: str, line_number: int, line: bytes, total_bytes: int,
     return rejected(error.reason, str(error), line)
 
 
+class PlainRecords(NamedTuple):
+  """Per line of a chunk: its record's id, prompt and output, or None (all
+  three) where `parse_line` must decide."""
+  ids: list
+  prompts: list
+  outputs: list
+
+
+def plain_records(lines, totals, fields: FieldNames, max_line_bytes: int,
+                  input_format: str = 'auto') -> Optional[PlainRecords]:
+  """The plain prompt/output records among a chunk's lines, found with a
+  few passes over the whole chunk instead of parse_line's per line (None:
+  no line can be; docs/performance.md).
+
+  A line is plain when orjson decodes it to an object with string prompt
+  and output fields that are not blank and a string or integer id, and
+  nothing that parse_line checks can be wrong with it: it is within
+  max_line_bytes, has no chat key (`messages`, `completion`), does not
+  start with a BOM, holds no backslash-u escape (so no lone surrogate and
+  no escaped key) and holds no key the record reads twice. Every other
+  line goes to parse_line, so each record and each rejection is
+  parse_line's.
+  """
+  quoted = _quoted_keys(tuple(fields))
+  if input_format == 'messages' or quoted is None or not lines:
+    return None
+  scanned = _ScannedLines(lines)
+  suspect = scanned.lines_with(b'\\u') | scanned.starting_with(_BOM_BYTES[0])
+  for key in quoted:
+    suspect |= scanned.key_counts(key) > 1
+  objects = _orjson_objects(lines)
+  prompt, output, id_field = fields
+  ids, prompts, outputs = [], [], []
+  for obj, total, skip in zip(objects, totals, suspect.tolist()):
+    record_id = prompt_text = output_text = None
+    if not skip and obj is not None and total <= max_line_bytes and not (
+        'messages' in obj or 'completion' in obj):
+      prompt_text, output_text = obj.get(prompt), obj.get(output)
+      record_id = _plain_id(obj.get(id_field))
+      if not (_plain_text(prompt_text) and _plain_text(output_text)):
+        record_id = prompt_text = output_text = None
+    ids.append(record_id)
+    prompts.append(prompt_text)
+    outputs.append(output_text)
+  return PlainRecords(ids, prompts, outputs)
+
+
+class _ScannedLines:
+  """A chunk's lines joined into one byte array, to find byte sequences
+  in every line at once (numpy compares bytes faster than bytes.count
+  searches, which each line would need)."""
+
+  def __init__(self, lines):
+    self._data = np.frombuffer(b'\n'.join(lines), np.uint8)
+    lengths = np.fromiter(map(len, lines), np.int64, len(lines))
+    self._starts = offsets_of(lengths + 1)[:-1]
+    self._count = len(lines)
+
+  def _line_of(self, positions) -> np.ndarray:
+    return np.searchsorted(self._starts, positions, side='right') - 1
+
+  def _occurrences(self, first: int, rest: bytes) -> np.ndarray:
+    """Positions of byte `first` followed by the bytes `rest`."""
+    data = self._data
+    found = np.flatnonzero(data == first)
+    found = found[found + len(rest) < len(data)]
+    for offset, byte in enumerate(rest, start=1):
+      found = found[data[found + offset] == byte]
+    return found
+
+  def lines_with(self, sequence: bytes) -> np.ndarray:
+    """bool [lines]: whether each line holds `sequence`."""
+    flags = np.zeros(self._count, np.bool_)
+    flags[self._line_of(self._occurrences(sequence[0], sequence[1:]))] = True
+    return flags
+
+  def key_counts(self, quoted_key: bytes) -> np.ndarray:
+    """int [lines]: how often each line holds `quoted_key` (with its
+    quotes): a key, or a string value equal to it."""
+    return np.bincount(
+        self._line_of(self._occurrences(quoted_key[0], quoted_key[1:])),
+        minlength=self._count)
+
+  def starting_with(self, byte: int) -> np.ndarray:
+    """bool [lines]: whether each line's first byte is `byte`."""
+    starts = np.minimum(self._starts, max(len(self._data) - 1, 0))
+    return (self._data[starts] == byte) if len(self._data) else np.zeros(
+        self._count, np.bool_)
+
+
+def _orjson_objects(lines) -> list:
+  """Each line's object by orjson, or None (not an object, or not
+  decodable)."""
+  try:
+    objects = list(map(orjson.loads, lines))
+  except orjson.JSONDecodeError:
+    objects = [_orjson_or_none(line) for line in lines]
+  return [obj if type(obj) is dict else None  # pylint: disable=unidiomatic-typecheck
+          for obj in objects]
+
+
+def _orjson_or_none(line: bytes):
+  try:
+    return orjson.loads(line)
+  except orjson.JSONDecodeError:
+    return None
+
+
+def _plain_text(value) -> bool:
+  """Whether a prompt or output value needs no further check."""
+  return type(value) is str and value and not value.isspace()  # pylint: disable=unidiomatic-typecheck
+
+
+def _plain_id(value) -> Optional[str]:
+  """The id of a plain record, or None when parse_line must make it (no
+  id: the content id; a bool, float or other value: rejected)."""
+  if type(value) is str and value:  # pylint: disable=unidiomatic-typecheck
+    return value
+  if type(value) is int:  # pylint: disable=unidiomatic-typecheck
+    return str(value)
+  return None
+
+
 class ParseLines(beam.DoFn):
   """LineChunk -> one RecordChunk (main output) per chunk with a record.
 
@@ -316,9 +440,35 @@ class ParseLines(beam.DoFn):
     self._input_format = input_format
 
   def process(self, chunk: LineChunk):
+    numbers, lines, totals = zip(*chunk.lines) if chunk.lines else ((),) * 3
+    plain = plain_records(lines, totals, self._fields, self._max_line_bytes,
+                          self._input_format)
+    if plain is not None and None not in plain.ids:
+      # Every line a plain prompt/output record: the chunk as it is.
+      records = RecordChunk(chunk.source, list(numbers), plain.ids,
+                            plain.prompts, plain.outputs, [None] * len(lines),
+                            list(lines))
+      blank_lines = 0
+    else:
+      records, blank_lines = yield from self._parse_each(chunk, plain)
+    yield beam.pvalue.TaggedOutput(self.STATS, {
+        'lines': len(lines), 'blank_lines': blank_lines,
+        # Each line's bytes and its newline: how far into the input we are.
+        'input_bytes': sum(totals) + len(lines)})
+    if records.example_ids:
+      yield records
+
+  def _parse_each(self, chunk: LineChunk, plain):
+    """Yields each line's Rejected; gives (RecordChunk, blank lines).
+    `plain` (PlainRecords or None) has the lines that need no other
+    check."""
     records = RecordChunk.empty(chunk.source)
     blank_lines = 0
-    for line_number, line, total_bytes in chunk.lines:
+    for index, (line_number, line, total_bytes) in enumerate(chunk.lines):
+      if plain is not None and plain.ids[index] is not None:
+        records.add(line_number, plain.ids[index], line, plain.prompts[index],
+                    plain.outputs[index])
+        continue
       parsed = parse_line(chunk.source, line_number, line, total_bytes,
                           self._fields, self._max_line_bytes,
                           self._input_format)
@@ -330,13 +480,7 @@ class ParseLines(beam.DoFn):
         record, kept_line = parsed
         records.add(line_number, record.example_id, kept_line, record.prompt,
                     record.output, record.conversation)
-    yield beam.pvalue.TaggedOutput(self.STATS, {
-        'lines': len(chunk.lines), 'blank_lines': blank_lines,
-        # Each line's bytes and its newline: how far into the input we are.
-        'input_bytes': sum(total for _, _, total in chunk.lines) +
-                       len(chunk.lines)})
-    if records.example_ids:
-      yield records
+    return records, blank_lines
 
 
 # A row with a value in one of these columns may be a chat record.
