@@ -183,3 +183,29 @@ def test_a_matrix_of_the_wrong_size_is_a_decode_error():
   serialized = tf_example({'input_ids': np.arange(5), 'shape': [2, 3]})
   with pytest.raises(example_codec.DecodeError, match='input_ids'):
     example_codec.decode_batch(serialized)
+
+
+@pytest.mark.parametrize('seed, pad_id, batch_rows, high', [
+    (0, 151643, 3, 2**20), (1, 0, 2, 2**17), (2, 5, 7, 100), (3, 2**20, 1, 2**20),
+    (4, 151643, 30, 2**20)])
+def test_padded_batches_encoded_together_equal_each_encoded_alone(
+    seed, pad_id, batch_rows, high):
+  """serialize_padded_batches over a run of stacked batches gives, batch
+  by batch, serialize_batch's bytes: token ids and pad ids in every varint
+  size (below 2**7, the table's 2**18, above), the last batch short."""
+  rng = np.random.default_rng(seed)
+  prompts = [rng.integers(0, high, size=rng.integers(1, 40))
+             for _ in range(11)]
+  outputs = [rng.integers(0, high, size=rng.integers(0, 40))
+             for _ in range(11)]
+  chunk = pairs_chunk(prompts, outputs)
+  example_ids = [f'r{i}-é' for i in range(11)]
+  width = int(chunk.lengths.max()) + 3
+  together = example_codec.serialize_padded_batches(
+      pad_shift_mask(chunk, pad_id, width), example_ids, batch_rows)
+  starts = list(range(0, 11, batch_rows))
+  alone = [example_codec.serialize_batch(
+      pad_shift_mask(chunk.slice(first, min(first + batch_rows, 11)), pad_id,
+                     width), example_ids[first:first + batch_rows])
+           for first in starts]
+  assert together == alone

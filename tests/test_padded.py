@@ -1,6 +1,8 @@
 """The padded layout's steps (transforms/padded.py): buckets, batches by
 either strategy, and padding, called directly and in a TestPipeline."""
 
+import collections
+
 import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
@@ -8,8 +10,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from conftest import beam_test_pipeline, dofn_outputs
 from sftbeam.transforms import example_codec
 from sftbeam.transforms.batch import BATCHING_STRATEGIES
-from sftbeam.transforms.padded import (BatchByBucket, BatchShape, PadBatches,
-                                       _BatchWithinBundleFn)
+from sftbeam.transforms.padded import (BatchByBucket, BatchRun, BatchShape,
+                                       PadBatches, _BatchWithinBundleFn)
 from sftbeam.transforms.records import TokenChunk
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 from token_chunks import pairs_chunk
@@ -37,8 +39,15 @@ def _lengths_chunk(example_ids, length):
 SHAPE = BatchShape((8, 16), batch_size=2)
 
 
-def _batch_sizes(keyed_batches):
-  return keyed_batches | beam.Map(lambda kv: (kv[0], len(kv[1])))
+def _batch_sizes(runs):
+  return runs | beam.FlatMap(
+      lambda run: [(run.bucket, len(batch)) for batch in run.batches()])
+
+
+def _batch_ids(runs):
+  """(bucket, example ids) of each batch of `runs`, in order."""
+  return [(run.bucket, batch.example_ids) for run in runs
+          for batch in run.batches()]
 
 
 @pytest.mark.slow
@@ -52,21 +61,19 @@ def test_batch_by_bucket_both_strategies_in_pipeline(batching):
                | BatchByBucket(SHAPE, batching))
     assert_that(_batch_sizes(batches),
                 equal_to([(8, 2), (8, 2), (8, 1), (16, 1)]))
-    assert_that(batches | beam.FlatMap(lambda kv: kv[1].example_ids),
+    assert_that(batches | beam.FlatMap(lambda run: run.records.example_ids),
                 equal_to(list('abcdef')), label='EveryRecordOnce')
 
 
 def test_batch_within_bundle_directly_flushes_partials_at_bundle_end():
   dofn = _BatchWithinBundleFn(SHAPE)
   dofn.start_bundle()
-  full = list(dofn.process(_lengths_chunk('ab', 5)))
-  assert [(bucket, batch.example_ids) for bucket, batch in full] == [
-      (8, ['a', 'b'])]
-  assert not list(dofn.process(TokenChunk.concat([
-      _lengths_chunk('c', 5), _lengths_chunk('d', 12)])))
+  full = list(dofn.process(_lengths_chunk('abcde', 5)))
+  assert _batch_ids(full) == [(8, ['a', 'b']), (8, ['c', 'd'])]
+  assert len(full) == 1  # one run holds both
+  assert not list(dofn.process(_lengths_chunk('x', 12)))
   partial = [windowed.value for windowed in dofn.finish_bundle()]
-  assert [(bucket, batch.example_ids) for bucket, batch in partial] == [
-      (8, ['c']), (16, ['d'])]
+  assert _batch_ids(partial) == [(8, ['e']), (16, ['x'])]
 
 
 def test_batch_tokens_gives_each_bucket_a_token_budget():
@@ -78,10 +85,10 @@ def test_batch_tokens_gives_each_bucket_a_token_budget():
   full = list(dofn.process(TokenChunk.concat([
       _lengths_chunk([f's{i}' for i in range(11)], 5),
       _lengths_chunk([f'l{i}' for i in range(5)], 12)])))
-  assert [(bucket, len(batch)) for bucket, batch in full] == [
-      (8, 5), (8, 5), (16, 2), (16, 2)]
-  for bucket, batch in full:
-    assert len(batch) * bucket <= 40
+  sizes = [(bucket, len(ids)) for bucket, ids in _batch_ids(full)]
+  assert sizes == [(8, 5), (8, 5), (16, 2), (16, 2)]
+  for bucket, size in sizes:
+    assert size * bucket <= 40
 
 
 def _parse(serialized):
@@ -94,8 +101,8 @@ def _parse(serialized):
 def test_pad_batches_directly_to_bucket_width():
   dofn = PadBatches('bucket', pad_id=0, tokenizer=EMBEDDED, backend='auto')
   dofn.setup()
-  main, tagged = dofn_outputs(dofn, (8, _chunk(('a', [1, 2], [3]),
-                                           ('b', [4], [5, 6, 7]))))
+  main, tagged = dofn_outputs(dofn, BatchRun(8, 2, _chunk(
+      ('a', [1, 2], [3]), ('b', [4], [5, 6, 7]))))
   batch = _parse(main[0])
   assert batch['input_ids'].tolist() == [[1, 2, 3, 0, 0, 0, 0, 0],
                                          [4, 5, 6, 7, 0, 0, 0, 0]]
@@ -113,7 +120,7 @@ def test_pad_batches_directly_to_bucket_width():
 @pytest.mark.slow
 def test_pad_batches_in_pipeline_to_longest():
   with beam_test_pipeline() as root:
-    shapes = (root | beam.Create([(8, _chunk(('a', [1, 2], [3])))])
+    shapes = (root | beam.Create([BatchRun(8, 1, _chunk(('a', [1, 2], [3])))])
               | beam.ParDo(PadBatches('longest', 0, EMBEDDED, 'auto'))
               | beam.Map(lambda s: _parse(s)['input_ids'].shape))
     assert_that(shapes, equal_to([(1, 2)]))
@@ -123,5 +130,35 @@ def test_pad_batches_in_pipeline_to_longest():
 def test_pad_batches_resolves_pad_id_from_tokenizer():
   dofn = PadBatches('longest', None, EMBEDDED, 'auto')
   dofn.setup()
-  main, _ = dofn_outputs(dofn, (8, _chunk(('a', [1, 2], [3]), ('b', [1], [3]))))
+  main, _ = dofn_outputs(dofn, BatchRun(8, 2, _chunk(('a', [1, 2], [3]),
+                                                    ('b', [1], [3]))))
   assert _parse(main[0])['labels'][1].tolist() == [3, 151643]
+
+
+@pytest.mark.parametrize('pad_to', ['bucket', 'longest'])
+@pytest.mark.parametrize('output_format', ['tfrecord', 'parquet'])
+def test_a_run_of_batches_encodes_as_its_batches_one_by_one(pad_to,
+                                                           output_format):
+  """PadBatches gives a run of 3 batches (the last short) exactly what it
+  gives each of them as a run of one, and one stats dict that adds up."""
+  records = _chunk(*[(f'r{i}', [1] * (1 + i % 3), [2] * (1 + i % 4))
+                     for i in range(7)])
+  dofn = PadBatches(pad_to, 9, EMBEDDED, 'auto', output_format)
+  dofn.setup()
+  run, run_stats = dofn_outputs(dofn, BatchRun(8, 3, records))
+  alone, alone_stats = [], collections.Counter()
+  for first in (0, 3, 6):
+    batch = records.slice(first, min(first + 3, 7))
+    main, tagged = dofn_outputs(dofn, BatchRun(8, 3, batch))
+    alone += main
+    for stats in tagged['stats']:
+      alone_stats.update(stats)
+  assert len(run) == 3
+  if output_format == 'parquet':
+    run = [(batch.example_crc, batch.rows.to_pylist()) for batch in run]
+    alone = [(batch.example_crc, batch.rows.to_pylist()) for batch in alone]
+  assert run == alone
+  summed = collections.Counter()
+  for stats in run_stats['stats']:
+    summed.update(stats)
+  assert summed == alone_stats

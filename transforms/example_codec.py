@@ -2,6 +2,8 @@
 read directly with numpy, and parsed with TensorFlow for tf.data.
 
   serialize_batch   a batch's arrays -> Example bytes (the pipeline's writer)
+  serialize_padded_batches   consecutive padded batches' arrays -> their
+                    Examples, encoded together
   decode_batch      Example bytes -> numpy arrays (readers without TensorFlow)
   parse_batch       Example bytes -> tensors (a tf.data map function)
 
@@ -10,6 +12,7 @@ Which features a batch holds, per layout, is transforms/schema.py.
 
 import numpy as np
 
+from sftbeam.transforms.records import offsets_of
 from sftbeam.transforms.schema import ID_FEATURE, LAYOUTS, SHAPE_FEATURE
 
 # ------------------------------------------------------------------ encoding
@@ -57,25 +60,31 @@ def _varints(values: np.ndarray) -> bytes:
   """Base-128 varints of int64 values (negatives as protobuf writes them:
   ten bytes of their two's complement), vectorized."""
   values = np.asarray(values).ravel()
-  if not values.size:
-    return b''
+  return _varint_rows(values[:, None])[0] if values.size else b''
+
+
+def _varint_rows(values: np.ndarray):
+  """The varints of a 2-D array's values, row-major, as one bytes string,
+  and int64 [rows + 1]: where each row's bytes start in it (and end)."""
+  rows = values.shape[0]
   if values.dtype == np.bool_:
-    return values.astype(np.uint8).tobytes()  # one byte each, as is
+    return values.astype(np.uint8).tobytes(), offsets_of(
+        np.full(rows, values.shape[1], np.int64))  # one byte each, as is
   unsigned = values.astype(np.int64, copy=False).view(np.uint64)
-  largest = unsigned.max()
+  largest = unsigned.max() if unsigned.size else 0
   if largest < 0x80:
-    return unsigned.astype(np.uint8).tobytes()
+    return unsigned.astype(np.uint8).tobytes(), offsets_of(
+        np.full(rows, values.shape[1], np.int64))
   if largest >= _VARINT_TABLE_SIZE:
-    groups = _varint_groups(unsigned)
-    written = groups != 0
-    written[:, 0] = True
-    return groups[written].tobytes()
+    packed = _varint_groups(unsigned.ravel()).reshape(rows, -1)
+  else:
+    packed = _VARINT_WORDS.take(unsigned.view(np.int64)).view(np.uint8)
   # A byte is written if it is a value's first or carries bits: only bytes
   # past a value's end are zero (a value's last byte is non-zero).
-  packed = _VARINT_WORDS.take(unsigned.view(np.int64)).view(np.uint8)
   written = packed != 0
-  written[::4] = True
-  return np.compress(written, packed).tobytes()
+  written[:, ::packed.shape[1] // values.shape[1]] = True
+  return np.compress(written.ravel(), packed.ravel()).tobytes(), offsets_of(
+      written.sum(axis=1, dtype=np.int64))
 
 
 def _header(field_key: int, length: int) -> bytes:
@@ -100,9 +109,8 @@ def _feature_entry(name: str, feature: list) -> list:
           *feature]
 
 
-def _int64_feature(values) -> list:
-  """The parts of a Feature holding an Int64List (packed varints)."""
-  payload = _varints(values)
+def _int64_feature(payload: bytes) -> list:
+  """The parts of a Feature holding an Int64List of these packed varints."""
   int64_list = _header(_LENGTH_DELIMITED[0], len(payload))
   return [_header(_LENGTH_DELIMITED[2], len(int64_list) + len(payload)),
           int64_list, payload]
@@ -116,20 +124,51 @@ def _bytes_feature(values) -> list:
   return [_field(_LENGTH_DELIMITED[0], bytes_list)]
 
 
-def serialize_batch(arrays: dict, example_ids, layout: str = 'padded') -> bytes:
-  """Serializes a batch's arrays (`pad_shift_mask`'s, or for the packed
-  layout `pack.packed_arrays`') plus example ids into Example bytes."""
-  features = LAYOUTS[layout]
+def _example(names, payloads, shape, example_ids) -> bytes:
+  """Example bytes: an Int64List feature per name (its packed varints in
+  `payloads`), then the shape and the example ids."""
   parts = []
-  for name in features.matrix + features.vectors:
-    parts += _feature_entry(name, _int64_feature(arrays[name]))
-  parts += _feature_entry(SHAPE_FEATURE,
-                          _int64_feature(arrays['input_ids'].shape))
+  for name, payload in zip(names, payloads):
+    parts += _feature_entry(name, _int64_feature(payload))
+  parts += _feature_entry(SHAPE_FEATURE, _int64_feature(_varints(shape)))
   parts += _feature_entry(ID_FEATURE, _bytes_feature(
       [example_id.encode('utf-8') for example_id in example_ids]))
   # Example { Features features = 1 }: one header, then every part once.
   return b''.join([_header(_LENGTH_DELIMITED[0], sum(map(len, parts))),
                    *parts])
+
+
+def serialize_batch(arrays: dict, example_ids, layout: str = 'padded') -> bytes:
+  """Serializes a batch's arrays (`pad_shift_mask`'s, or for the packed
+  layout `pack.packed_arrays`') plus example ids into Example bytes."""
+  features = LAYOUTS[layout]
+  names = features.matrix + features.vectors
+  return _example(names, [_varints(arrays[name]) for name in names],
+                  arrays['input_ids'].shape, example_ids)
+
+
+def serialize_padded_batches(arrays: dict, example_ids,
+                             batch_rows: int) -> list:
+  """The Example bytes of consecutive padded batches, from their arrays
+  stacked (`pad_shift_mask` of all their records): batch b is rows
+  b * batch_rows up to (b + 1) * batch_rows, the last one maybe shorter.
+
+  Each Example is serialize_batch's of that batch's rows; every feature's
+  varints are encoded once for all the batches (a batch's per-call cost
+  would otherwise outweigh its encoding: docs/performance.md).
+  """
+  names = LAYOUTS['padded'].matrix + LAYOUTS['padded'].vectors
+  encoded = []
+  for name in names:
+    values = arrays[name]
+    stream, starts = _varint_rows(values.reshape(len(values), -1))
+    encoded.append((stream, starts.tolist()))
+  total, width = arrays['input_ids'].shape
+  bounds = list(range(0, total, batch_rows)) + [total]
+  return [_example(names, [stream[starts[first]:starts[end]]
+                           for stream, starts in encoded],
+                   (end - first, width), example_ids[first:end])
+          for first, end in zip(bounds, bounds[1:])]
 
 
 # ---------------------------------------------------------------- TensorFlow

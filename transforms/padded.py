@@ -5,19 +5,20 @@ A record's bucket is the smallest boundary >= L = prompt + output - 1; a
 batch holds records of one bucket only: `batch_size` of them, or with
 `batch_tokens` T, max(1, T // boundary) of them, so that every batch holds
 about T tokens. Partial batches are kept. `BatchByBucket` forms batches by
-either batching strategy (transforms/batch.py); `PadBatches` pads, shifts
-and masks each one (transforms/spec_arithmetic.py) and encodes it for the
-shard format (transforms/example_codec.py, transforms/parquet_shards.py).
+either batching strategy (transforms/batch.py), handing on a bucket's
+consecutive batches as one `BatchRun`; `PadBatches` pads, shifts and masks
+them (transforms/spec_arithmetic.py) and encodes each batch for the shard
+format (transforms/example_codec.py, transforms/parquet_shards.py).
 """
 
 import time
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import pack, spec_arithmetic, stats
+from sftbeam.transforms import example_codec, pack, spec_arithmetic, stats
 from sftbeam.transforms.batch import (BATCHING_STRATEGIES, BufferPerKeyFn,
                                       EncodeBatchesFn)
 from sftbeam.transforms.records import TokenChunk
@@ -55,20 +56,37 @@ class BatchShape:
       yield int(sorted_buckets[start]), chunk.take(order[start:end])
 
   def cut(self, bucket: int, records: TokenChunk):
-    """(full batches of `records`, the records left over or None)."""
+    """(a BatchRun of the full batches of `records` or None, the records
+    left over or None)."""
     rows = self.rows(bucket)
-    full = len(records) // rows
-    batches = [records.take(np.arange(index * rows, (index + 1) * rows))
-               for index in range(full)]
-    rest = None
-    if full * rows < len(records):
-      rest = records if not full else records.take(
-          np.arange(full * rows, len(records)))
-    return batches, rest
+    full = len(records) // rows * rows
+    run = BatchRun(bucket, rows, records.slice(0, full)) if full else None
+    rest = records.slice(full, len(records)) if full < len(records) else None
+    return run, rest
+
+
+class BatchRun(NamedTuple):
+  """Batches of one bucket back to back: `records` cut every `rows`
+  records, the last batch maybe shorter. What flows from batching to
+  padding: one element for many batches, so that padding and encoding
+  work on all of them at once."""
+  bucket: int
+  rows: int
+  records: TokenChunk
+
+  def bounds(self) -> list:
+    """(first, end) record of each batch."""
+    starts = list(range(0, len(self.records), self.rows))
+    return list(zip(starts, starts[1:] + [len(self.records)]))
+
+  def batches(self) -> Iterator[TokenChunk]:
+    """Each batch's records."""
+    for first, end in self.bounds():
+      yield self.records.slice(first, end)
 
 
 class _BatchWithinBundleFn(beam.DoFn):
-  """TokenChunk -> (bucket, TokenChunk of one batch), within one bundle.
+  """TokenChunk -> BatchRuns, within one bundle.
 
   Keeps one open batch per bucket; full batches leave at once, partial
   ones when the bundle ends. Bounded, globally windowed input only.
@@ -81,19 +99,20 @@ class _BatchWithinBundleFn(beam.DoFn):
   def start_bundle(self):
     self._open = {}
 
-  def process(self, chunk: TokenChunk):
+  def process(self, chunk: TokenChunk) -> Iterator['BatchRun']:
     for bucket, records in self._shape.by_bucket(chunk):
       if bucket in self._open:
         records = TokenChunk.concat([self._open.pop(bucket), records])
-      batches, rest = self._shape.cut(bucket, records)
-      for batch in batches:
-        yield bucket, batch
+      run, rest = self._shape.cut(bucket, records)
+      if run is not None:
+        yield run
       if rest is not None:
         self._open[bucket] = rest
 
   def finish_bundle(self):
     for bucket, batch in self._open.items():
-      yield GlobalWindows.windowed_value((bucket, batch))
+      yield GlobalWindows.windowed_value(
+          BatchRun(bucket, self._shape.rows(bucket), batch))
     self._open = None
 
 
@@ -108,9 +127,9 @@ class _ByBucketFn(beam.DoFn):
 
 
 class _BatchPerBucketFn(BufferPerKeyFn):
-  """(bucket, TokenChunk) -> (bucket, TokenChunk of one batch), per key:
-  full batches as soon as they fill, a partial one when the buffer is
-  flushed (see BufferPerKeyFn)."""
+  """(bucket, TokenChunk) -> BatchRuns, per key: full batches as soon as
+  they fill, a partial one when the buffer is flushed (see
+  BufferPerKeyFn)."""
 
   def __init__(self, shape: BatchShape, max_buffering_seconds=None,
                clock=time.time):
@@ -121,14 +140,16 @@ class _BatchPerBucketFn(BufferPerKeyFn):
     return self._shape.rows(bucket)
 
   def _emit(self, bucket, chunk: TokenChunk, finished: bool):
-    batches, rest = self._shape.cut(bucket, chunk)
+    run, rest = self._shape.cut(bucket, chunk)
+    runs = [run] if run is not None else []
     if finished and rest is not None:
-      batches, rest = batches + [rest], None
-    return [(bucket, batch) for batch in batches], rest
+      runs.append(BatchRun(bucket, self._shape.rows(bucket), rest))
+      rest = None
+    return runs, rest
 
 
 class BatchByBucket(beam.PTransform):
-  """TokenChunks -> (bucket, TokenChunk of one batch) per batch.
+  """TokenChunks -> BatchRuns (each batch in one run, once).
 
   `batching` is "bundle" or "global" (transforms/batch.py);
   `max_buffering_seconds` applies to "global".
@@ -157,13 +178,14 @@ class BatchByBucket(beam.PTransform):
 
 
 class PadBatches(EncodeBatchesFn):
-  """(bucket, TokenChunk of one batch) -> the encoded batch (Example bytes,
-  or a Parquet rows table with `output_format` parquet).
+  """BatchRun -> the encoded batches (Example bytes, or Parquet rows
+  tables with `output_format` parquet), in order.
 
   `pad_to="bucket"` gives every batch of a bucket the width of its boundary
-  (static shapes); `pad_to="longest"` the width of its longest row. Pads
+  (static shapes), and a run's batches are padded and encoded together;
+  `pad_to="longest"` gives each batch the width of its longest row. Pads
   with `pad_id`, else with the pad (or eos) id of the run's tokenizer.
-  Gives a stats dict per batch on the `stats` output.
+  Gives a stats dict per run on the `stats` output.
   """
   STATS = 'stats'
 
@@ -172,11 +194,25 @@ class PadBatches(EncodeBatchesFn):
     super().__init__(pad_id, tokenizer, backend, output_format)
     self._pad_to = pad_to
 
-  def process(self, keyed_batch):
-    bucket, records = keyed_batch
-    arrays = spec_arithmetic.pad_shift_mask(
-        records, self._pad_id,
-        width=bucket if self._pad_to == 'bucket' else None)
-    yield beam.pvalue.TaggedOutput(self.STATS,
-                                   stats.padded_batch_stats(bucket, arrays))
-    yield self._encode(arrays, records.example_ids, 'padded')
+  def process(self, run: BatchRun):
+    if self._pad_to == 'longest':
+      for batch in run.batches():
+        arrays = spec_arithmetic.pad_shift_mask(batch, self._pad_id)
+        yield beam.pvalue.TaggedOutput(
+            self.STATS, stats.padded_batch_stats(run.bucket, arrays))
+        yield self._encode(arrays, batch.example_ids, 'padded')
+      return
+    arrays = spec_arithmetic.pad_shift_mask(run.records, self._pad_id,
+                                            width=run.bucket)
+    bounds = run.bounds()
+    yield beam.pvalue.TaggedOutput(self.STATS, stats.padded_batch_stats(
+        run.bucket, arrays, batches=len(bounds)))
+    example_ids = run.records.example_ids
+    if self._output_format == 'tfrecord':
+      yield from example_codec.serialize_padded_batches(arrays, example_ids,
+                                                        run.rows)
+      return
+    for first, end in bounds:
+      yield self._encode({name: values[first:end]
+                          for name, values in arrays.items()},
+                         example_ids[first:end], 'padded')

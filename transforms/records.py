@@ -277,6 +277,17 @@ class TokenChunk(NamedTuple):
         prompt_lengths=self.prompt_lengths[indices],
         truncated=self.truncated[indices])
 
+  def slice(self, start: int, end: int) -> 'TokenChunk':
+    """Records start to end - 1: views of this chunk's arrays, no copy."""
+    first, last = int(self.offsets[start]), int(self.offsets[end])
+    return TokenChunk(
+        example_ids=self.example_ids[start:end],
+        ids=self.ids[first:last],
+        offsets=self.offsets[start:end + 1] - first,
+        supervised=self.supervised[first:last],
+        prompt_lengths=self.prompt_lengths[start:end],
+        truncated=self.truncated[start:end])
+
   def renamed(self, example_ids) -> 'TokenChunk':
     """The same records under these ids (`_replace` cannot: the tuple's
     length is not the records')."""

@@ -73,16 +73,17 @@ def backend_stats(backend: str, records: int) -> dict:
   return {f'tokenizer_backend/{backend}': records}
 
 
-def padded_batch_stats(bucket: int, arrays: dict) -> dict:
-  """The stats one written padded batch contributes."""
+def padded_batch_stats(bucket: int, arrays: dict, batches: int = 1) -> dict:
+  """The stats written padded batches contribute: one, or `batches` of
+  one bucket whose rows `arrays` stacks."""
   rows, width = arrays['input_ids'].shape
   real_tokens = int((arrays['prompt_lengths'] + arrays['output_lengths']
                      - 1).sum())
   return {
       'records_written': rows,
-      'batches_written': 1,
+      'batches_written': batches,
       f'bucket/{bucket}/records': rows,
-      f'bucket/{bucket}/batches': 1,
+      f'bucket/{bucket}/batches': batches,
       'real_tokens': real_tokens,
       'stored_tokens': rows * width,
       'supervised_tokens': int(arrays['response_mask'].sum()),
