@@ -162,6 +162,14 @@ def iter_lines(handle, max_line_bytes: int):
   only, all that its rejection shows, with its real size; the rest is
   skipped without being held in memory.
   """
+  for lines in _line_blocks(handle, max_line_bytes):
+    yield from lines
+
+
+def _line_blocks(handle, max_line_bytes: int):
+  """iter_lines' (line_bytes, total_bytes), as one list per block read:
+  a block's lines are split at once, and only a block holding a CR or a
+  line over the limit is looked at line by line."""
   pending = b''
   skipped = 0  # bytes of an over-long line already dropped
   while True:
@@ -169,23 +177,30 @@ def iter_lines(handle, max_line_bytes: int):
     if not block:
       break
     pending += block
-    start = 0
-    while True:
-      end = pending.find(b'\n', start)
-      if end < 0:
-        break
-      line = pending[start:end]
-      yield _finish_line(line, skipped, max_line_bytes)
+    end = pending.rfind(b'\n')
+    if end >= 0:
+      whole, pending = pending[:end], pending[end + 1:]
+      lines = whole.split(b'\n')
+      first = [_finish_line(lines[0], skipped, max_line_bytes)]
       skipped = 0
-      start = end + 1
-    pending = pending[start:]
+      yield first + _finish_lines(lines[1:], max_line_bytes,
+                                  may_end_in_cr=b'\r' in whole)
     # One byte over the limit is kept: it may be the CR of a CRLF line of
     # exactly max_line_bytes, which must not count as too long.
     if len(pending) > max_line_bytes + 1:
       skipped += len(pending) - max_line_bytes - 1
       pending = pending[:max_line_bytes + 1]
   if pending or skipped:
-    yield _finish_line(pending, skipped, max_line_bytes)
+    yield [_finish_line(pending, skipped, max_line_bytes)]
+
+
+def _finish_lines(lines, max_line_bytes: int, may_end_in_cr: bool) -> list:
+  """_finish_line of each of these whole lines (none skipped);
+  `may_end_in_cr`: whether their bytes hold a CR."""
+  lengths = list(map(len, lines))
+  if lines and (may_end_in_cr or max(lengths) > max_line_bytes):
+    return [_finish_line(line, 0, max_line_bytes) for line in lines]
+  return list(zip(lines, lengths))
 
 
 def _finish_line(line: bytes, skipped: int, max_line_bytes: int):
@@ -203,12 +218,14 @@ def _line_chunks(source: str, handle, first_number: int, chunk_lines: int,
   """Yields LineChunks of a handle's lines, the first numbered
   `first_number`."""
   lines = []
-  for line_number, (line, total) in enumerate(
-      iter_lines(handle, max_line_bytes), start=first_number):
-    lines.append((line_number, line, total))
-    if len(lines) == chunk_lines:
-      yield LineChunk(source, lines)
-      lines = []
+  number = first_number
+  for block in _line_blocks(handle, max_line_bytes):
+    lines += [(number + index, line, total)
+              for index, (line, total) in enumerate(block)]
+    number += len(block)
+    while len(lines) >= chunk_lines:
+      yield LineChunk(source, lines[:chunk_lines])
+      lines = lines[chunk_lines:]
   if lines:
     yield LineChunk(source, lines)
 

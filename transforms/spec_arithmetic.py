@@ -91,28 +91,47 @@ def join_pairs(example_ids, encoded: PairEncoding, keep=None,
     keep = np.ones(len(prompt_lengths), np.bool_)
   kept = np.flatnonzero(keep)
   start = 0 if prompt_start is None else prompt_start[kept]
-  prompt_from = encoded.prompt_offsets[kept] + start
   prompt_kept = prompt_lengths[kept] - start
   output_kept = (output_lengths[kept] if output_end is None
                  else output_end[kept])
-  # Gather from prompts and outputs laid end to end: each record's prompt
-  # range, then its output range.
-  sources = np.concatenate((encoded.prompt_ids, encoded.output_ids))
-  starts = np.stack((prompt_from, len(encoded.prompt_ids) +
-                     encoded.output_offsets[kept]), axis=1).ravel()
-  lengths = np.stack((prompt_kept, output_kept), axis=1).ravel()
   record_lengths = prompt_kept + output_kept
   offsets = offsets_of(record_lengths)
-  within = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1],
-                                                   record_lengths)
+  ids = np.empty(int(offsets[-1]), np.int64)
+  # Each record's prompt tokens, then its output tokens, placed by one
+  # scatter each (what is kept of the prompts and outputs, in order).
+  _place(ids, offsets[:-1], _kept_ranges(
+      encoded.prompt_ids, encoded.prompt_offsets[kept] + start, prompt_kept))
+  output_positions = _place(ids, offsets[:-1] + prompt_kept, _kept_ranges(
+      encoded.output_ids, encoded.output_offsets[kept], output_kept))
+  supervised = np.zeros(len(ids), np.bool_)
+  supervised[output_positions] = True
   return TokenChunk(
       example_ids=[example_ids[i] for i in kept.tolist()],
-      ids=sources[ranges(starts, lengths)],
+      ids=ids,
       offsets=offsets,
-      supervised=within >= np.repeat(prompt_kept, record_lengths),
+      supervised=supervised,
       prompt_lengths=prompt_kept.astype(np.int64),
       truncated=(np.zeros(len(kept), np.bool_) if truncated is None
                  else truncated[kept]))
+
+
+def _kept_ranges(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray):
+  """(the tokens of ids[starts[i]:starts[i] + lengths[i]] for every i, end
+  to end; lengths): `ids` itself when that is all of it, in order."""
+  if int(lengths.sum()) == len(ids) and np.array_equal(
+      starts, offsets_of(lengths)[:-1]):
+    return ids, lengths
+  return ids[ranges(starts, lengths)], lengths
+
+
+def _place(out: np.ndarray, destinations: np.ndarray, pieces) -> np.ndarray:
+  """Writes the pieces (tokens end to end, and each one's length) into
+  `out`, piece i from position destinations[i]; gives the positions."""
+  tokens, lengths = pieces
+  positions = np.arange(len(tokens)) + np.repeat(
+      destinations - (offsets_of(lengths)[:-1]), lengths)
+  out[positions] = tokens
+  return positions
 
 
 def resolve_pad_id(tokenizer, pad_id: Optional[int] = None) -> int:

@@ -14,6 +14,7 @@ Reason codes added here:
 """
 
 import collections
+import itertools
 from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -112,6 +113,10 @@ def records_with_special_text(pattern, record_texts) -> int:
   """
   if pattern is None:
     return 0
+  record_texts = list(record_texts)
+  if not pattern.search('\0'.join(itertools.chain.from_iterable(
+      record_texts))):
+    return 0  # the common case: no record to find
   texts, owners = [], []
   for index, record in enumerate(record_texts):
     texts += record
