@@ -66,7 +66,8 @@ def build_batch_pipeline(root, config, run_dir=None):
           config.input, config.read_chunk_lines, config.max_line_bytes,
           record_columns(field_names(config)), batching,
           runners.worker_processes(root.options))
-      | 'LinesToBatches' >> LinesToBatches(config, batching))
+      | 'LinesToBatches' >> LinesToBatches(
+          config, batching, run_ahead=runners.has_core_to_spare(root.options)))
   return write_dataset(root, config, run_dir or config.output,
                        outputs['batches'], outputs['rejected'],
                        outputs['stats'])

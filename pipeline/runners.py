@@ -102,6 +102,13 @@ def worker_processes(options) -> int:
   return 1
 
 
+def has_core_to_spare(options) -> bool:
+  """Whether the FnApiRunner's worker processes leave a core free (then
+  a batch run tokenizes on a thread of its own: docs/performance.md)."""
+  return (isinstance(runner_of(options), FnApiRunner) and
+          worker_processes(options) < len(os.sched_getaffinity(0)))
+
+
 def batching(config, options) -> str:
   """The `batching` option, its null resolved by the runner."""
   if config.batching is not None:

@@ -36,3 +36,15 @@ def test_batching_option_wins(setting):
 def test_default_runners_never_download_anything(streaming, runner):
   options = runners.pipeline_options([], streaming=streaming)
   assert options.get_all_options()['runner'] == runner
+
+
+@pytest.mark.parametrize('workers, cores, expected', [
+    (1, 2, True), (2, 2, False), (3, 4, True), (1, 1, False)])
+def test_tokenizing_runs_ahead_only_with_a_core_to_spare(monkeypatch, workers,
+                                                         cores, expected):
+  monkeypatch.setattr(runners.os, 'sched_getaffinity',
+                      lambda pid: set(range(cores)))
+  options = runners.with_workers(runners.pipeline_options([]), workers)
+  assert runners.has_core_to_spare(options) == expected
+  dataflow = runners.pipeline_options(['--runner=DataflowRunner'])
+  assert not runners.has_core_to_spare(dataflow)

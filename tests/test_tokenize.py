@@ -1,6 +1,8 @@
 """transforms/tokenize.py: TokenizeRecords, and the fit of each record to
 max_seq_len."""
 
+import json
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import beam_test_pipeline, dofn_outputs
+from conftest import beam_test_pipeline, dofn_outputs, shared_data
 from sftbeam.transforms.records import RecordChunk
 from sftbeam.transforms.spec_arithmetic import TRUNCATION_MODES
 from sftbeam.transforms.tokenize import (TokenizeRecords, TokenizeSettings,
@@ -140,3 +142,68 @@ def test_fit_lengths_properties(prompt, output, max_seq_len, mode):
   else:
     assert list(new_output) == output
     assert list(new_prompt) == prompt[len(prompt) - len(new_prompt):]
+
+
+def _bundle_outputs(dofn, chunks):
+  """Every output of one bundle of `chunks`, in order: (tag, value) with
+  TokenChunks as tuples of lists, finish_bundle's unwrapped."""
+  def plain(value):
+    if hasattr(value, 'ids'):
+      return tuple(np.asarray(part).tolist() for part in value)
+    return value
+
+  outputs = []
+  dofn.start_bundle()
+  for chunk in chunks:
+    for value in dofn.process(chunk):
+      tag = getattr(value, 'tag', None)
+      outputs.append((tag, plain(getattr(value, 'value', value))))
+  for value in dofn.finish_bundle() or ():
+    tag = getattr(value, 'tag', None)
+    if tag is not None:
+      value = value.value
+    outputs.append((tag, plain(value.value)))  # a WindowedValue
+  return outputs
+
+
+def test_running_ahead_gives_the_same_outputs_in_the_same_order(
+    monkeypatch, gsm8k_chat_records):
+  """Chunks tokenized on the encoding thread give what they give without
+  it: chunks of pairs, a chunk of conversations between them, a mixed
+  chunk, and a chunk the tokenizer fails on (rejected record by record)."""
+  pairs = [_records(*[(f'{n}-{i}', f'Question {i} of {n}?', 'word ' * i)
+                      for i in range(1, 12)]) for n in range(3)]
+  failing = _records(('x', 'fine', 'ok'), ('y', 'boom', 'x'))
+  mixed = pairs[1].subset(range(4))
+  for number, conversation in enumerate(gsm8k_chat_records, start=100):
+    mixed.add(number, f'chat-{number}', b'{}', conversation=conversation)
+  chats = mixed.subset(range(4, len(mixed.example_ids)))
+  chunks = [pairs[0], chats, pairs[1], failing, mixed, pairs[2]]
+  settings = SETTINGS._replace(max_seq_len=4096)
+  results = []
+  for run_ahead in (False, True):
+    dofn = TokenizeRecords(settings, run_ahead=run_ahead)
+    dofn.setup()
+    encode = dofn._tokenizer.encoder.encode  # pylint: disable=protected-access
+    monkeypatch.setattr(
+        dofn._tokenizer.encoder, 'encode',  # pylint: disable=protected-access
+        lambda texts, mode, encode=encode: (
+            _raise('boom') if any('boom' in text for text in texts)
+            else encode(texts, mode)))
+    results.append(_bundle_outputs(dofn, chunks))
+    dofn.teardown()
+  assert results[0] == results[1]
+  assert sum(tag == 'rejected' for tag, _ in results[0]) == 1
+  assert sum(tag is None for tag, _ in results[0]) == len(chunks)
+
+
+def _raise(message):
+  raise RuntimeError(message)
+
+
+@pytest.fixture(scope='module')
+def gsm8k_chat_records():
+  """Five conversations of ../shared/data/gsm8k_chat.jsonl, parsed."""
+  from sftbeam.transforms.chat_records import parse_conversation
+  with open(shared_data('gsm8k_chat.jsonl'), encoding='utf-8') as handle:
+    return [parse_conversation(json.loads(next(handle))) for _ in range(5)]

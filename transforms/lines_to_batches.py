@@ -70,19 +70,23 @@ class LinesToBatches(beam.PTransform):
   with output_format parquet: transforms/batch.py), `rejected` Rejected
   records, `stats` the stats dicts of every step (transforms/stats.py).
   `config` is the run's resolved options (sftbeam.pipeline.options);
-  `batching` is "bundle" or "global" (transforms/batch.py).
+  `batching` is "bundle" or "global" (transforms/batch.py);
+  `run_ahead`: tokenize each chunk on a thread while the later steps work
+  on the one before (a bounded run with a core to spare).
   """
 
   def __init__(self, config, batching: str,
-               max_buffering_seconds: Optional[float] = None):
+               max_buffering_seconds: Optional[float] = None,
+               run_ahead: bool = False):
     super().__init__()
     self._config = config
     self._batching = batching
     self._max_buffering_seconds = max_buffering_seconds
+    self._run_ahead = run_ahead
 
   def expand(self, chunks):
     tokenized = parse_and_tokenize(chunks, self._config,
-                                   field_names(self._config))
+                                   field_names(self._config), self._run_ahead)
     examples = to_examples(tokenized['chunks'], self._config, self._batching,
                            self._max_buffering_seconds)
     stats = ((tokenized['stats'], examples.stats)
@@ -91,17 +95,19 @@ class LinesToBatches(beam.PTransform):
             'stats': stats}
 
 
-def parse_and_tokenize(chunks, config, fields: FieldNames) -> dict:
+def parse_and_tokenize(chunks, config, fields: FieldNames,
+                       run_ahead: bool = False) -> dict:
   """LineChunks and RowChunks -> {'chunks': TokenChunks, 'rejected':
   Rejected records, 'stats'}: records of these `fields` parsed and
-  tokenized. Applies its steps where it is called."""
+  tokenized (`run_ahead`: see LinesToBatches). Applies its steps where it
+  is called."""
   parsed = chunks | 'ParseChunks' >> beam.ParDo(
       ParseChunks(fields, config.max_line_bytes,
                   config.input_format)).with_outputs(
                       ParseChunks.REJECTED, ParseChunks.STATS,
                       main='records')
   tokenized = parsed.records | 'TokenizeRecords' >> beam.ParDo(
-      TokenizeRecords(tokenize_settings(config))).with_outputs(
+      TokenizeRecords(tokenize_settings(config), run_ahead)).with_outputs(
           TokenizeRecords.REJECTED, TokenizeRecords.STATS, main='chunks')
   rejected = ((parsed.rejected, tokenized.rejected)
               | 'AllRejected' >> beam.Flatten())

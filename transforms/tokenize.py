@@ -14,11 +14,13 @@ Reason codes added here:
 """
 
 import collections
+import concurrent.futures
 import itertools
 from typing import NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.transforms.window import GlobalWindows
 
 from sftbeam.transforms import chat, spec_arithmetic
 from sftbeam.transforms.chat_records import ChatRejected, chat_strings
@@ -141,8 +143,11 @@ class TokenizeRecords(beam.DoFn):
   REJECTED = 'rejected'
   STATS = 'stats'
 
-  def __init__(self, settings: TokenizeSettings):
+  def __init__(self, settings: TokenizeSettings, run_ahead: bool = False):
     self._settings = settings
+    self._run_ahead = run_ahead
+    self._encoding_thread = None
+    self._pending = None  # (RecordChunk, Future of its encoding) or None
     self._tokenizer = None
     self._eos_id = None
     self._special_text = None
@@ -165,12 +170,50 @@ class TokenizeRecords(beam.DoFn):
         EncodeMode(self._settings.add_special_tokens is not False, split),
         EncodeMode(False, split)])
 
+  def start_bundle(self):
+    if self._run_ahead and self._encoding_thread is None:
+      self._encoding_thread = concurrent.futures.ThreadPoolExecutor(1)
+
   def process(self, records: RecordChunk):
+    if self._encoding_thread is None:
+      yield from self._tokenized(records)
+      return
+    # Run ahead: this chunk's prompts and outputs are encoded on a thread
+    # (the tokenizer releases the GIL) while the steps after this one work
+    # on the chunk before it, whose outputs leave now. Chunks stay in order,
+    # and the encoder is never used by two threads at once: the earlier
+    # chunk is done with it before this one is handed to the thread.
+    outputs = list(self._tokenized(*self._pending)) if self._pending else []
+    self._pending = None
+    if any(records.conversations):  # rendered here, in order
+      outputs += self._tokenized(records)
+    else:
+      self._pending = (records,
+                       self._encoding_thread.submit(self._encode, records))
+    yield from outputs
+
+  def finish_bundle(self):
+    if self._pending is not None:
+      pending, self._pending = self._pending, None
+      for output in self._tokenized(*pending):
+        if isinstance(output, beam.pvalue.TaggedOutput):
+          yield beam.pvalue.TaggedOutput(
+              output.tag, GlobalWindows.windowed_value(output.value))
+        else:
+          yield GlobalWindows.windowed_value(output)
+
+  def teardown(self):
+    if self._encoding_thread is not None:
+      self._encoding_thread.shutdown()
+
+  def _tokenized(self, records: RecordChunk, encoding=None):
+    """The outputs of a chunk; `encoding`: its prompts' and outputs' (a
+    Future) when it holds no conversation and was encoded ahead."""
     chats, pairs = [], []
     for index, conversation in enumerate(records.conversations):
       (pairs if conversation is None else chats).append(index)
     if not chats:  # the common case: no copy
-      parts = [self._tokenize_pairs(records)]
+      parts = [self._tokenize_pairs(records, encoding)]
     elif not pairs:
       parts = [self._tokenize_chats(records)]
     else:
@@ -209,10 +252,12 @@ class TokenizeRecords(beam.DoFn):
         errors[index] = f'{type(error).__name__}: {error}'
     return self._encode(records.subset(good)), good, errors
 
-  def _tokenize_pairs(self, records: RecordChunk):
-    """(TokenChunk of the records that fit, Rejecteds, stats)."""
+  def _tokenize_pairs(self, records: RecordChunk, encoding=None):
+    """(TokenChunk of the records that fit, Rejecteds, stats); `encoding`
+    (a Future): the records' encoding, if it was started ahead."""
     try:
-      encoded, indices, errors = self._encode(records), None, {}
+      encoded = encoding.result() if encoding else self._encode(records)
+      indices, errors = None, {}
     except Exception:  # pylint: disable=broad-except
       encoded, indices, errors = self._encode_each(records)
     rejected = [records.reject(index, 'tokenizer_error', error)
