@@ -6,7 +6,7 @@ import pytest
 
 from sftbeam.pipeline.readers import numpy_batch
 from sftbeam.transforms import example_codec, schema
-from sftbeam.transforms.spec_arithmetic import pad_shift_mask
+from sftbeam.transforms.spec_arithmetic import pad_rows, pad_shift_mask
 from token_chunks import pairs_chunk
 
 
@@ -202,7 +202,7 @@ def test_padded_batches_encoded_together_equal_each_encoded_alone(
   example_ids = [f'r{i}-é' for i in range(11)]
   width = int(chunk.lengths.max()) + 3
   together = example_codec.serialize_padded_batches(
-      pad_shift_mask(chunk, pad_id, width), example_ids, batch_rows)
+      pad_rows(chunk, pad_id, width), example_ids, batch_rows)
   starts = list(range(0, 11, batch_rows))
   alone = [example_codec.serialize_batch(
       pad_shift_mask(chunk.slice(first, min(first + batch_rows, 11)), pad_id,

@@ -10,6 +10,8 @@ read directly with numpy, and parsed with TensorFlow for tf.data.
 Which features a batch holds, per layout, is transforms/schema.py.
 """
 
+import functools
+
 import numpy as np
 
 from sftbeam.transforms.records import offsets_of
@@ -87,6 +89,22 @@ def _varint_rows(values: np.ndarray):
       written.sum(axis=1, dtype=np.int64))
 
 
+# The byte count of each table value's varint.
+_VARINT_SIZES = (np.arange(_VARINT_TABLE_SIZE) >= 1 << 7).astype(np.uint8) + (
+    np.arange(_VARINT_TABLE_SIZE) >= 1 << 14) + 1
+
+
+def _varint_sizes(values: np.ndarray) -> np.ndarray:
+  """The byte count of each value's varint (1 to 10), flat."""
+  unsigned = values.astype(np.int64, copy=False).view(np.uint64).ravel()
+  if unsigned.size and unsigned.max() < _VARINT_TABLE_SIZE:
+    return _VARINT_SIZES.take(unsigned.view(np.int64)).astype(np.int64)
+  sizes = np.ones(len(unsigned), np.int64)
+  for bits in range(7, 64, 7):
+    sizes += unsigned >= np.uint64(1 << bits)
+  return sizes
+
+
 def _header(field_key: int, length: int) -> bytes:
   """The key byte and varint length of a length-delimited field."""
   return bytes([field_key]) + _varint(length)
@@ -97,11 +115,17 @@ def _field(field_key: int, payload: bytes) -> bytes:
   return _header(field_key, len(payload)) + payload
 
 
+@functools.lru_cache(maxsize=None)
+def _feature_key(name: str) -> bytes:
+  """The key field of a feature map entry."""
+  return _field(_LENGTH_DELIMITED[0], name.encode('utf-8'))
+
+
 def _feature_entry(name: str, feature: list) -> list:
   """The parts of one `Features.feature` map entry: name -> feature, where
   `feature` is the parts of the Feature message (joined only once, for the
   whole Example, so that large payloads are not copied at every level)."""
-  key = _field(_LENGTH_DELIMITED[0], name.encode('utf-8'))
+  key = _feature_key(name)
   feature_length = sum(map(len, feature))
   value_header = _header(_LENGTH_DELIMITED[1], feature_length)
   entry_length = len(key) + len(value_header) + feature_length
@@ -119,8 +143,8 @@ def _int64_feature(payload: bytes) -> list:
 def _bytes_feature(values) -> list:
   """The parts of a Feature holding a BytesList."""
   key = _ONE_BYTE[_LENGTH_DELIMITED[0]]
-  bytes_list = b''.join([part for value in values
-                         for part in (key, _varint(len(value)), value)])
+  bytes_list = b''.join([key + _varint(len(value)) + value
+                         for value in values])
   return [_field(_LENGTH_DELIMITED[0], bytes_list)]
 
 
@@ -130,7 +154,8 @@ def _example(names, payloads, shape, example_ids) -> bytes:
   parts = []
   for name, payload in zip(names, payloads):
     parts += _feature_entry(name, _int64_feature(payload))
-  parts += _feature_entry(SHAPE_FEATURE, _int64_feature(_varints(shape)))
+  parts += _feature_entry(SHAPE_FEATURE, _int64_feature(
+      b''.join(map(_varint, shape))))
   parts += _feature_entry(ID_FEATURE, _bytes_feature(
       [example_id.encode('utf-8') for example_id in example_ids]))
   # Example { Features features = 1 }: one header, then every part once.
@@ -147,28 +172,43 @@ def serialize_batch(arrays: dict, example_ids, layout: str = 'padded') -> bytes:
                   arrays['input_ids'].shape, example_ids)
 
 
-def serialize_padded_batches(arrays: dict, example_ids,
-                             batch_rows: int) -> list:
-  """The Example bytes of consecutive padded batches, from their arrays
-  stacked (`pad_shift_mask` of all their records): batch b is rows
+def serialize_padded_batches(padded, example_ids, batch_rows: int) -> list:
+  """The Example bytes of consecutive padded batches, from their rows
+  padded together (a spec_arithmetic.PaddedRows): batch b is rows
   b * batch_rows up to (b + 1) * batch_rows, the last one maybe shorter.
 
-  Each Example is serialize_batch's of that batch's rows; every feature's
-  varints are encoded once for all the batches (a batch's per-call cost
-  would otherwise outweigh its encoding: docs/performance.md).
+  Each Example is serialize_batch's of that batch's `pad_shift_mask`
+  arrays. The padded token rows are varint-encoded once for all the
+  batches, and each row's input_ids and labels cut from its bytes (all but
+  the last token's, all but the first token's): a batch's per-call cost
+  would otherwise outweigh its encoding (docs/performance.md).
   """
+  rows, columns = padded.sequences.shape  # columns: width + 1, at least 2
+  tokens, _ = _varint_rows(padded.sequences)
+  ends = np.cumsum(_varint_sizes(padded.sequences)).reshape(rows, columns)
+  row_ends = ends[:, -1].tolist()
+  row_starts = [0] + row_ends[:-1]
+  first_ends = ends[:, 0].tolist()
+  last_starts = ends[:, -2].tolist()
+  mask = padded.supervised[:, 1:].astype(np.uint8).tobytes()
+  lengths = [_varint_rows(values[:, None]) for values in (
+      padded.prompt_lengths, padded.output_lengths)]
+  lengths = [(stream, starts.tolist()) for stream, starts in lengths]
+  width = columns - 1
+  bounds = list(range(0, rows, batch_rows)) + [rows]
   names = LAYOUTS['padded'].matrix + LAYOUTS['padded'].vectors
-  encoded = []
-  for name in names:
-    values = arrays[name]
-    stream, starts = _varint_rows(values.reshape(len(values), -1))
-    encoded.append((stream, starts.tolist()))
-  total, width = arrays['input_ids'].shape
-  bounds = list(range(0, total, batch_rows)) + [total]
-  return [_example(names, [stream[starts[first]:starts[end]]
-                           for stream, starts in encoded],
-                   (end - first, width), example_ids[first:end])
-          for first, end in zip(bounds, bounds[1:])]
+  examples = []
+  for first, end in zip(bounds, bounds[1:]):
+    payloads = [
+        b''.join([tokens[start:stop] for start, stop in zip(
+            row_starts[first:end], last_starts[first:end])]),
+        b''.join([tokens[start:stop] for start, stop in zip(
+            first_ends[first:end], row_ends[first:end])]),
+        mask[first * width:end * width],
+    ] + [stream[starts[first]:starts[end]] for stream, starts in lengths]
+    examples.append(_example(names, payloads, (end - first, width),
+                             example_ids[first:end]))
+  return examples
 
 
 # ---------------------------------------------------------------- TensorFlow

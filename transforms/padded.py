@@ -202,14 +202,15 @@ class PadBatches(EncodeBatchesFn):
             self.STATS, stats.padded_batch_stats(run.bucket, arrays))
         yield self._encode(arrays, batch.example_ids, 'padded')
       return
-    arrays = spec_arithmetic.pad_shift_mask(run.records, self._pad_id,
-                                            width=run.bucket)
+    padded = spec_arithmetic.pad_rows(run.records, self._pad_id,
+                                      width=run.bucket)
+    arrays = padded.shifted()
     bounds = run.bounds()
     yield beam.pvalue.TaggedOutput(self.STATS, stats.padded_batch_stats(
         run.bucket, arrays, batches=len(bounds)))
     example_ids = run.records.example_ids
     if self._output_format == 'tfrecord':
-      yield from example_codec.serialize_padded_batches(arrays, example_ids,
+      yield from example_codec.serialize_padded_batches(padded, example_ids,
                                                         run.rows)
       return
     for first, end in bounds:

@@ -145,6 +145,49 @@ def resolve_pad_id(tokenizer, pad_id: Optional[int] = None) -> int:
       'pass pad_id explicitly')
 
 
+class PaddedRows(NamedTuple):
+  """A batch's records padded, before the shift: row i is the spec's
+  `seq = tokens + pad...` (`sequences`, int64) and `sup`, its supervised
+  flags, False on padding (`supervised`, bool), each (rows, width + 1)."""
+  sequences: np.ndarray
+  supervised: np.ndarray
+  prompt_lengths: np.ndarray
+  output_lengths: np.ndarray
+
+  def shifted(self) -> dict:
+    """pad_shift_mask's arrays: `input_ids = seq[:-1]`, `labels =
+    seq[1:]`, `response_mask = sup[1:]` as views of these rows (copy
+    them to keep them apart)."""
+    return {
+        'input_ids': self.sequences[:, :-1],
+        'labels': self.sequences[:, 1:],
+        'response_mask': self.supervised[:, 1:],
+        'prompt_lengths': self.prompt_lengths,
+        'output_lengths': self.output_lengths,
+    }
+
+
+def pad_rows(chunk: TokenChunk, pad_id: int,
+             width: Optional[int] = None) -> PaddedRows:
+  """The records of a batch padded to `width + 1` tokens (see
+  pad_shift_mask, which shifts them)."""
+  lengths = chunk.lengths
+  longest = int(lengths.max()) - 1
+  if width is None:
+    width = longest
+  elif width < longest:
+    raise ValueError(f'width {width} is shorter than the longest row {longest}')
+  # One assignment for the whole batch: the mask selects, in row-major
+  # order, columns 0..length-1 of each row, the order of the flat tokens.
+  filled = np.arange(width + 1) < lengths[:, None]
+  sequences = np.full(filled.shape, pad_id, dtype=np.int64)
+  sequences[filled] = chunk.ids
+  supervised = np.zeros(filled.shape, np.bool_)
+  supervised[filled] = chunk.supervised
+  return PaddedRows(sequences, supervised, chunk.prompt_lengths,
+                    chunk.output_lengths)
+
+
 def pad_shift_mask(chunk: TokenChunk, pad_id: int,
                    width: Optional[int] = None) -> dict:
   """Pads one batch of records and builds the shifted next-token arrays.
@@ -161,26 +204,8 @@ def pad_shift_mask(chunk: TokenChunk, pad_id: int,
   `response_mask[i, j]` True exactly for
   `prompt_len - 1 <= j < prompt_len + output_len - 1`.
   """
-  lengths = chunk.lengths
-  longest = int(lengths.max()) - 1
-  if width is None:
-    width = longest
-  elif width < longest:
-    raise ValueError(f'width {width} is shorter than the longest row {longest}')
-  # One assignment for the whole batch: the mask selects, in row-major
-  # order, columns 0..length-1 of each row, the order of the flat tokens.
-  filled = np.arange(width + 1) < lengths[:, None]
-  sequences = np.full(filled.shape, pad_id, dtype=np.int64)
-  sequences[filled] = chunk.ids
-  supervised = np.zeros(filled.shape, np.bool_)
-  supervised[filled] = chunk.supervised
-  return {
-      'input_ids': np.ascontiguousarray(sequences[:, :-1]),
-      'labels': np.ascontiguousarray(sequences[:, 1:]),
-      'response_mask': np.ascontiguousarray(supervised[:, 1:]),
-      'prompt_lengths': chunk.prompt_lengths,
-      'output_lengths': chunk.output_lengths,
-  }
+  return {name: np.ascontiguousarray(values) for name, values in
+          pad_rows(chunk, pad_id, width).shifted().items()}
 
 
 def _check_inputs(prompt_strs, output_strs):
