@@ -7,7 +7,10 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
+import strategies
 from conftest import beam_test_pipeline, dofn_outputs
+from hypothesis import given
+from hypothesis import strategies as st
 from sftbeam.transforms import example_codec
 from sftbeam.transforms.batch import BATCHING_STRATEGIES
 from sftbeam.transforms.padded import (BatchByBucket, BatchRun, BatchShape,
@@ -162,3 +165,53 @@ def test_a_run_of_batches_encodes_as_its_batches_one_by_one(pad_to,
   for stats in run_stats['stats']:
     summed.update(stats)
   assert summed == alone_stats
+
+
+def _reference_batches(shape, chunks):
+  """(bucket, ids) of each batch, in emission order, by lists: per chunk,
+  each bucket's records join its open batch; full batches leave, the
+  open ones at the end in the order their buckets were last touched."""
+  open_ids, out = {}, []
+  for chunk in chunks:
+    buckets = shape.buckets(chunk).tolist()
+    for bucket in sorted(set(buckets)):
+      ids = open_ids.pop(bucket, []) + [
+          i for i, b in zip(chunk.example_ids, buckets) if b == bucket]
+      rows = shape.rows(bucket)
+      while len(ids) >= rows:
+        out.append((bucket, ids[:rows]))
+        ids = ids[rows:]
+      if ids:
+        open_ids[bucket] = ids
+  return out + list(open_ids.items())
+
+
+@strategies.EXAMPLES
+@given(st.lists(st.lists(st.integers(2, 20), max_size=12), max_size=6),
+       st.integers(1, 4))
+def test_batching_within_a_bundle_equals_the_list_reference(lengths, rows):
+  shape = BatchShape((4, 8, 20), batch_size=rows)
+  chunks, count = [], 0
+  for chunk_lengths in lengths:
+    if chunk_lengths:
+      chunks.append(TokenChunk.concat([
+          _lengths_chunk([f'r{count + i}'], length)
+          for i, length in enumerate(chunk_lengths)]))
+      count += len(chunk_lengths)
+  dofn = _BatchWithinBundleFn(shape)
+  dofn.start_bundle()
+  runs = [run for chunk in chunks for run in dofn.process(chunk)]
+  runs += [windowed.value for windowed in dofn.finish_bundle()]
+  assert _batch_ids(runs) == _reference_batches(shape, chunks)
+  given_records = {record_id: _record(chunk, index) for chunk in chunks
+                   for index, record_id in enumerate(chunk.example_ids)}
+  for run in runs:  # each record's tokens and flags travel with it
+    for index, record_id in enumerate(run.records.example_ids):
+      assert _record(run.records, index) == given_records[record_id]
+
+
+def _record(chunk, index):
+  """(tokens, supervised flags, prompt length) of record `index`."""
+  start, end = chunk.offsets[index], chunk.offsets[index + 1]
+  return (chunk.ids[start:end].tolist(), chunk.supervised[start:end].tolist(),
+          int(chunk.prompt_lengths[index]))

@@ -2,7 +2,10 @@
 
 import json
 
-from sftbeam.transforms.records import Rejected
+import numpy as np
+
+from sftbeam.transforms.records import Rejected, TokenChunk
+from token_chunks import pairs_chunk
 
 
 def test_rejected_to_json_keeps_reason_and_source():
@@ -10,3 +13,29 @@ def test_rejected_to_json_keeps_reason_and_source():
   assert json.loads(rejected.to_json()) == {
       'source': 'f.jsonl', 'line_number': 3, 'reason': 'invalid_json',
       'message': 'boom', 'raw': '{'}
+
+
+def _chunk(seed, records):
+  """A TokenChunk of `records` random records."""
+  rng = np.random.default_rng(seed)
+  prompts = [rng.integers(0, 1000, rng.integers(1, 9)) for _ in range(records)]
+  outputs = [rng.integers(0, 1000, rng.integers(1, 9)) for _ in range(records)]
+  return pairs_chunk(prompts, outputs, [f'{seed}-{i}' for i in range(records)])
+
+
+def _as_lists(chunk):
+  return [np.asarray(part).tolist() for part in chunk]
+
+
+def test_gather_is_the_takes_concatenated():
+  first, second = _chunk(0, 9), _chunk(1, 5)
+  parts = [(first, [3, 0, 8]), (second, []), (second, [4, 1])]
+  expected = TokenChunk.concat([chunk.take(indices) for chunk, indices
+                                in parts if indices])
+  assert _as_lists(TokenChunk.gather(parts)) == _as_lists(expected)
+
+
+def test_slice_is_a_take_of_consecutive_records():
+  chunk = _chunk(2, 7)
+  assert _as_lists(chunk.slice(2, 5)) == _as_lists(chunk.take([2, 3, 4]))
+  assert len(chunk.slice(3, 3)) == 0

@@ -48,12 +48,18 @@ class BatchShape:
 
   def by_bucket(self, chunk: TokenChunk) -> Iterator[Tuple[int, TokenChunk]]:
     """(bucket, its records of `chunk`) for every bucket present."""
+    for bucket, indices in self.bucket_indices(chunk):
+      yield bucket, chunk.take(indices)
+
+  def bucket_indices(self, chunk: TokenChunk):
+    """(bucket, int64 indices of its records in `chunk`, in order) for
+    every bucket present."""
     buckets = self.buckets(chunk)
     order = np.argsort(buckets, kind='stable')
     sorted_buckets = buckets[order]
-    starts = np.flatnonzero(np.diff(sorted_buckets, prepend=-1))
-    for start, end in zip(starts, list(starts[1:]) + [len(order)]):
-      yield int(sorted_buckets[start]), chunk.take(order[start:end])
+    starts = np.flatnonzero(np.diff(sorted_buckets, prepend=-1)).tolist()
+    for start, end in zip(starts, starts[1:] + [len(order)]):
+      yield int(sorted_buckets[start]), order[start:end]
 
   def cut(self, bucket: int, records: TokenChunk):
     """(a BatchRun of the full batches of `records` or None, the records
@@ -100,14 +106,22 @@ class _BatchWithinBundleFn(beam.DoFn):
     self._open = {}
 
   def process(self, chunk: TokenChunk) -> Iterator['BatchRun']:
-    for bucket, records in self._shape.by_bucket(chunk):
-      if bucket in self._open:
-        records = TokenChunk.concat([self._open.pop(bucket), records])
-      run, rest = self._shape.cut(bucket, records)
-      if run is not None:
-        yield run
-      if rest is not None:
-        self._open[bucket] = rest
+    for bucket, indices in self._shape.bucket_indices(chunk):
+      # The bucket's open batch, then its records of this chunk: the full
+      # batches leave as one run, the rest is the new open batch. Each
+      # token is copied once on the way (TokenChunk.gather).
+      held = self._open.pop(bucket, None)
+      parts = [] if held is None else [(held, np.arange(len(held)))]
+      rows = self._shape.rows(bucket)
+      leaving = (len(indices) + (0 if held is None else len(held))
+                 ) // rows * rows
+      if leaving:
+        taken = leaving - sum(len(part) for part, _ in parts)
+        yield BatchRun(bucket, rows, TokenChunk.gather(
+            parts + [(chunk, indices[:taken])]))
+        parts, indices = [], indices[taken:]
+      if len(indices) or parts:
+        self._open[bucket] = TokenChunk.gather(parts + [(chunk, indices)])
 
   def finish_bundle(self):
     for bucket, batch in self._open.items():

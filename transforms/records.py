@@ -288,6 +288,34 @@ class TokenChunk(NamedTuple):
         prompt_lengths=self.prompt_lengths[start:end],
         truncated=self.truncated[start:end])
 
+  @staticmethod
+  def gather(parts) -> 'TokenChunk':
+    """One chunk of the records at `indices` of each (chunk, indices) of
+    `parts`, in that order, each token copied once."""
+    parts = [(chunk, np.asarray(indices, dtype=np.int64))
+             for chunk, indices in parts]
+    lengths = np.concatenate([chunk.offsets[indices + 1] -
+                              chunk.offsets[indices]
+                              for chunk, indices in parts])
+    offsets = offsets_of(lengths)
+    ids = np.empty(int(offsets[-1]), np.int64)
+    supervised = np.empty(len(ids), np.bool_)
+    filled = 0
+    for chunk, indices in parts:
+      positions = chunk.token_rows(indices)
+      end = filled + len(positions)
+      np.take(chunk.ids, positions, out=ids[filled:end])
+      np.take(chunk.supervised, positions, out=supervised[filled:end])
+      filled = end
+    return TokenChunk(
+        example_ids=[chunk.example_ids[i] for chunk, indices in parts
+                     for i in indices.tolist()],
+        ids=ids, offsets=offsets, supervised=supervised,
+        prompt_lengths=np.concatenate([chunk.prompt_lengths[indices]
+                                       for chunk, indices in parts]),
+        truncated=np.concatenate([chunk.truncated[indices]
+                                  for chunk, indices in parts]))
+
   def renamed(self, example_ids) -> 'TokenChunk':
     """The same records under these ids (`_replace` cannot: the tuple's
     length is not the records')."""
