@@ -59,34 +59,27 @@ _VARINT_WORDS = _varint_groups(
 
 
 def _varints(values: np.ndarray) -> bytes:
-  """Base-128 varints of int64 values (negatives as protobuf writes them:
-  ten bytes of their two's complement), vectorized."""
+  """Base-128 varints of int64 values, row-major (negatives as protobuf
+  writes them: ten bytes of their two's complement), vectorized."""
   values = np.asarray(values).ravel()
-  return _varint_rows(values[:, None])[0] if values.size else b''
-
-
-def _varint_rows(values: np.ndarray):
-  """The varints of a 2-D array's values, row-major, as one bytes string,
-  and int64 [rows + 1]: where each row's bytes start in it (and end)."""
-  rows = values.shape[0]
+  if not values.size:
+    return b''
   if values.dtype == np.bool_:
-    return values.astype(np.uint8).tobytes(), offsets_of(
-        np.full(rows, values.shape[1], np.int64))  # one byte each, as is
+    return values.astype(np.uint8).tobytes()  # one byte each, as is
   unsigned = values.astype(np.int64, copy=False).view(np.uint64)
-  largest = unsigned.max() if unsigned.size else 0
+  largest = unsigned.max()
   if largest < 0x80:
-    return unsigned.astype(np.uint8).tobytes(), offsets_of(
-        np.full(rows, values.shape[1], np.int64))
+    return unsigned.astype(np.uint8).tobytes()
   if largest >= _VARINT_TABLE_SIZE:
-    packed = _varint_groups(unsigned.ravel()).reshape(rows, -1)
+    packed = _varint_groups(unsigned)
   else:
-    packed = _VARINT_WORDS.take(unsigned.view(np.int64)).view(np.uint8)
+    packed = _VARINT_WORDS.take(unsigned.view(np.int64)).view(
+        np.uint8).reshape(-1, 4)
   # A byte is written if it is a value's first or carries bits: only bytes
   # past a value's end are zero (a value's last byte is non-zero).
   written = packed != 0
-  written[:, ::packed.shape[1] // values.shape[1]] = True
-  return np.compress(written.ravel(), packed.ravel()).tobytes(), offsets_of(
-      written.sum(axis=1, dtype=np.int64))
+  written[:, 0] = True
+  return np.compress(written.ravel(), packed.ravel()).tobytes()
 
 
 # The byte count of each table value's varint.
@@ -184,16 +177,15 @@ def serialize_padded_batches(padded, example_ids, batch_rows: int) -> list:
   would otherwise outweigh its encoding (docs/performance.md).
   """
   rows, columns = padded.sequences.shape  # columns: width + 1, at least 2
-  tokens, _ = _varint_rows(padded.sequences)
+  tokens = _varints(padded.sequences)
   ends = np.cumsum(_varint_sizes(padded.sequences)).reshape(rows, columns)
   row_ends = ends[:, -1].tolist()
   row_starts = [0] + row_ends[:-1]
   first_ends = ends[:, 0].tolist()
   last_starts = ends[:, -2].tolist()
   mask = padded.supervised[:, 1:].astype(np.uint8).tobytes()
-  lengths = [_varint_rows(values[:, None]) for values in (
-      padded.prompt_lengths, padded.output_lengths)]
-  lengths = [(stream, starts.tolist()) for stream, starts in lengths]
+  lengths = [(_varints(values), offsets_of(_varint_sizes(values)).tolist())
+             for values in (padded.prompt_lengths, padded.output_lengths)]
   width = columns - 1
   bounds = list(range(0, rows, batch_rows)) + [rows]
   names = LAYOUTS['padded'].matrix + LAYOUTS['padded'].vectors
