@@ -3,7 +3,7 @@
   ReadInput (JSON lines and Parquet) -> LinesToBatches (parse, tokenize,
   batch, pad) ->
   WriteBatches, WriteRejected, SumStats -> WriteDatasetInfo (and
-  CountStats: Beam counters and the live progress line)
+  CountStats: Beam counters; the steps feed the live progress line)
 
 `run` checks the run (pipeline/checks.py), claims --output
 (pipeline/output_dir.py), runs the job in the claim's work directory, and

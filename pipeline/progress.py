@@ -1,16 +1,15 @@
-"""The live count of a run, from its stats stream, and printing it.
+"""The live count of a run, and printing it.
 
-The steps of a run emit stats dicts (transforms/stats.py); `CountStats`,
-attached to that stream by the graph, turns each into Beam counters
-(Dataflow's job page shows them) and adds it to this process's tally while
-the run goes (Beam's own counters are read only when a run ends). The CLI
-prints the tally: on a terminal as one line rewritten in place, with an
-ETA when the input's size is known; otherwise as a plain line every
+The steps of a run emit stats dicts (transforms/stats.py), each added to
+its process's live tally as it is emitted; `CountStats`, attached to the
+stats stream by the graph, turns each into Beam counters (Dataflow's job
+page shows them; Beam's own counters are read only when a run ends). The
+CLI prints the tally: on a terminal as one line rewritten in place, with
+an ETA when the input's size is known; otherwise as a plain line every
 PRINT_SECONDS. The tally stays empty when the steps run in other processes
 (Dataflow, multi-process runners), where the runner shows its own progress.
 """
 
-import collections
 import contextlib
 import sys
 import threading
@@ -19,41 +18,31 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from sftbeam.transforms import stats
+
 # Plain progress lines (output not a terminal) come this often.
 PRINT_SECONDS = 10
 # A terminal's line is rewritten this often.
 TERMINAL_SECONDS = 0.5
 
-_lock = threading.Lock()
-_tally = collections.Counter()
-
-
-def add(stats: dict):
-  with _lock:
-    _tally.update(stats)
+def add(counts: dict):
+  stats.tallied(counts)
 
 
 def snapshot() -> dict:
-  with _lock:
-    return dict(_tally)
+  return stats.live_tally()
 
 
 def reset():
-  with _lock:
-    _tally.clear()
+  stats.reset_live_tally()
 
 
 class CountStats(beam.DoFn):
-  """Stats dict -> Beam counters `sftbeam/<name>` and the live tally.
+  """Stats dict -> Beam counters `sftbeam/<name>`."""
 
-  Attached to the stats stream next to the steps that emit it (fused with
-  them), so the tally moves while a local run goes.
-  """
-
-  def process(self, stats: dict):
-    for name, count in stats.items():
+  def process(self, counts: dict):
+    for name, count in counts.items():
       Metrics.counter('sftbeam', name).inc(count)
-    add(stats)
 
 
 def eta_seconds(done: float, total: float, elapsed: float):

@@ -11,6 +11,9 @@ from conftest import beam_test_pipeline
 from sftbeam.pipeline.batch import progress_describer
 from sftbeam.pipeline import progress
 from sftbeam.pipeline.progress import CountStats
+from sftbeam.transforms.parse import FieldNames, ParseLines
+from sftbeam.transforms.records import LineChunk
+from sftbeam.transforms.stats import tallied_rejection_stats
 
 
 def _describe(tally, elapsed):
@@ -54,13 +57,38 @@ def test_disabled_prints_nothing_and_starts_from_zero(capsys):
   assert capsys.readouterr().out == ''
 
 
+_GOOD = b'{"prompt": "p", "output": "o"}'
+
+
+def _note_lines_seen(path, records):
+  """Writes the tally's `lines` when a later step gets a chunk's records."""
+  with open(path, 'a', encoding='utf-8') as handle:
+    handle.write(f'{progress.snapshot().get("lines", 0)}\n')
+  return records
+
+
 @pytest.mark.slow
-def test_count_stats_feeds_the_tally_in_a_pipeline():
+def test_the_tally_moves_while_the_steps_run(tmp_path):
+  """Stats reach the tally as a step emits them: a later step of the same
+  stage sees each chunk's lines counted already, though the stats stream
+  is flattened (the local runner hands a Flatten's elements on only when
+  their stage ends) before CountStats makes its counters."""
   progress.reset()
+  seen = tmp_path / 'seen'
+  chunks = [LineChunk('f', [(2 * i + 1, _GOOD, 30), (2 * i + 2, b'[', 1)])
+            for i in range(3)]
   with beam_test_pipeline() as root:
-    stats = root | beam.Create([{'lines': 2}, {'lines': 3, 'rejected/x': 1}])
+    parsed = (root | beam.Create(chunks) | beam.ParDo(
+        ParseLines(FieldNames(), 1000)).with_outputs(
+            'rejected', 'stats', main='records'))
+    _ = parsed.records | beam.Map(lambda records: _note_lines_seen(
+        str(seen), records))
+    stats = ((parsed.stats, parsed.rejected | beam.Map(
+        tallied_rejection_stats)) | beam.Flatten())
     assert_that(stats | beam.ParDo(CountStats()), equal_to([]))
-  assert progress.snapshot() == {'lines': 5, 'rejected/x': 1}
+  assert seen.read_text().split() == ['2', '4', '6']
+  assert progress.snapshot()['lines'] == 6
+  assert progress.snapshot()['rejected/invalid_json'] == 3
 
 
 def test_the_progress_line_has_an_eta_when_the_input_size_is_known():

@@ -17,7 +17,7 @@ from sftbeam.transforms.packed import (EncodePackedBatches, PackIntoRows,
                                        PackShape)
 from sftbeam.transforms.padded import BatchByBucket, BatchShape, PadBatches
 from sftbeam.transforms.parse import FieldNames, ParseChunks
-from sftbeam.transforms.stats import rejection_stats
+from sftbeam.transforms.stats import tallied_rejection_stats
 from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
 
 
@@ -111,8 +111,12 @@ def parse_and_tokenize(chunks, config, fields: FieldNames,
           TokenizeRecords.REJECTED, TokenizeRecords.STATS, main='chunks')
   rejected = ((parsed.rejected, tokenized.rejected)
               | 'AllRejected' >> beam.Flatten())
+  # Counted per step, before the Flatten: the live tally moves with them.
   stats = ((parsed.stats, tokenized.stats,
-            rejected | 'RejectionStats' >> beam.Map(rejection_stats))
+            parsed.rejected | 'ParseRejectionStats' >> beam.Map(
+                tallied_rejection_stats),
+            tokenized.rejected | 'TokenizeRejectionStats' >> beam.Map(
+                tallied_rejection_stats))
            | 'TokenizeStats' >> beam.Flatten())
   return {'chunks': tokenized.chunks, 'rejected': rejected, 'stats': stats}
 

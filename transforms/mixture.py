@@ -32,7 +32,7 @@ import numpy as np
 from sftbeam.transforms import filenames
 from sftbeam.transforms.parse import FieldNames
 from sftbeam.transforms.records import TokenChunk
-from sftbeam.transforms.stats import split_stats
+from sftbeam.transforms.stats import emit, split_stats
 
 SPLITS = (filenames.TRAIN, filenames.VALIDATION)
 # What each hash is for: the two decisions draw independent hashes.
@@ -234,7 +234,7 @@ class _WriteCopies(beam.DoFn):
             chunk.example_ids, counts.tolist())
         for copy in range(1, count + 1)])
     tokens, learned = token_counts(written)
-    yield beam.pvalue.TaggedOutput(self.STATS, split_stats(
+    yield emit(self.STATS, split_stats(
         name, self._split, records=len(chunk), examples=len(written),
         dropped=int((counts == 0).sum()),
         copies=int(np.maximum(counts - 1, 0).sum()), tokens=tokens,

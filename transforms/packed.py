@@ -18,7 +18,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from sftbeam.transforms import pack
 from sftbeam.transforms.batch import BufferPerKeyFn, EncodeBatchesFn
-from sftbeam.transforms.stats import packing_stats
+from sftbeam.transforms.stats import emit, packing_stats
 from sftbeam.transforms.records import TokenChunk
 
 
@@ -191,5 +191,5 @@ class EncodePackedBatches(EncodeBatchesFn):
                                 self._pad_id)
     stats = packing_stats(arrays)
     stats['supervised_tokens'] = int(arrays['response_mask'].sum())
-    yield beam.pvalue.TaggedOutput(self.STATS, stats)
+    yield emit(self.STATS, stats)
     yield self._encode(arrays, arrays['example_ids'], 'packed')

@@ -212,7 +212,7 @@ class PadBatches(EncodeBatchesFn):
     if self._pad_to == 'longest':
       for batch in run.batches():
         arrays = spec_arithmetic.pad_shift_mask(batch, self._pad_id)
-        yield beam.pvalue.TaggedOutput(
+        yield stats.emit(
             self.STATS, stats.padded_batch_stats(run.bucket, arrays))
         yield self._encode(arrays, batch.example_ids, 'padded')
       return
@@ -220,7 +220,7 @@ class PadBatches(EncodeBatchesFn):
                                       width=run.bucket)
     arrays = padded.shifted()
     bounds = run.bounds()
-    yield beam.pvalue.TaggedOutput(self.STATS, stats.padded_batch_stats(
+    yield stats.emit(self.STATS, stats.padded_batch_stats(
         run.bucket, arrays, batches=len(bounds)))
     example_ids = run.records.example_ids
     if self._output_format == 'tfrecord':

@@ -27,7 +27,7 @@ import apache_beam as beam
 import numpy as np
 import orjson
 
-from sftbeam.transforms import chat_records
+from sftbeam.transforms import chat_records, stats
 from sftbeam.transforms.records import (MAX_RAW_CHARS, LineChunk, NotUtf8,
                                         RecordChunk, Rejected, RowChunk,
                                         column_values, offsets_of,
@@ -451,7 +451,7 @@ class ParseLines(beam.DoFn):
       blank_lines = 0
     else:
       records, blank_lines = yield from self._parse_each(chunk, plain)
-    yield beam.pvalue.TaggedOutput(self.STATS, {
+    yield stats.emit(self.STATS, {
         'lines': len(lines), 'blank_lines': blank_lines,
         # Each line's bytes and its newline: how far into the input we are.
         'input_bytes': sum(totals) + len(lines)})
@@ -527,7 +527,7 @@ class ParseRows(beam.DoFn):
         continue
       records.add(number, record.example_id, index, record.prompt,
                   record.output, record.conversation)
-    yield beam.pvalue.TaggedOutput(self.STATS, {
+    yield stats.emit(self.STATS, {
         'rows': rows.num_rows, 'input_bytes': chunk.input_bytes})
     if records.example_ids:
       yield records

@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from sftbeam.transforms.mixture import Source
 from sftbeam.transforms.parse import ParseChunks, record_columns
 from sftbeam.transforms.records import LineChunk, RowChunk, TokenChunk
-from sftbeam.transforms.stats import per_source, rejection_stats
+from sftbeam.transforms.stats import emit, per_source, rejection_stats
 from sftbeam.transforms.tokenize import TokenizeRecords, TokenizeSettings
 
 
@@ -96,5 +96,4 @@ class ParseAndTokenizeSources(beam.DoFn):
                                      per_source(tagged.value, name))
       return
     yield tagged
-    yield beam.pvalue.TaggedOutput(
-        self.STATS, per_source(rejection_stats(tagged.value), name))
+    yield emit(self.STATS, per_source(rejection_stats(tagged.value), name))

@@ -4,9 +4,11 @@ Every step that learns something emits a flat `{name: count}` dict on its
 `stats` output, and nothing else counts. The stats stream then reaches:
   SumStatsFn       the exact totals in dataset_info.json (and, in
                    streaming mode, the window-stats files);
-  CountStats       Beam counters (Dataflow's job page shows them) and the
-                   live tally the CLI prints while a local run goes
-                   (pipeline/progress.py).
+  CountStats       Beam counters (Dataflow's job page shows them).
+Each stats dict is also added, as its step emits it (`emit`), to the live
+tally of the step's process, which the CLI prints while a local run goes
+(pipeline/progress.py): the local runner hands the elements of a Flatten
+of the stats streams on only when their stage ends.
 Names (the keys with a `/` are built and read here only):
   lines, blank_lines, rows, input_bytes    from the parsers, per chunk
                                            (rows: of Parquet files)
@@ -32,9 +34,36 @@ Names (the keys with a `/` are built and read here only):
 """
 
 import collections
+import threading
 
 import apache_beam as beam
 import numpy as np
+
+_live = collections.Counter()
+_live_lock = threading.Lock()
+
+
+def tallied(counts: dict) -> dict:
+  """`counts`, added to this process's live tally."""
+  with _live_lock:
+    _live.update(counts)
+  return counts
+
+
+def emit(tag: str, counts: dict) -> beam.pvalue.TaggedOutput:
+  """A step's stats output: `counts` on its `tag` output, tallied."""
+  return beam.pvalue.TaggedOutput(tag, tallied(counts))
+
+
+def live_tally() -> dict:
+  """What this process's steps have emitted so far, summed."""
+  with _live_lock:
+    return dict(_live)
+
+
+def reset_live_tally():
+  with _live_lock:
+    _live.clear()
 
 
 class SumStatsFn(beam.CombineFn):
@@ -61,6 +90,11 @@ def rejected_by_reason(stats: dict) -> dict:
   """{reason: count} of the rejected records in summed stats."""
   return {name.split('/', 1)[1]: count for name, count in stats.items()
           if name.startswith('rejected/')}
+
+
+def tallied_rejection_stats(rejected) -> dict:
+  """rejection_stats, tallied."""
+  return tallied(rejection_stats(rejected))
 
 
 def rejection_stats(rejected) -> dict:

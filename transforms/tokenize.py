@@ -25,7 +25,7 @@ from apache_beam.transforms.window import GlobalWindows
 from sftbeam.transforms import chat, spec_arithmetic
 from sftbeam.transforms.chat_records import ChatRejected, chat_strings
 from sftbeam.transforms.records import RecordChunk, TokenChunk
-from sftbeam.transforms.stats import backend_stats
+from sftbeam.transforms.stats import backend_stats, emit
 from sftbeam.transforms.tokenizer_backend import (EncodeMode, segment_encode,
                                                   special_text_pattern)
 from sftbeam.transforms.tokenizer_source import shared_tokenizer
@@ -225,7 +225,7 @@ class TokenizeRecords(beam.DoFn):
       stats.update(part_stats)
     stats.update(backend_stats(self._tokenizer.encoder.name,
                                len(records.example_ids)))
-    yield beam.pvalue.TaggedOutput(self.STATS, dict(stats))
+    yield emit(self.STATS, dict(stats))
     chunks = [chunk for chunk, _, _ in parts if len(chunk)]
     if chunks:
       yield TokenChunk.concat(chunks)
