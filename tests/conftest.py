@@ -3,10 +3,12 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from compressed_inputs import RECORDS_PER_FILE
+from sftbeam.transforms.tokenizer_cache import CACHE_DIR_ENV
 from sftbeam.transforms.tokenizer_source import EMBEDDED, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,6 +20,9 @@ SAMPLE = os.path.join(ROOT, 'examples', 'sample.jsonl')
 SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
 # The fast set's guard: no pipeline, no TensorFlow unless marked slow.
 pytest_plugins = ['fast_set']
+# The tokenizer facts the suite's processes keep (transforms/
+# tokenizer_cache.py) go to a directory of its own, not the user's cache.
+os.environ[CACHE_DIR_ENV] = tempfile.mkdtemp(prefix='sftbeam-test-cache-')
 
 
 def shared_data(name: str) -> str:
