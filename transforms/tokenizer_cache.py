@@ -7,7 +7,7 @@ command's process and again in each worker of a local run. On prompt/output
 records the steps read from it only its `TokenizerFacts`: the Rust
 tokenizer as transformers configured it (the `hf` backend, and the
 reference the `auto` backend checks fastokens against), its pad and eos
-ids, its length and its class name. Rebuilding that Rust tokenizer from
+ids, its special-token strings, its length and its class name. Rebuilding that Rust tokenizer from
 its saved serialization takes about 0.3 s, without transformers.
 
 The first process that loads a local tokenizer (the embedded one or a
@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import tempfile
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 CACHE_DIR_ENV = 'SFTBEAM_CACHE_DIR'
 # The files transformers reads to load a tokenizer from a directory
@@ -45,6 +45,8 @@ TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json',
 # Part of every key: a file written in another layout is never read.
 _FORMAT = 1
 
+from sftbeam.transforms.tokenizer_backend import special_token_strings
+
 _log = logging.getLogger('sftbeam')
 
 
@@ -54,6 +56,7 @@ class TokenizerFacts(NamedTuple):
   vocab_size: int  # len(tokenizer): its ids are 0 to vocab_size - 1
   pad_token_id: Optional[int]
   eos_token_id: Optional[int]
+  special_tokens: List[str]  # tokenizer_backend.special_token_strings
   # Its Rust tokenizer (`backend_tokenizer.to_str()`); None: a slow
   # tokenizer, which has none (and is never cached).
   backend_json: Optional[str]
@@ -74,6 +77,7 @@ def facts_of(tokenizer) -> TokenizerFacts:
   backend = getattr(tokenizer, 'backend_tokenizer', None)
   return TokenizerFacts(type(tokenizer).__name__, len(tokenizer),
                         tokenizer.pad_token_id, tokenizer.eos_token_id,
+                        special_token_strings(tokenizer),
                         backend and backend.to_str())
 
 

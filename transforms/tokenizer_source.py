@@ -25,8 +25,7 @@ from apache_beam.utils import shared
 from sftbeam.console import HIDE_TORCH_ENV
 from sftbeam.transforms import tokenizer_cache
 from sftbeam.transforms.paths import is_remote
-from sftbeam.transforms.tokenizer_backend import (load_fastokens, make_encoder,
-                                                  special_token_strings)
+from sftbeam.transforms.tokenizer_backend import load_fastokens, make_encoder
 from sftbeam.transforms.tokenizer_cache import (TOKENIZER_FILES, RustTokenizer,
                                                 TokenizerFacts, facts_of)
 
@@ -165,8 +164,8 @@ class LoadedTokenizer:
     self._fastokens_loading = None
     tokenizer_json = os.path.join(local_tokenizer_dir(name), 'tokenizer.json')
     if backend == 'auto' and os.path.isfile(tokenizer_json):
-      # fastokens loads (a second, without the GIL) while the reference
-      # does, and on until the encoder is first used.
+      # fastokens loads (a second, without the GIL) while this process
+      # goes on; the encoder waits for it at its first use.
       self._fastokens_loading = concurrent.futures.ThreadPoolExecutor(
           1).submit(load_fastokens, tokenizer_json)
     key = cache_key(name)
@@ -176,14 +175,19 @@ class LoadedTokenizer:
       self.facts = facts_of(self._hf)
       if key and self.facts.backend_json is not None:
         tokenizer_cache.write(key, self.facts)
-    self._reference = (self._hf if self._hf is not None else
-                       RustTokenizer(self.facts))
     self._backend = backend
     self._encoder = None
     if self._fastokens_loading is None:
-      self._encoder = make_encoder(self._reference, backend)  # may raise
-    self.special_tokens = special_token_strings(self._reference)
+      self._encoder = self._make_encoder(None)  # may raise
+    self.special_tokens = self.facts.special_tokens
     self._identity = None  # hashing tokenizer.json once, when first asked
+
+  def _make_encoder(self, fastokens_loaded):
+    # The HuggingFace tokenizer when it is loaded already (a chat run's
+    # check loads it for the template), else the kept Rust tokenizer.
+    reference = self._hf if self._hf is not None else RustTokenizer(
+        self.facts)
+    return make_encoder(reference, self._backend, fastokens_loaded)
 
   @property
   def encoder(self):
@@ -191,8 +195,8 @@ class LoadedTokenizer:
     if self._encoder is None:
       with self._lock:
         if self._encoder is None:
-          self._encoder = make_encoder(self._reference, self._backend,
-                                       self._fastokens_loading.result())
+          self._encoder = self._make_encoder(
+              self._fastokens_loading.result())
     return self._encoder
 
   @property
