@@ -7,8 +7,9 @@ command's process and again in each worker of a local run. On prompt/output
 records the steps read from it only its `TokenizerFacts`: the Rust
 tokenizer as transformers configured it (the `hf` backend, and the
 reference the `auto` backend checks fastokens against), its pad and eos
-ids, its special-token strings, its length and its class name. Rebuilding that Rust tokenizer from
-its saved serialization takes about 0.3 s, without transformers.
+ids, its special-token strings, its length and its class name. Rebuilding
+that Rust tokenizer from its saved serialization takes about 0.3 s,
+without transformers.
 
 The first process that loads a local tokenizer (the embedded one or a
 directory; never a hub name or a remote directory) writes its facts to
@@ -35,6 +36,8 @@ import os
 import tempfile
 from typing import List, NamedTuple, Optional
 
+from sftbeam.transforms.tokenizer_backend import special_token_strings
+
 CACHE_DIR_ENV = 'SFTBEAM_CACHE_DIR'
 # The files transformers reads to load a tokenizer from a directory
 # (config.json: which class, when tokenizer_config.json does not say).
@@ -45,13 +48,11 @@ TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json',
 # Part of every key: a file written in another layout is never read.
 _FORMAT = 1
 
-from sftbeam.transforms.tokenizer_backend import special_token_strings
-
 _log = logging.getLogger('sftbeam')
 
 
 class TokenizerFacts(NamedTuple):
-  """What the steps read from a HuggingFace fast tokenizer."""
+  """What the steps read from a loaded HuggingFace tokenizer."""
   class_name: str
   vocab_size: int  # len(tokenizer): its ids are 0 to vocab_size - 1
   pad_token_id: Optional[int]

@@ -178,16 +178,18 @@ class LoadedTokenizer:
     self._backend = backend
     self._encoder = None
     if self._fastokens_loading is None:
-      self._encoder = self._make_encoder(None)  # may raise
+      self._encoder = self._make_encoder()  # may raise
     self.special_tokens = self.facts.special_tokens
     self._identity = None  # hashing tokenizer.json once, when first asked
 
-  def _make_encoder(self, fastokens_loaded):
+  def _make_encoder(self):
     # The HuggingFace tokenizer when it is loaded already (a chat run's
-    # check loads it for the template), else the kept Rust tokenizer.
+    # check loads it for the template), else the kept Rust tokenizer,
+    # rebuilt while fastokens may still be loading.
     reference = self._hf if self._hf is not None else RustTokenizer(
         self.facts)
-    return make_encoder(reference, self._backend, fastokens_loaded)
+    return make_encoder(reference, self._backend, self._fastokens_loading
+                        and self._fastokens_loading.result())
 
   @property
   def encoder(self):
@@ -195,8 +197,7 @@ class LoadedTokenizer:
     if self._encoder is None:
       with self._lock:
         if self._encoder is None:
-          self._encoder = self._make_encoder(
-              self._fastokens_loading.result())
+          self._encoder = self._make_encoder()
     return self._encoder
 
   @property
