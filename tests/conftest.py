@@ -8,6 +8,7 @@ import tempfile
 import pytest
 
 from compressed_inputs import RECORDS_PER_FILE
+from sftbeam.transforms import tokenizer_source
 from sftbeam.transforms.tokenizer_cache import CACHE_DIR_ENV
 from sftbeam.transforms.tokenizer_source import EMBEDDED, load_tokenizer
 
@@ -38,6 +39,20 @@ def gsm8k_head() -> bytes:
   """The first RECORDS_PER_FILE lines of gsm8k_test."""
   with open(shared_data('gsm8k_test.jsonl'), 'rb') as handle:
     return b''.join(handle.readline() for _ in range(RECORDS_PER_FILE))
+
+
+@pytest.fixture
+def tokenizer_loads(monkeypatch) -> list:
+  """The names tokenizer_source.load_tokenizer (transformers) is called
+  with from now on in this process."""
+  names = []
+  real = tokenizer_source.load_tokenizer
+
+  def counted(name):
+    names.append(name)
+    return real(name)
+  monkeypatch.setattr(tokenizer_source, 'load_tokenizer', counted)
+  return names
 
 
 @pytest.fixture(scope='session')

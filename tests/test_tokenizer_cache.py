@@ -40,31 +40,19 @@ def copied_tokenizer(tmp_path):
   return directory
 
 
-@pytest.fixture
-def loads(monkeypatch):
-  """The names load_tokenizer (transformers) is called with."""
-  names = []
-  real = tokenizer_source.load_tokenizer
-
-  def counted(name):
-    names.append(name)
-    return real(name)
-  monkeypatch.setattr(tokenizer_source, 'load_tokenizer', counted)
-  return names
-
-
 def encodings(loaded: LoadedTokenizer) -> list:
   return [[part.tolist() for part in loaded.encoder.encode(TEXTS, mode)]
           for mode in MODES]
 
 
 @pytest.mark.parametrize('backend', ['auto', 'hf', 'fastokens'])
-def test_kept_facts_encode_as_transformers_does(cache, loads, backend):
+def test_kept_facts_encode_as_transformers_does(cache, tokenizer_loads,
+                                                backend):
   loaded = LoadedTokenizer(EMBEDDED, backend)
-  assert loads == [EMBEDDED]
+  assert tokenizer_loads == [EMBEDDED]
   assert len(list((cache / 'tokenizers').iterdir())) == 1
   kept = LoadedTokenizer(EMBEDDED, backend)
-  assert loads == [EMBEDDED]  # from the cache: transformers not used
+  assert tokenizer_loads == [EMBEDDED]  # from the cache: transformers not used
   assert kept.facts == loaded.facts
   assert kept.special_tokens == loaded.special_tokens
   assert encodings(kept) == encodings(loaded)
@@ -72,10 +60,11 @@ def test_kept_facts_encode_as_transformers_does(cache, loads, backend):
   assert kept.identity() == loaded.identity()
   # The HuggingFace tokenizer itself (the chat template) on first use.
   assert kept.tokenizer.chat_template == loaded.tokenizer.chat_template
-  assert loads == [EMBEDDED, EMBEDDED]
+  assert tokenizer_loads == [EMBEDDED, EMBEDDED]
 
 
-def test_a_changed_file_is_loaded_again(cache, loads, copied_tokenizer):
+def test_a_changed_file_is_loaded_again(cache, tokenizer_loads,
+                                        copied_tokenizer):
   name = str(copied_tokenizer)
   assert LoadedTokenizer(name, 'auto').facts.eos_token_id == 151645
   config_path = copied_tokenizer / 'tokenizer_config.json'
@@ -83,7 +72,7 @@ def test_a_changed_file_is_loaded_again(cache, loads, copied_tokenizer):
   config['eos_token'] = '<|endoftext|>'
   config_path.write_text(json.dumps(config))
   changed = LoadedTokenizer(name, 'auto')
-  assert loads == [name, name]
+  assert tokenizer_loads == [name, name]
   assert changed.facts.eos_token_id == 151643
   assert len(list((cache / 'tokenizers').iterdir())) == 2
 
@@ -101,22 +90,23 @@ def test_the_key_covers_contents_directory_and_versions(copied_tokenizer,
   assert tokenizer_cache.cache_key(str(copied_tokenizer)) != added
 
 
-def test_an_unreadable_kept_file_is_loaded_again(cache, loads):
+def test_an_unreadable_kept_file_is_loaded_again(cache, tokenizer_loads):
   LoadedTokenizer(EMBEDDED, 'auto')
   (kept,) = (cache / 'tokenizers').iterdir()
   kept.write_text(kept.read_text()[:1000])  # cut short
   assert LoadedTokenizer(EMBEDDED, 'auto').facts.vocab_size > 150_000
-  assert loads == [EMBEDDED, EMBEDDED]
+  assert tokenizer_loads == [EMBEDDED, EMBEDDED]
   assert json.loads(kept.read_text())['class_name']  # written whole again
 
 
-def test_an_unwritable_cache_keeps_nothing(tmp_path, monkeypatch, loads):
+def test_an_unwritable_cache_keeps_nothing(tmp_path, monkeypatch,
+                                          tokenizer_loads):
   (tmp_path / 'file').write_text('')
   monkeypatch.setenv(tokenizer_cache.CACHE_DIR_ENV,
                      str(tmp_path / 'file' / 'cache'))
   LoadedTokenizer(EMBEDDED, 'auto')
   LoadedTokenizer(EMBEDDED, 'auto')
-  assert loads == [EMBEDDED, EMBEDDED]
+  assert tokenizer_loads == [EMBEDDED, EMBEDDED]
 
 
 def test_hub_names_and_remote_directories_are_not_kept(copied_tokenizer):
