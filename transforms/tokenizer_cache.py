@@ -23,7 +23,7 @@ process. The chat template is read from the HuggingFace tokenizer itself,
 loaded on the first chat record (transforms/tokenizer_source.py).
 
 CACHE_DIR is $SFTBEAM_CACHE_DIR, else $XDG_CACHE_HOME/sftbeam, else
-~/.cache/sftbeam; one file of about 5 MB per tokenizer (Qwen's), which can
+~/.cache/sftbeam; one file of about 6 MB per tokenizer (Qwen's), which can
 be deleted at any time. Where the directory cannot be written, nothing is
 kept and each process loads the tokenizer with transformers.
 """
