@@ -1,6 +1,8 @@
 """Shared test fixtures: the real embedded tokenizer, paths, a CLI runner."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,8 +24,10 @@ SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
 # The fast set's guard: no pipeline, no TensorFlow unless marked slow.
 pytest_plugins = ['fast_set']
 # The tokenizer facts the suite's processes keep (transforms/
-# tokenizer_cache.py) go to a directory of its own, not the user's cache.
+# tokenizer_cache.py) go to a directory of its own, not the user's cache,
+# removed when the suite ends.
 os.environ[CACHE_DIR_ENV] = tempfile.mkdtemp(prefix='sftbeam-test-cache-')
+atexit.register(shutil.rmtree, os.environ[CACHE_DIR_ENV], ignore_errors=True)
 
 
 def shared_data(name: str) -> str:
