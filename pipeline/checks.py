@@ -74,28 +74,30 @@ def _input_is_a_directory(pattern: str, directory: str) -> ConfigError:
 
 
 def check_tokenizer(config):
-  """Loads a local or embedded tokenizer now, to fail before the run.
+  """Loads a local or embedded tokenizer now, to fail before the run (its
+  facts only, when an earlier process kept them: transforms/
+  tokenizer_cache.py).
 
   In this process: a local run's steps then find it loaded.
   """
   if is_remote(config.tokenizer):
     return  # read on the workers; nothing touches GCS at construction
   try:
-    tokenizer = shared_tokenizer(config.tokenizer,
-                                 config.tokenizer_backend).tokenizer
+    facts = shared_tokenizer(config.tokenizer,
+                             config.tokenizer_backend).facts
   except TokenizerNotFound as error:
     raise ConfigError(f'{error} (pass --tokenizer with a HuggingFace hub '
                       'name or a tokenizer directory)') from None
   except BackendUnavailable as error:
     raise ConfigError(f'--tokenizer_backend fastokens: {error} (use '
                       '--tokenizer_backend auto or hf)') from None
-  if config.append_eos and tokenizer.eos_token_id is None:
+  if config.append_eos and facts.eos_token_id is None:
     raise ConfigError(f'append_eos: the tokenizer {config.tokenizer!r} has '
                       'no eos_token_id')
-  if config.pad_id is not None and config.pad_id >= len(tokenizer):
+  if config.pad_id is not None and config.pad_id >= facts.vocab_size:
     raise ConfigError(f'pad_id {config.pad_id} is not a token id of tokenizer '
                       f'{config.tokenizer!r} (its ids are 0 to '
-                      f'{len(tokenizer) - 1})')
+                      f'{facts.vocab_size - 1})')
 
 
 def check_chat_input(config):

@@ -1,12 +1,17 @@
 """Shared test fixtures: the real embedded tokenizer, paths, a CLI runner."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from compressed_inputs import RECORDS_PER_FILE
+from sftbeam.transforms import tokenizer_source
+from sftbeam.transforms.tokenizer_cache import CACHE_DIR_ENV
 from sftbeam.transforms.tokenizer_source import EMBEDDED, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,6 +23,11 @@ SAMPLE = os.path.join(ROOT, 'examples', 'sample.jsonl')
 SFTBEAM = os.path.join(os.path.dirname(sys.executable), 'sftbeam')
 # The fast set's guard: no pipeline, no TensorFlow unless marked slow.
 pytest_plugins = ['fast_set']
+# The tokenizer facts the suite's processes keep (transforms/
+# tokenizer_cache.py) go to a directory of its own, not the user's cache,
+# removed when the suite ends.
+os.environ[CACHE_DIR_ENV] = tempfile.mkdtemp(prefix='sftbeam-test-cache-')
+atexit.register(shutil.rmtree, os.environ[CACHE_DIR_ENV], ignore_errors=True)
 
 
 def shared_data(name: str) -> str:
@@ -33,6 +43,20 @@ def gsm8k_head() -> bytes:
   """The first RECORDS_PER_FILE lines of gsm8k_test."""
   with open(shared_data('gsm8k_test.jsonl'), 'rb') as handle:
     return b''.join(handle.readline() for _ in range(RECORDS_PER_FILE))
+
+
+@pytest.fixture
+def tokenizer_loads(monkeypatch) -> list:
+  """The names tokenizer_source.load_tokenizer (transformers) is called
+  with from now on in this process."""
+  names = []
+  real = tokenizer_source.load_tokenizer
+
+  def counted(name):
+    names.append(name)
+    return real(name)
+  monkeypatch.setattr(tokenizer_source, 'load_tokenizer', counted)
+  return names
 
 
 @pytest.fixture(scope='session')

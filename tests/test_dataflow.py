@@ -33,6 +33,7 @@ from sftbeam.pipeline import cli
 from sftbeam.pipeline.config import beam_options_to_args, check_beam_args
 from sftbeam.pipeline.options import ConfigError
 from sftbeam.transforms import tokenizer_source
+from sftbeam.transforms.tokenizer_cache import facts_of
 from sftbeam.transforms.tokenizer_source import (EMBEDDED, TokenizerNotFound,
                                          embedded_tokenizer_dir,
                                          load_tokenizer)
@@ -271,7 +272,7 @@ def test_pipeline_copies_a_remote_tokenizer_once(remote_tokenizer, tmp_path,
   assert opened and set(opened.values()) == {1}, opened
   info = json.loads((output / 'dataset_info.json').read_text())
   embedded = tokenizer_source.tokenizer_identity(
-      EMBEDDED, load_tokenizer(EMBEDDED))
+      EMBEDDED, facts_of(load_tokenizer(EMBEDDED)))
   assert info['tokenizer']['name'] == remote_tokenizer
   assert info['tokenizer']['tokenizer_json_sha256'] == (
       embedded['tokenizer_json_sha256'])

@@ -26,16 +26,9 @@ def test_importing_sftbeam_prints_nothing_and_sets_no_environment(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_tokenizer_is_loaded_once_per_process(tmp_path, monkeypatch,
+def test_the_tokenizer_is_loaded_once_per_process(tmp_path, tokenizer_loads,
                                                   capsys):
   """The CLI's check and every step of a local run share one load."""
-  loads = []
-  real = tokenizer_source.load_tokenizer
-
-  def counted(name):
-    loads.append(name)
-    return real(name)
-  monkeypatch.setattr(tokenizer_source, 'load_tokenizer', counted)
   # A tokenizer nothing else in this process loaded: the embedded one's
   # files under another path.
   copy = tmp_path / 'tokenizer'
@@ -46,4 +39,4 @@ def test_the_tokenizer_is_loaded_once_per_process(tmp_path, monkeypatch,
   assert cli.main(['run', '--input', SAMPLE, '--output',
                    str(tmp_path / 'out'), '--tokenizer', str(copy)]) == 0
   capsys.readouterr()
-  assert loads == [str(copy)]
+  assert tokenizer_loads == [str(copy)]

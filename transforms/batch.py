@@ -127,7 +127,7 @@ class EncodeBatchesFn(beam.DoFn):
   def setup(self):
     if self._pad_id is None:
       self._pad_id = spec_arithmetic.resolve_pad_id(
-          shared_tokenizer(self._tokenizer, self._backend).tokenizer)
+          shared_tokenizer(self._tokenizer, self._backend).facts)
 
   def _encode(self, arrays: dict, example_ids, layout: str):
     """A batch's arrays as WriteBatches takes them: Example bytes, or a

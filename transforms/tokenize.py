@@ -160,7 +160,7 @@ class TokenizeRecords(beam.DoFn):
                                        self._settings.backend)
     if self._settings.append_eos:
       # The CLI checks a local tokenizer before the run; this, a remote one.
-      self._eos_id = self._tokenizer.tokenizer.eos_token_id
+      self._eos_id = self._tokenizer.facts.eos_token_id
       if self._eos_id is None:
         raise ValueError('append_eos, but the tokenizer has no eos_token_id')
     self._special_text = special_text_pattern(

@@ -17,19 +17,19 @@ import os
 import sys
 import tempfile
 import threading
+from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
 from sftbeam.console import HIDE_TORCH_ENV
+from sftbeam.transforms import tokenizer_cache
 from sftbeam.transforms.paths import is_remote
-from sftbeam.transforms.tokenizer_backend import (load_fastokens, make_encoder,
-                                                  special_token_strings)
+from sftbeam.transforms.tokenizer_backend import load_fastokens, make_encoder
+from sftbeam.transforms.tokenizer_cache import (TOKENIZER_FILES, RustTokenizer,
+                                                TokenizerFacts, facts_of)
 
 EMBEDDED = 'embedded'
-_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json',
-                    'merges.txt', 'special_tokens_map.json',
-                    'added_tokens.json', 'chat_template.jinja')
 
 
 class TokenizerNotFound(ValueError):
@@ -82,7 +82,7 @@ def _copy_remote_dir(remote_dir: str) -> str:
     if remote_dir not in _copied_dirs:
       local_dir = tempfile.mkdtemp(prefix='sftbeam-tokenizer-')
       copied = 0
-      for file_name in _TOKENIZER_FILES:
+      for file_name in TOKENIZER_FILES:
         remote_path = FileSystems.join(remote_dir, file_name)
         if not FileSystems.exists(remote_path):
           continue
@@ -147,33 +147,83 @@ def _load_tokenizer(name: str):
 class LoadedTokenizer:
   """A run's tokenizer as the steps use it, loaded once per worker process.
 
-    tokenizer       the HuggingFace tokenizer (ids of pad and eos, decoding,
-                    the chat template)
     encoder         the backend that encodes texts (tokenizer_backend.py)
     special_tokens  its special-token strings
+    facts           its TokenizerFacts (pad and eos ids, length, class)
+    tokenizer       the HuggingFace tokenizer (the chat template, decoding)
+
+  A local tokenizer whose facts another process kept
+  (transforms/tokenizer_cache.py) is not loaded with transformers until
+  something asks for `tokenizer`: the encoders take its Rust tokenizer.
   """
 
   def __init__(self, name: str, backend: str):
     self.name = name
-    fastokens_loading = None
+    self._lock = threading.Lock()
+    self._hf = None
+    self._fastokens_loading = None
     tokenizer_json = os.path.join(local_tokenizer_dir(name), 'tokenizer.json')
     if backend == 'auto' and os.path.isfile(tokenizer_json):
-      # fastokens loads (seconds, without the GIL) while transformers does.
-      fastokens_loading = concurrent.futures.ThreadPoolExecutor(1).submit(
-          load_fastokens, tokenizer_json)
-    self.tokenizer = load_tokenizer(name)
-    self.encoder = make_encoder(
-        self.tokenizer, backend,
-        fastokens_loading and fastokens_loading.result())
-    self.special_tokens = special_token_strings(self.tokenizer)
+      # fastokens loads (a second, without the GIL) while this process
+      # goes on; the encoder waits for it at its first use.
+      self._fastokens_loading = concurrent.futures.ThreadPoolExecutor(
+          1).submit(load_fastokens, tokenizer_json)
+    key = cache_key(name)
+    self.facts = key and tokenizer_cache.read(key)
+    if self.facts is None:
+      self._hf = load_tokenizer(name)
+      self.facts = facts_of(self._hf)
+      if key and self.facts.backend_json is not None:
+        tokenizer_cache.write(key, self.facts)
+    self._backend = backend
+    self._encoder = None
+    if self._fastokens_loading is None:
+      self._encoder = self._make_encoder()  # may raise
+    self.special_tokens = self.facts.special_tokens
     self._identity = None  # hashing tokenizer.json once, when first asked
+
+  def _make_encoder(self):
+    # The HuggingFace tokenizer when it is loaded already (a chat run's
+    # check loads it for the template), else the kept Rust tokenizer,
+    # rebuilt while fastokens may still be loading.
+    reference = self._hf if self._hf is not None else RustTokenizer(
+        self.facts)
+    return make_encoder(reference, self._backend, self._fastokens_loading
+                        and self._fastokens_loading.result())
+
+  @property
+  def encoder(self):
+    """The encoder, made at its first use (once fastokens has loaded)."""
+    if self._encoder is None:
+      with self._lock:
+        if self._encoder is None:
+          self._encoder = self._make_encoder()
+    return self._encoder
+
+  @property
+  def tokenizer(self):
+    """The HuggingFace tokenizer, loaded now if it was not."""
+    with self._lock:
+      if self._hf is None:
+        self._hf = load_tokenizer(self.name)
+      return self._hf
 
   def identity(self) -> dict:
     """What dataset_info.json records about the tokenizer."""
     if self._identity is None:
-      self._identity = tokenizer_identity(self.name, self.tokenizer)
+      self._identity = tokenizer_identity(self.name, self.facts)
     return dict(self._identity, backend=self.encoder.name,
                 backend_reason=self.encoder.reason)
+
+
+def cache_key(name: str) -> Optional[str]:
+  """The tokenizer_cache key of the local tokenizer `name`; None for a hub
+  name or a remote directory, which each process loads itself."""
+  if is_remote(name):
+    return None
+  directory = local_tokenizer_dir(name)
+  return (tokenizer_cache.cache_key(directory)
+          if os.path.isdir(directory) else None)
 
 
 # One per process: every step of every pipeline in it acquires the same
@@ -187,15 +237,17 @@ def shared_tokenizer(name: str, backend: str) -> LoadedTokenizer:
                          tag=(name, backend))
 
 
-def tokenizer_identity(name: str, tokenizer) -> dict:
-  """What dataset_info.json records about the tokenizer."""
+def tokenizer_identity(name: str, facts: TokenizerFacts) -> dict:
+  """What dataset_info.json records about the tokenizer `name`, whose
+  facts these are."""
   identity = {
       'name': name,
-      'path': getattr(tokenizer, 'name_or_path', name),
-      'class': type(tokenizer).__name__,
-      'vocab_size': len(tokenizer),
-      'pad_token_id': tokenizer.pad_token_id,
-      'eos_token_id': tokenizer.eos_token_id,
+      # What HuggingFace records as the tokenizer's name_or_path.
+      'path': local_tokenizer_dir(name),
+      'class': facts.class_name,
+      'vocab_size': facts.vocab_size,
+      'pad_token_id': facts.pad_token_id,
+      'eos_token_id': facts.eos_token_id,
       'tokenizer_json_sha256': None,
   }
   json_path = os.path.join(local_tokenizer_dir(name), 'tokenizer.json')
