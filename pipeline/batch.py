@@ -41,6 +41,7 @@ from sftbeam.transforms.sources import (ParseAndTokenizeSources,
                                        sources_columns)
 from sftbeam.transforms.stats import (SumStatsFn, rejected_by_reason,
                                       sent_to_validation)
+from sftbeam.transforms.tokenizer_source import shared_tokenizer
 from sftbeam.transforms.write import WriteBatches, WriteRejected
 
 
@@ -216,6 +217,10 @@ def _run_job(config, options, work_dir) -> float:
   describe = progress_describer(input_size(patterns))
   options = runners.with_workers(
       options, runners.local_workers(config, input_size(patterns, True)))
+  if runners.runs_in_this_process(options) and not is_remote(config.tokenizer):
+    # The steps encode here: fastokens loads while the graph is built.
+    shared_tokenizer(config.tokenizer,
+                     config.tokenizer_backend).prepare_encoder()
   try:
     with progress.printed(describe,
                           enabled=runners.runs_in_this_process(options)):

@@ -63,6 +63,25 @@ def test_kept_facts_encode_as_transformers_does(cache, tokenizer_loads,
   assert tokenizer_loads == [EMBEDDED, EMBEDDED]
 
 
+def test_fastokens_loads_only_in_a_process_that_encodes(cache, monkeypatch):
+  """The command of a run on other processes checks the tokenizer but
+  never encodes: it does not load fastokens. A process that encodes loads
+  it once, ahead (prepare_encoder) or at the encoder's first use."""
+  loads = []
+  load = tokenizer_source.load_fastokens
+  monkeypatch.setattr(tokenizer_source, 'load_fastokens',
+                      lambda path: loads.append(path) or load(path))
+  checked = LoadedTokenizer(EMBEDDED, 'auto')
+  assert checked.facts.vocab_size > 0 and checked.special_tokens
+  assert not loads
+  assert checked.encoder.name == 'fastokens' and len(loads) == 1
+  ahead = LoadedTokenizer(EMBEDDED, 'auto')
+  ahead.prepare_encoder()
+  ahead.prepare_encoder()
+  assert len(loads) == 2
+  assert encodings(ahead) == encodings(checked) and len(loads) == 2
+
+
 def test_a_changed_file_is_loaded_again(cache, tokenizer_loads,
                                         copied_tokenizer):
   name = str(copied_tokenizer)

@@ -162,12 +162,8 @@ class LoadedTokenizer:
     self._lock = threading.Lock()
     self._hf = None
     self._fastokens_loading = None
-    tokenizer_json = os.path.join(local_tokenizer_dir(name), 'tokenizer.json')
-    if backend == 'auto' and os.path.isfile(tokenizer_json):
-      # fastokens loads (a second, without the GIL) while this process
-      # goes on; the encoder waits for it at its first use.
-      self._fastokens_loading = concurrent.futures.ThreadPoolExecutor(
-          1).submit(load_fastokens, tokenizer_json)
+    self._tokenizer_json = os.path.join(local_tokenizer_dir(name),
+                                        'tokenizer.json')
     key = cache_key(name)
     self.facts = key and tokenizer_cache.read(key)
     if self.facts is None:
@@ -177,10 +173,25 @@ class LoadedTokenizer:
         tokenizer_cache.write(key, self.facts)
     self._backend = backend
     self._encoder = None
-    if self._fastokens_loading is None:
+    if not self._loads_fastokens():
       self._encoder = self._make_encoder()  # may raise
     self.special_tokens = self.facts.special_tokens
     self._identity = None  # hashing tokenizer.json once, when first asked
+
+  def _loads_fastokens(self) -> bool:
+    """Whether the encoder takes fastokens from tokenizer.json (the auto
+    backend), loaded on a thread of its own."""
+    return self._backend == 'auto' and os.path.isfile(self._tokenizer_json)
+
+  def prepare_encoder(self):
+    """Starts loading fastokens (a second, without the GIL), for a process
+    that will encode: it goes on meanwhile, and the encoder waits for it
+    at its first use. A process that never encodes (the command of a run
+    on other processes) never loads it."""
+    with self._lock:
+      if self._loads_fastokens() and self._fastokens_loading is None:
+        self._fastokens_loading = concurrent.futures.ThreadPoolExecutor(
+            1).submit(load_fastokens, self._tokenizer_json)
 
   def _make_encoder(self):
     # The HuggingFace tokenizer when it is loaded already (a chat run's
@@ -195,6 +206,7 @@ class LoadedTokenizer:
   def encoder(self):
     """The encoder, made at its first use (once fastokens has loaded)."""
     if self._encoder is None:
+      self.prepare_encoder()
       with self._lock:
         if self._encoder is None:
           self._encoder = self._make_encoder()
