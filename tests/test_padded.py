@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sftbeam.transforms import example_codec
 from sftbeam.transforms.batch import BATCHING_STRATEGIES
-from sftbeam.transforms.padded import (BatchByBucket, BatchRun, BatchShape,
-                                       PadBatches, _BatchWithinBundleFn)
+from sftbeam.transforms.padded import (BatchByBucket, BatchShape,
+                                       BucketBatches, PadBatches,
+                                       _BatchWithinBundleFn)
 from sftbeam.transforms.records import TokenChunk
 from sftbeam.transforms.tokenizer_source import EMBEDDED
 from token_chunks import pairs_chunk
@@ -42,15 +43,15 @@ def _lengths_chunk(example_ids, length):
 SHAPE = BatchShape((8, 16), batch_size=2)
 
 
-def _batch_sizes(runs):
-  return runs | beam.FlatMap(
-      lambda run: [(run.bucket, len(batch)) for batch in run.batches()])
+def _batch_sizes(groups):
+  return groups | beam.FlatMap(
+      lambda group: [(group.bucket, len(batch)) for batch in group.batches()])
 
 
-def _batch_ids(runs):
-  """(bucket, example ids) of each batch of `runs`, in order."""
-  return [(run.bucket, batch.example_ids) for run in runs
-          for batch in run.batches()]
+def _batch_ids(groups):
+  """(bucket, example ids) of each batch of `groups`, in order."""
+  return [(group.bucket, batch.example_ids) for group in groups
+          for batch in group.batches()]
 
 
 @pytest.mark.slow
@@ -64,7 +65,8 @@ def test_batch_by_bucket_both_strategies_in_pipeline(batching):
                | BatchByBucket(SHAPE, batching))
     assert_that(_batch_sizes(batches),
                 equal_to([(8, 2), (8, 2), (8, 1), (16, 1)]))
-    assert_that(batches | beam.FlatMap(lambda run: run.records.example_ids),
+    assert_that(batches | beam.FlatMap(
+        lambda group: group.records.example_ids),
                 equal_to(list('abcdef')), label='EveryRecordOnce')
 
 
@@ -73,7 +75,7 @@ def test_batch_within_bundle_directly_flushes_partials_at_bundle_end():
   dofn.start_bundle()
   full = list(dofn.process(_lengths_chunk('abcde', 5)))
   assert _batch_ids(full) == [(8, ['a', 'b']), (8, ['c', 'd'])]
-  assert len(full) == 1  # one run holds both
+  assert len(full) == 1  # one group holds both
   assert not list(dofn.process(_lengths_chunk('x', 12)))
   partial = [windowed.value for windowed in dofn.finish_bundle()]
   assert _batch_ids(partial) == [(8, ['e']), (16, ['x'])]
@@ -104,7 +106,7 @@ def _parse(serialized):
 def test_pad_batches_directly_to_bucket_width():
   dofn = PadBatches('bucket', pad_id=0, tokenizer=EMBEDDED, backend='auto')
   dofn.setup()
-  main, tagged = dofn_outputs(dofn, BatchRun(8, 2, _chunk(
+  main, tagged = dofn_outputs(dofn, BucketBatches(8, 2, _chunk(
       ('a', [1, 2], [3]), ('b', [4], [5, 6, 7]))))
   batch = _parse(main[0])
   assert batch['input_ids'].tolist() == [[1, 2, 3, 0, 0, 0, 0, 0],
@@ -123,7 +125,8 @@ def test_pad_batches_directly_to_bucket_width():
 @pytest.mark.slow
 def test_pad_batches_in_pipeline_to_longest():
   with beam_test_pipeline() as root:
-    shapes = (root | beam.Create([BatchRun(8, 1, _chunk(('a', [1, 2], [3])))])
+    shapes = (root
+              | beam.Create([BucketBatches(8, 1, _chunk(('a', [1, 2], [3])))])
               | beam.ParDo(PadBatches('longest', 0, EMBEDDED, 'auto'))
               | beam.Map(lambda s: _parse(s)['input_ids'].shape))
     assert_that(shapes, equal_to([(1, 2)]))
@@ -133,36 +136,36 @@ def test_pad_batches_in_pipeline_to_longest():
 def test_pad_batches_resolves_pad_id_from_tokenizer():
   dofn = PadBatches('longest', None, EMBEDDED, 'auto')
   dofn.setup()
-  main, _ = dofn_outputs(dofn, BatchRun(8, 2, _chunk(('a', [1, 2], [3]),
+  main, _ = dofn_outputs(dofn, BucketBatches(8, 2, _chunk(('a', [1, 2], [3]),
                                                     ('b', [1], [3]))))
   assert _parse(main[0])['labels'][1].tolist() == [3, 151643]
 
 
 @pytest.mark.parametrize('pad_to', ['bucket', 'longest'])
 @pytest.mark.parametrize('output_format', ['tfrecord', 'parquet'])
-def test_a_run_of_batches_encodes_as_its_batches_one_by_one(pad_to,
-                                                           output_format):
-  """PadBatches gives a run of 3 batches (the last short) exactly what it
-  gives each of them as a run of one, and one stats dict that adds up."""
+def test_a_bucket_s_batches_encode_as_each_one_alone(pad_to, output_format):
+  """PadBatches gives a group of 3 batches (the last short) exactly what it
+  gives each of them as a group of one, and one stats dict that adds up."""
   records = _chunk(*[(f'r{i}', [1] * (1 + i % 3), [2] * (1 + i % 4))
                      for i in range(7)])
   dofn = PadBatches(pad_to, 9, EMBEDDED, 'auto', output_format)
   dofn.setup()
-  run, run_stats = dofn_outputs(dofn, BatchRun(8, 3, records))
+  together, together_stats = dofn_outputs(dofn, BucketBatches(8, 3, records))
   alone, alone_stats = [], collections.Counter()
   for first in (0, 3, 6):
     batch = records.slice(first, min(first + 3, 7))
-    main, tagged = dofn_outputs(dofn, BatchRun(8, 3, batch))
+    main, tagged = dofn_outputs(dofn, BucketBatches(8, 3, batch))
     alone += main
     for stats in tagged['stats']:
       alone_stats.update(stats)
-  assert len(run) == 3
+  assert len(together) == 3
   if output_format == 'parquet':
-    run = [(batch.example_crc, batch.rows.to_pylist()) for batch in run]
+    together = [(batch.example_crc, batch.rows.to_pylist())
+                for batch in together]
     alone = [(batch.example_crc, batch.rows.to_pylist()) for batch in alone]
-  assert run == alone
+  assert together == alone
   summed = collections.Counter()
-  for stats in run_stats['stats']:
+  for stats in together_stats['stats']:
     summed.update(stats)
   assert summed == alone_stats
 
@@ -200,14 +203,14 @@ def test_batching_within_a_bundle_equals_the_list_reference(lengths, rows):
       count += len(chunk_lengths)
   dofn = _BatchWithinBundleFn(shape)
   dofn.start_bundle()
-  runs = [run for chunk in chunks for run in dofn.process(chunk)]
-  runs += [windowed.value for windowed in dofn.finish_bundle()]
-  assert _batch_ids(runs) == _reference_batches(shape, chunks)
+  groups = [group for chunk in chunks for group in dofn.process(chunk)]
+  groups += [windowed.value for windowed in dofn.finish_bundle()]
+  assert _batch_ids(groups) == _reference_batches(shape, chunks)
   given_records = {record_id: _record(chunk, index) for chunk in chunks
                    for index, record_id in enumerate(chunk.example_ids)}
-  for run in runs:  # each record's tokens and flags travel with it
-    for index, record_id in enumerate(run.records.example_ids):
-      assert _record(run.records, index) == given_records[record_id]
+  for group in groups:  # each record's tokens and flags travel with it
+    for index, record_id in enumerate(group.records.example_ids):
+      assert _record(group.records, index) == given_records[record_id]
 
 
 def _record(chunk, index):

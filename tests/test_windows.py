@@ -57,10 +57,10 @@ def test_a_partial_batch_leaves_after_max_buffering_seconds():
                | BatchByBucket(BatchShape((8,), 32), 'global', 2,
                                clock=FixedClock()))
     assert_that(batches | beam.FlatMap(
-        lambda run: [len(batch) for batch in run.batches()]),
+        lambda group: [len(batch) for batch in group.batches()]),
                 equal_to([3, 32, 8]))
     assert_that(batches | 'Ids' >> beam.FlatMap(
-        lambda run: run.records.example_ids),
+        lambda group: group.records.example_ids),
                 equal_to([f'a{i}' for i in range(3)] +
                          [f'b{i}' for i in range(40)]), label='EachOnce')
 

@@ -6,9 +6,9 @@ batch holds records of one bucket only: `batch_size` of them, or with
 `batch_tokens` T, max(1, T // boundary) of them, so that every batch holds
 about T tokens. Partial batches are kept. `BatchByBucket` forms batches by
 either batching strategy (transforms/batch.py), handing on a bucket's
-consecutive batches as one `BatchRun`; `PadBatches` pads, shifts and masks
-them (transforms/spec_arithmetic.py) and encodes each batch for the shard
-format (transforms/example_codec.py, transforms/parquet_shards.py).
+consecutive batches as one `BucketBatches`; `PadBatches` pads, shifts and
+masks them (transforms/spec_arithmetic.py) and encodes each batch for the
+shard format (transforms/example_codec.py, transforms/parquet_shards.py).
 """
 
 import time
@@ -62,16 +62,17 @@ class BatchShape:
       yield int(sorted_buckets[start]), order[start:end]
 
   def cut(self, bucket: int, records: TokenChunk):
-    """(a BatchRun of the full batches of `records` or None, the records
-    left over or None)."""
+    """(BucketBatches of the full batches of `records` or None, the
+    records left over or None)."""
     rows = self.rows(bucket)
     full = len(records) // rows * rows
-    run = BatchRun(bucket, rows, records.slice(0, full)) if full else None
+    group = (BucketBatches(bucket, rows, records.slice(0, full)) if full
+             else None)
     rest = records.slice(full, len(records)) if full < len(records) else None
-    return run, rest
+    return group, rest
 
 
-class BatchRun(NamedTuple):
+class BucketBatches(NamedTuple):
   """Batches of one bucket back to back: `records` cut every `rows`
   records, the last batch maybe shorter. What flows from batching to
   padding: one element for many batches, so that padding and encoding
@@ -92,7 +93,7 @@ class BatchRun(NamedTuple):
 
 
 class _BatchWithinBundleFn(beam.DoFn):
-  """TokenChunk -> BatchRuns, within one bundle.
+  """TokenChunk -> BucketBatches, within one bundle.
 
   Keeps one open batch per bucket; full batches leave at once, partial
   ones when the bundle ends. Bounded, globally windowed input only.
@@ -105,10 +106,10 @@ class _BatchWithinBundleFn(beam.DoFn):
   def start_bundle(self):
     self._open = {}
 
-  def process(self, chunk: TokenChunk) -> Iterator['BatchRun']:
+  def process(self, chunk: TokenChunk) -> Iterator['BucketBatches']:
     for bucket, indices in self._shape.bucket_indices(chunk):
       # The bucket's open batch, then its records of this chunk: the full
-      # batches leave as one run, the rest is the new open batch. Each
+      # batches leave as one group, the rest is the new open batch. Each
       # token is copied once on the way (TokenChunk.gather).
       held = self._open.pop(bucket, None)
       parts = [] if held is None else [(held, np.arange(len(held)))]
@@ -117,7 +118,7 @@ class _BatchWithinBundleFn(beam.DoFn):
                  ) // rows * rows
       if leaving:
         taken = leaving - sum(len(part) for part, _ in parts)
-        yield BatchRun(bucket, rows, TokenChunk.gather(
+        yield BucketBatches(bucket, rows, TokenChunk.gather(
             parts + [(chunk, indices[:taken])]))
         parts, indices = [], indices[taken:]
       if len(indices) or parts:
@@ -126,7 +127,7 @@ class _BatchWithinBundleFn(beam.DoFn):
   def finish_bundle(self):
     for bucket, batch in self._open.items():
       yield GlobalWindows.windowed_value(
-          BatchRun(bucket, self._shape.rows(bucket), batch))
+          BucketBatches(bucket, self._shape.rows(bucket), batch))
     self._open = None
 
 
@@ -141,8 +142,8 @@ class _ByBucketFn(beam.DoFn):
 
 
 class _BatchPerBucketFn(BufferPerKeyFn):
-  """(bucket, TokenChunk) -> BatchRuns, per key: full batches as soon as
-  they fill, a partial one when the buffer is flushed (see
+  """(bucket, TokenChunk) -> BucketBatches, per key: full batches as soon
+  as they fill, a partial one when the buffer is flushed (see
   BufferPerKeyFn)."""
 
   def __init__(self, shape: BatchShape, max_buffering_seconds=None,
@@ -154,16 +155,16 @@ class _BatchPerBucketFn(BufferPerKeyFn):
     return self._shape.rows(bucket)
 
   def _emit(self, bucket, chunk: TokenChunk, finished: bool):
-    run, rest = self._shape.cut(bucket, chunk)
-    runs = [run] if run is not None else []
+    group, rest = self._shape.cut(bucket, chunk)
+    groups = [group] if group is not None else []
     if finished and rest is not None:
-      runs.append(BatchRun(bucket, self._shape.rows(bucket), rest))
+      groups.append(BucketBatches(bucket, self._shape.rows(bucket), rest))
       rest = None
-    return runs, rest
+    return groups, rest
 
 
 class BatchByBucket(beam.PTransform):
-  """TokenChunks -> BatchRuns (each batch in one run, once).
+  """TokenChunks -> BucketBatches (each batch in one of them, once).
 
   `batching` is "bundle" or "global" (transforms/batch.py);
   `max_buffering_seconds` applies to "global".
@@ -192,14 +193,14 @@ class BatchByBucket(beam.PTransform):
 
 
 class PadBatches(EncodeBatchesFn):
-  """BatchRun -> the encoded batches (Example bytes, or Parquet rows
+  """BucketBatches -> the encoded batches (Example bytes, or Parquet rows
   tables with `output_format` parquet), in order.
 
   `pad_to="bucket"` gives every batch of a bucket the width of its boundary
-  (static shapes), and a run's batches are padded and encoded together;
+  (static shapes), and a group's batches are padded and encoded together;
   `pad_to="longest"` gives each batch the width of its longest row. Pads
   with `pad_id`, else with the pad (or eos) id of the run's tokenizer.
-  Gives a stats dict per run on the `stats` output.
+  Gives a stats dict per group on the `stats` output.
   """
   STATS = 'stats'
 
@@ -208,24 +209,24 @@ class PadBatches(EncodeBatchesFn):
     super().__init__(pad_id, tokenizer, backend, output_format)
     self._pad_to = pad_to
 
-  def process(self, run: BatchRun):
+  def process(self, group: BucketBatches):
     if self._pad_to == 'longest':
-      for batch in run.batches():
+      for batch in group.batches():
         arrays = spec_arithmetic.pad_shift_mask(batch, self._pad_id)
         yield stats.emit(
-            self.STATS, stats.padded_batch_stats(run.bucket, arrays))
+            self.STATS, stats.padded_batch_stats(group.bucket, arrays))
         yield self._encode(arrays, batch.example_ids, 'padded')
       return
-    padded = spec_arithmetic.pad_rows(run.records, self._pad_id,
-                                      width=run.bucket)
+    padded = spec_arithmetic.pad_rows(group.records, self._pad_id,
+                                      width=group.bucket)
     arrays = padded.shifted()
-    bounds = run.bounds()
+    bounds = group.bounds()
     yield stats.emit(self.STATS, stats.padded_batch_stats(
-        run.bucket, arrays, batches=len(bounds)))
-    example_ids = run.records.example_ids
+        group.bucket, arrays, batches=len(bounds)))
+    example_ids = group.records.example_ids
     if self._output_format == 'tfrecord':
       yield from example_codec.serialize_padded_batches(padded, example_ids,
-                                                        run.rows)
+                                                        group.rows)
       return
     for first, end in bounds:
       yield self._encode({name: values[first:end]
