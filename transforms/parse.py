@@ -358,6 +358,12 @@ class _ScannedLines:
     lengths = np.fromiter(map(len, lines), np.int64, len(lines))
     self._starts = offsets_of(lengths + 1)[:-1]
     self._count = len(lines)
+    self._positions = {}  # byte -> where it occurs, found once
+
+  def _positions_of(self, byte: int) -> np.ndarray:
+    if byte not in self._positions:
+      self._positions[byte] = np.flatnonzero(self._data == byte)
+    return self._positions[byte]
 
   def _line_of(self, positions) -> np.ndarray:
     return np.searchsorted(self._starts, positions, side='right') - 1
@@ -365,7 +371,7 @@ class _ScannedLines:
   def _occurrences(self, first: int, rest: bytes) -> np.ndarray:
     """Positions of byte `first` followed by the bytes `rest`."""
     data = self._data
-    found = np.flatnonzero(data == first)
+    found = self._positions_of(first)
     found = found[found + len(rest) < len(data)]
     for offset, byte in enumerate(rest, start=1):
       found = found[data[found + offset] == byte]
