@@ -171,6 +171,7 @@ class TokenizeRecords(beam.DoFn):
         EncodeMode(False, split)])
 
   def start_bundle(self):
+    self._pending = None  # nothing of a failed bundle's is carried over
     if self._run_ahead and self._encoding_thread is None:
       self._encoding_thread = concurrent.futures.ThreadPoolExecutor(1)
 
