@@ -128,8 +128,7 @@ def _place(out: np.ndarray, destinations: np.ndarray, pieces) -> np.ndarray:
   """Writes the pieces (tokens end to end, and each one's length) into
   `out`, piece i from position destinations[i]; gives the positions."""
   tokens, lengths = pieces
-  positions = np.arange(len(tokens)) + np.repeat(
-      destinations - (offsets_of(lengths)[:-1]), lengths)
+  positions = ranges(destinations, lengths)
   out[positions] = tokens
   return positions
 
