@@ -116,15 +116,14 @@ def records_with_special_text(pattern, record_texts) -> int:
   if pattern is None:
     return 0
   record_texts = list(record_texts)
-  if not pattern.search('\0'.join(itertools.chain.from_iterable(
-      record_texts))):
+  texts = list(itertools.chain.from_iterable(record_texts))
+  joined = '\0'.join(texts)
+  if not pattern.search(joined):
     return 0  # the common case: no record to find
-  texts, owners = [], []
-  for index, record in enumerate(record_texts):
-    texts += record
-    owners += [index] * len(record)
+  owners = [index for index, record in enumerate(record_texts)
+            for _ in record]
   starts = np.cumsum([0] + [len(text) + 1 for text in texts])
-  found = [match.start() for match in pattern.finditer('\0'.join(texts))]
+  found = [match.start() for match in pattern.finditer(joined)]
   found_texts = np.searchsorted(starts, found, side='right') - 1
   return len({owners[text] for text in found_texts.tolist()})
 
