@@ -112,16 +112,16 @@ class _BatchWithinBundleFn(beam.DoFn):
       # batches leave as one group, the rest is the new open batch. Each
       # token is copied once on the way (TokenChunk.gather).
       held = self._open.pop(bucket, None)
-      parts = [] if held is None else [(held, np.arange(len(held)))]
+      held_records = 0 if held is None else len(held)
+      parts = [] if held is None else [(held, np.arange(held_records))]
       rows = self._shape.rows(bucket)
-      leaving = (len(indices) + (0 if held is None else len(held))
-                 ) // rows * rows
+      leaving = (held_records + len(indices)) // rows * rows
       if leaving:
-        taken = leaving - sum(len(part) for part, _ in parts)
+        taken = leaving - held_records
         yield BucketBatches(bucket, rows, TokenChunk.gather(
             parts + [(chunk, indices[:taken])]))
         parts, indices = [], indices[taken:]
-      if len(indices) or parts:
+      if len(indices):  # always, when no group left: the bucket is here
         self._open[bucket] = TokenChunk.gather(parts + [(chunk, indices)])
 
   def finish_bundle(self):

@@ -266,16 +266,7 @@ class TokenChunk(NamedTuple):
 
   def take(self, indices) -> 'TokenChunk':
     """The records at `indices`, in that order."""
-    indices = np.asarray(indices, dtype=np.int64)
-    positions = self.token_rows(indices)
-    lengths = self.offsets[indices + 1] - self.offsets[indices]
-    return TokenChunk(
-        example_ids=[self.example_ids[i] for i in indices.tolist()],
-        ids=self.ids[positions],
-        offsets=offsets_of(lengths),
-        supervised=self.supervised[positions],
-        prompt_lengths=self.prompt_lengths[indices],
-        truncated=self.truncated[indices])
+    return TokenChunk.gather([(self, indices)])
 
   def slice(self, start: int, end: int) -> 'TokenChunk':
     """Records start to end - 1: views of this chunk's arrays, no copy."""
