@@ -201,9 +201,10 @@ def test_padded_batches_encoded_together_equal_each_encoded_alone(
   chunk = pairs_chunk(prompts, outputs)
   example_ids = [f'r{i}-é' for i in range(11)]
   width = int(chunk.lengths.max()) + 3
-  together = example_codec.serialize_padded_batches(
-      pad_rows(chunk, pad_id, width), example_ids, batch_rows)
   starts = list(range(0, 11, batch_rows))
+  together = example_codec.serialize_padded_batches(
+      pad_rows(chunk, pad_id, width), example_ids,
+      list(zip(starts, starts[1:] + [11])))
   alone = [example_codec.serialize_batch(
       pad_shift_mask(chunk.slice(first, min(first + batch_rows, 11)), pad_id,
                      width), example_ids[first:first + batch_rows])

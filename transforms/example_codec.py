@@ -165,10 +165,10 @@ def serialize_batch(arrays: dict, example_ids, layout: str = 'padded') -> bytes:
                   arrays['input_ids'].shape, example_ids)
 
 
-def serialize_padded_batches(padded, example_ids, batch_rows: int) -> list:
+def serialize_padded_batches(padded, example_ids, bounds) -> list:
   """The Example bytes of consecutive padded batches, from their rows
-  padded together (a spec_arithmetic.PaddedRows): batch b is rows
-  b * batch_rows up to (b + 1) * batch_rows, the last one maybe shorter.
+  padded together (a spec_arithmetic.PaddedRows): a batch per (first, end)
+  of `bounds`, rows first to end - 1.
 
   Each Example is serialize_batch's of that batch's `pad_shift_mask`
   arrays. The padded token rows are varint-encoded once for all the
@@ -187,10 +187,9 @@ def serialize_padded_batches(padded, example_ids, batch_rows: int) -> list:
   lengths = [(_varints(values), offsets_of(_varint_sizes(values)).tolist())
              for values in (padded.prompt_lengths, padded.output_lengths)]
   width = columns - 1
-  bounds = list(range(0, rows, batch_rows)) + [rows]
   names = LAYOUTS['padded'].matrix + LAYOUTS['padded'].vectors
   examples = []
-  for first, end in zip(bounds, bounds[1:]):
+  for first, end in bounds:
     payloads = [
         b''.join([tokens[start:stop] for start, stop in zip(
             row_starts[first:end], last_starts[first:end])]),

@@ -226,7 +226,7 @@ class PadBatches(EncodeBatchesFn):
     example_ids = group.records.example_ids
     if self._output_format == 'tfrecord':
       yield from example_codec.serialize_padded_batches(padded, example_ids,
-                                                        group.rows)
+                                                        bounds)
       return
     for first, end in bounds:
       yield self._encode({name: values[first:end]
