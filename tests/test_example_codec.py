@@ -78,6 +78,27 @@ def test_varints_of_every_table_value_match_the_protobuf_encoding():
 
 
 @pytest.mark.slow
+def test_headers_and_sizes_match_the_protobuf_encoding():
+  """One varint (_varint), a field's key and length (_header) and each
+  value's byte count (_varint_sizes), at every branch's boundaries."""
+  import tensorflow as tf
+  values = [0, 1, 127, 128, 300, 16383, 16384, 2**17, 2**18 - 1, 2**18,
+            2**21 - 1, 2**21, 2**35, 2**63 - 1]
+  for value in values:
+    packed = tf.train.Int64List(value=[value]).SerializeToString()
+    assert example_codec._header(0x0A, len(packed) - 2) == packed[:2]  # pylint: disable=protected-access
+    assert example_codec._varint(value) == packed[2:]  # pylint: disable=protected-access
+    blob = b'x' * value if value < 2**22 else None
+    if blob is not None:
+      listed = tf.train.BytesList(value=[blob]).SerializeToString()
+      assert example_codec._header(0x0A, value) + blob == listed  # pylint: disable=protected-access
+  for case in (np.array(values[:9]), np.array(values)):  # table, and not
+    np.testing.assert_array_equal(
+        example_codec._varint_sizes(case),  # pylint: disable=protected-access
+        [len(example_codec._varint(int(value))) for value in case])  # pylint: disable=protected-access
+
+
+@pytest.mark.slow
 def test_negative_values_are_encoded_as_protobuf_does():
   """Ten bytes of the two's complement, as Int64List writes them."""
   import tensorflow as tf

@@ -33,6 +33,8 @@ def _varint(value: int) -> bytes:
   """The base-128 varint of one non-negative integer."""
   if value < 0x80:
     return _ONE_BYTE[value]
+  if value < 0x4000:  # the common lengths, without a loop
+    return bytes((value & 0x7F | 0x80, value >> 7))
   encoded = bytearray()
   while value > 0x7F:
     encoded.append((value & 0x7F) | 0x80)
@@ -88,11 +90,11 @@ _VARINT_SIZES = (np.arange(_VARINT_TABLE_SIZE) >= 1 << 7).astype(np.uint8) + (
 
 
 def _varint_sizes(values: np.ndarray) -> np.ndarray:
-  """The byte count of each value's varint (1 to 10), flat."""
+  """The byte count of each value's varint (1 to 10), flat, uint8."""
   unsigned = values.astype(np.int64, copy=False).view(np.uint64).ravel()
   if unsigned.size and unsigned.max() < _VARINT_TABLE_SIZE:
-    return _VARINT_SIZES.take(unsigned.view(np.int64)).astype(np.int64)
-  sizes = np.ones(len(unsigned), np.int64)
+    return _VARINT_SIZES.take(unsigned.view(np.int64))
+  sizes = np.ones(len(unsigned), np.uint8)
   for bits in range(7, 64, 7):
     sizes += unsigned >= np.uint64(1 << bits)
   return sizes
@@ -100,7 +102,11 @@ def _varint_sizes(values: np.ndarray) -> np.ndarray:
 
 def _header(field_key: int, length: int) -> bytes:
   """The key byte and varint length of a length-delimited field."""
-  return bytes([field_key]) + _varint(length)
+  if length < 0x80:
+    return bytes((field_key, length))
+  if length < 0x4000:
+    return bytes((field_key, length & 0x7F | 0x80, length >> 7))
+  return bytes((field_key,)) + _varint(length)
 
 
 def _field(field_key: int, payload: bytes) -> bytes:
@@ -135,8 +141,8 @@ def _int64_feature(payload: bytes) -> list:
 
 def _bytes_feature(values) -> list:
   """The parts of a Feature holding a BytesList."""
-  key = _ONE_BYTE[_LENGTH_DELIMITED[0]]
-  bytes_list = b''.join([key + _varint(len(value)) + value
+  key = _LENGTH_DELIMITED[0]
+  bytes_list = b''.join([_header(key, len(value)) + value
                          for value in values])
   return [_field(_LENGTH_DELIMITED[0], bytes_list)]
 
@@ -178,11 +184,14 @@ def serialize_padded_batches(padded, example_ids, bounds) -> list:
   """
   rows, columns = padded.sequences.shape  # columns: width + 1, at least 2
   tokens = _varints(padded.sequences)
-  ends = np.cumsum(_varint_sizes(padded.sequences)).reshape(rows, columns)
-  row_ends = ends[:, -1].tolist()
-  row_starts = [0] + row_ends[:-1]
-  first_ends = ends[:, 0].tolist()
-  last_starts = ends[:, -2].tolist()
+  # Where each row's bytes start and end, and its first token's end and
+  # last token's start: from the byte counts, a row's sum at a time.
+  sizes = _varint_sizes(padded.sequences).reshape(rows, columns)
+  row_offsets = offsets_of(sizes.sum(axis=1, dtype=np.int64))
+  row_starts = row_offsets[:-1].tolist()
+  row_ends = row_offsets[1:].tolist()
+  first_ends = (row_offsets[:-1] + sizes[:, 0]).tolist()
+  last_starts = (row_offsets[1:] - sizes[:, -1]).tolist()
   mask = padded.supervised[:, 1:].astype(np.uint8).tobytes()
   lengths = [(_varints(values), offsets_of(_varint_sizes(values)).tolist())
              for values in (padded.prompt_lengths, padded.output_lengths)]
