@@ -146,7 +146,7 @@ class TokenizeRecords(beam.DoFn):
     self._settings = settings
     self._run_ahead = run_ahead
     self._encoding_thread = None
-    self._pending = None  # (RecordChunk, Future of its encoding) or None
+    self._pending = None  # (RecordChunk, Future of its _tokenize_pairs) or None
     self._tokenizer = None
     self._eos_id = None
     self._special_text = None
@@ -178,18 +178,19 @@ class TokenizeRecords(beam.DoFn):
     if self._encoding_thread is None:
       yield from self._tokenized(records)
       return
-    # Run ahead: this chunk's prompts and outputs are encoded on a thread
-    # (the tokenizer releases the GIL) while the steps after this one work
-    # on the chunk before it, whose outputs leave now. Chunks stay in order,
-    # and the encoder is never used by two threads at once: the earlier
-    # chunk is done with it before this one is handed to the thread.
+    # Run ahead: this chunk's prompts and outputs are tokenized and fitted
+    # on a thread (the tokenizer and numpy's large operations release the
+    # GIL) while the steps after this one work on the chunk before it,
+    # whose outputs leave now. Chunks stay in order, and the encoder is
+    # never used by two threads at once: the earlier chunk is done with it
+    # before this one is handed to the thread.
     outputs = list(self._tokenized(*self._pending)) if self._pending else []
     self._pending = None
     if any(records.conversations):  # rendered here, in order
       outputs += self._tokenized(records)
     else:
-      self._pending = (records,
-                       self._encoding_thread.submit(self._encode, records))
+      self._pending = (records, self._encoding_thread.submit(
+          self._tokenize_pairs, records))
     yield from outputs
 
   def finish_bundle(self):
@@ -206,14 +207,15 @@ class TokenizeRecords(beam.DoFn):
     if self._encoding_thread is not None:
       self._encoding_thread.shutdown()
 
-  def _tokenized(self, records: RecordChunk, encoding=None):
-    """The outputs of a chunk; `encoding`: its prompts' and outputs' (a
-    Future) when it holds no conversation and was encoded ahead."""
+  def _tokenized(self, records: RecordChunk, tokenized_ahead=None):
+    """The outputs of a chunk; `tokenized_ahead`: _tokenize_pairs' of it (a
+    Future) when it holds no conversation and was tokenized ahead."""
     chats, pairs = [], []
     for index, conversation in enumerate(records.conversations):
       (pairs if conversation is None else chats).append(index)
     if not chats:  # the common case: no copy
-      parts = [self._tokenize_pairs(records, encoding)]
+      parts = [tokenized_ahead.result() if tokenized_ahead
+               else self._tokenize_pairs(records)]
     elif not pairs:
       parts = [self._tokenize_chats(records)]
     else:
@@ -252,11 +254,10 @@ class TokenizeRecords(beam.DoFn):
         errors[index] = f'{type(error).__name__}: {error}'
     return self._encode(records.subset(good)), good, errors
 
-  def _tokenize_pairs(self, records: RecordChunk, encoding=None):
-    """(TokenChunk of the records that fit, Rejecteds, stats); `encoding`
-    (a Future): the records' encoding, if it was started ahead."""
+  def _tokenize_pairs(self, records: RecordChunk):
+    """(TokenChunk of the records that fit, Rejecteds, stats)."""
     try:
-      encoded = encoding.result() if encoding else self._encode(records)
+      encoded = self._encode(records)
       indices, errors = None, {}
     except Exception:  # pylint: disable=broad-except
       encoded, indices, errors = self._encode_each(records)
