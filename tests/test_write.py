@@ -10,7 +10,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from conftest import beam_test_pipeline
 from sftbeam.transforms import tfrecord
-from sftbeam.transforms.write import TFRecordSink, WriteBatches, _JoinSlotFn
+from sftbeam.transforms.write import (TFRecordSink, WriteBatches,
+                                     _DescribeShardsFn, _JoinSlotFn)
 
 
 def test_tfrecord_sink_gzip_round_trip(tmp_path):
@@ -86,3 +87,48 @@ def test_join_slot_concatenates_files_and_survives_a_retry(tmp_path):
       'batches-00001-of-00004.tfrecord']
   assert list(tfrecord.iter_records(final)) == [b'a', b'b', b'c']
   assert list(join.process((1, parts))) == [final]  # a retry: already done
+
+
+def _shards(tmp_path, count):
+  paths = []
+  for index in range(count):
+    path = str(tmp_path / f'shard-{index}.tfrecord')
+    with open(path, 'wb') as handle:
+      for record in range(index + 1):
+        tfrecord.write_record(handle, b'record %d' % record)
+    paths.append(path)
+  return paths
+
+
+def test_describe_shards_gives_each_shard_described_when_the_bundle_ends(
+    tmp_path):
+  """Described on threads, the entries are describe_shard's, one a shard,
+  all at the bundle's end; a damaged shard fails the bundle."""
+  paths = _shards(tmp_path, 5)
+  describe = _DescribeShardsFn(tfrecord.describe_shard)
+  describe.setup()
+  describe.start_bundle()
+  for path in paths:
+    assert list(describe.process(path) or []) == []
+  entries = [value.value for value in describe.finish_bundle()]
+  assert entries == [tfrecord.describe_shard(path) for path in paths]
+  assert [entry['records'] for entry in entries] == [1, 2, 3, 4, 5]
+  with open(paths[2], 'r+b') as handle:
+    handle.seek(-1, os.SEEK_END)
+    handle.write(b'X')  # the last record's data CRC no longer matches
+  describe.start_bundle()
+  for path in paths:
+    describe.process(path)
+  with pytest.raises(tfrecord.CorruptRecord, match='shard-2'):
+    list(describe.finish_bundle())
+  describe.teardown()
+
+
+@pytest.mark.slow
+def test_describe_shards_in_pipeline(tmp_path):
+  paths = _shards(tmp_path, 3)
+  with beam_test_pipeline() as root:
+    entries = (root | beam.Create(paths)
+               | beam.ParDo(_DescribeShardsFn(tfrecord.describe_shard)))
+    assert_that(entries, equal_to([tfrecord.describe_shard(path)
+                                   for path in paths]))

@@ -21,8 +21,10 @@ too. A run writes all this in its own work directory, which
 pipeline/output_dir.py moves into --output once the run has succeeded.
 """
 
+import concurrent.futures
 import functools
 import gzip
+import os
 import zlib
 from typing import Callable, NamedTuple
 
@@ -31,6 +33,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.value_provider import StaticValueProvider
+from apache_beam.transforms.window import GlobalWindows
 
 from sftbeam.transforms import filenames, parquet_shards, tfrecord
 from sftbeam.transforms.filenames import shard_name, shard_names, shard_suffix
@@ -219,6 +222,41 @@ class _JoinSlotFn(beam.DoFn):
     yield final
 
 
+class _DescribeShardsFn(beam.DoFn):
+  """Shard path -> its dataset_info.json entry (`describe(path)`).
+
+  The shards of a bundle are described side by side on threads, one per
+  core (hashing and reading release the GIL): on a local run, where one
+  bundle holds every shard, this is the last wait of the run. Entries
+  leave when the bundle ends; an error describing a shard fails the
+  bundle.
+  """
+
+  def __init__(self, describe: Callable):
+    self._describe = describe
+    self._threads = None
+    self._described = None  # Futures of this bundle's entries
+
+  def setup(self):
+    self._threads = concurrent.futures.ThreadPoolExecutor(
+        len(os.sched_getaffinity(0)), thread_name_prefix='describe')
+
+  def start_bundle(self):
+    self._described = []
+
+  def process(self, path: str):
+    self._described.append(self._threads.submit(self._describe, path))
+
+  def finish_bundle(self):
+    described, self._described = self._described, None
+    for entry in described:
+      yield GlobalWindows.windowed_value(entry.result())
+
+  def teardown(self):
+    if self._threads is not None:
+      self._threads.shutdown(cancel_futures=True)
+
+
 def _with_empty_shards(output_dir: str, num_shards: int, suffix: str,
                        shards: _ShardFormat, written: list) -> list:
   """Every slot's shard entry: `written` (describe entries), plus an empty
@@ -241,7 +279,8 @@ class WriteBatches(beam.PTransform):
 
   Gives the dataset_info.json entry of every final shard (records, bytes,
   sha256: see tfrecord.describe_shard, parquet_shards.describe_shard; each
-  shard described in parallel) once all are in place.
+  shard described in parallel: on several workers, and on threads within
+  one) once all are in place.
   """
 
   def __init__(self, output_dir: str, num_shards: int, compression: str,
@@ -270,7 +309,7 @@ class WriteBatches(beam.PTransform):
         | 'JoinSlots' >> beam.ParDo(
             _JoinSlotFn(temp_dir, self._output_dir, num_shards, suffix,
                         shards.join))
-        | 'DescribeShards' >> beam.Map(shards.describe)
+        | 'DescribeShards' >> beam.ParDo(_DescribeShardsFn(shards.describe))
         | 'CollectShards' >> beam.combiners.ToList()
         | 'AddEmptyShards' >> beam.FlatMap(
             lambda written: _with_empty_shards(
