@@ -228,8 +228,8 @@ class _DescribeShardsFn(beam.DoFn):
   The shards of a bundle are described side by side on threads, one per
   core (hashing and reading release the GIL): on a local run, where one
   bundle holds every shard, this is the last wait of the run. Entries
-  leave when the bundle ends; an error describing a shard fails the
-  bundle.
+  leave when the bundle ends, in the global window (batch runs only); an
+  error describing a shard fails the bundle.
   """
 
   def __init__(self, describe: Callable):
