@@ -456,7 +456,8 @@ class ParseLines(beam.DoFn):
                             list(lines))
       blank_lines = 0
     else:
-      records, blank_lines = yield from self._parse_each(chunk, plain)
+      records, blank_lines = yield from self._parse_rest(
+          chunk.source, numbers, lines, totals, plain)
     yield stats.emit(self.STATS, {
         'lines': len(lines), 'blank_lines': blank_lines,
         # Each line's bytes and its newline: how far into the input we are.
@@ -464,29 +465,40 @@ class ParseLines(beam.DoFn):
     if records.example_ids:
       yield records
 
-  def _parse_each(self, chunk: LineChunk, plain):
-    """Yields each line's Rejected; gives (RecordChunk, blank lines).
-    `plain` (PlainRecords or None) has the lines that need no other
-    check."""
-    records = RecordChunk.empty(chunk.source)
+  def _parse_rest(self, source, numbers, lines, totals, plain):
+    """Yields the Rejected of each line that is not a plain record; gives
+    (RecordChunk of the chunk's records in line order, blank lines).
+    `plain` (PlainRecords or None: no line is) has the lines taken as
+    they are; only the others go through parse_line."""
+    count = len(lines)
+    if plain is None:
+      plain = PlainRecords([None] * count, [None] * count, [None] * count)
+    ids, prompts, outputs = (list(plain.ids), list(plain.prompts),
+                             list(plain.outputs))
+    conversations, inputs = [None] * count, list(lines)
+    dropped = []  # blank and rejected lines, in order
     blank_lines = 0
-    for index, (line_number, line, total_bytes) in enumerate(chunk.lines):
-      if plain is not None and plain.ids[index] is not None:
-        records.add(line_number, plain.ids[index], line, plain.prompts[index],
-                    plain.outputs[index])
-        continue
-      parsed = parse_line(chunk.source, line_number, line, total_bytes,
-                          self._fields, self._max_line_bytes,
+    for index in [i for i, plain_id in enumerate(plain.ids)
+                  if plain_id is None]:
+      parsed = parse_line(source, numbers[index], lines[index],
+                          totals[index], self._fields, self._max_line_bytes,
                           self._input_format)
-      if parsed is None:
-        blank_lines += 1
-      elif isinstance(parsed, Rejected):
-        yield beam.pvalue.TaggedOutput(self.REJECTED, parsed)
-      else:
-        record, kept_line = parsed
-        records.add(line_number, record.example_id, kept_line, record.prompt,
-                    record.output, record.conversation)
-    return records, blank_lines
+      if parsed is None or isinstance(parsed, Rejected):
+        dropped.append(index)
+        if parsed is None:
+          blank_lines += 1
+        else:
+          yield beam.pvalue.TaggedOutput(self.REJECTED, parsed)
+        continue
+      record, inputs[index] = parsed
+      ids[index], prompts[index], outputs[index], conversations[index] = (
+          record.example_id, record.prompt, record.output,
+          record.conversation)
+    columns = [list(numbers), ids, prompts, outputs, conversations, inputs]
+    if dropped:
+      kept = sorted(set(range(count)).difference(dropped))
+      columns = [[column[i] for i in kept] for column in columns]
+    return RecordChunk(source, *columns), blank_lines
 
 
 # A row with a value in one of these columns may be a chat record.
