@@ -75,6 +75,9 @@ class ParseAndTokenizeSources(beam.DoFn):
     self._tokenize.setup()
     self._source_of = files_by_source(list(self._sources.values()))
 
+  def teardown(self):
+    self._tokenize.teardown()
+
   def process(self, chunk: Union[LineChunk, RowChunk]
               ) -> Iterable[Tuple[str, TokenChunk]]:
     source = self._sources[self._source_of[chunk.source]]

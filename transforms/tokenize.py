@@ -22,7 +22,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import chat, spec_arithmetic
+from sftbeam.transforms import chat, gc_thresholds, spec_arithmetic
 from sftbeam.transforms.chat_records import ChatRejected, chat_strings
 from sftbeam.transforms.records import RecordChunk, TokenChunk
 from sftbeam.transforms.stats import backend_stats, emit
@@ -154,6 +154,7 @@ class TokenizeRecords(beam.DoFn):
     self._chat_unusable = None  # why chat records are rejected, if all are
 
   def setup(self):
+    gc_thresholds.collect_less()  # this process now makes records
     # Loaded once per worker process, shared with every other step.
     self._tokenizer = shared_tokenizer(self._settings.tokenizer,
                                        self._settings.backend)
@@ -206,6 +207,7 @@ class TokenizeRecords(beam.DoFn):
   def teardown(self):
     if self._encoding_thread is not None:
       self._encoding_thread.shutdown()
+    gc_thresholds.collect_as_before()
 
   def _tokenized(self, records: RecordChunk, tokenized_ahead=None):
     """The outputs of a chunk; `tokenized_ahead`: _tokenize_pairs' of it (a
