@@ -102,11 +102,7 @@ def _varint_sizes(values: np.ndarray) -> np.ndarray:
 
 def _header(field_key: int, length: int) -> bytes:
   """The key byte and varint length of a length-delimited field."""
-  if length < 0x80:
-    return bytes((field_key, length))
-  if length < 0x4000:
-    return bytes((field_key, length & 0x7F | 0x80, length >> 7))
-  return bytes((field_key,)) + _varint(length)
+  return _ONE_BYTE[field_key] + _varint(length)
 
 
 def _field(field_key: int, payload: bytes) -> bytes:
