@@ -449,15 +449,8 @@ class ParseLines(beam.DoFn):
     numbers, lines, totals = zip(*chunk.lines) if chunk.lines else ((),) * 3
     plain = plain_records(lines, totals, self._fields, self._max_line_bytes,
                           self._input_format)
-    if plain is not None and None not in plain.ids:
-      # Every line a plain prompt/output record: the chunk as it is.
-      records = RecordChunk(chunk.source, list(numbers), plain.ids,
-                            plain.prompts, plain.outputs, [None] * len(lines),
-                            list(lines))
-      blank_lines = 0
-    else:
-      records, blank_lines = yield from self._parse_rest(
-          chunk.source, numbers, lines, totals, plain)
+    records, blank_lines = yield from self._records(
+        chunk.source, numbers, lines, totals, plain)
     yield stats.emit(self.STATS, {
         'lines': len(lines), 'blank_lines': blank_lines,
         # Each line's bytes and its newline: how far into the input we are.
@@ -465,18 +458,17 @@ class ParseLines(beam.DoFn):
     if records.example_ids:
       yield records
 
-  def _parse_rest(self, source, numbers, lines, totals, plain):
+  def _records(self, source, numbers, lines, totals, plain):
     """Yields the Rejected of each line that is not a plain record; gives
-    (RecordChunk of the chunk's records in line order, blank lines).
-    `plain` (PlainRecords or None: no line is) has the lines taken as
-    they are; only the others go through parse_line."""
+    (RecordChunk of the chunk's records in line order, blank lines). The
+    plain lines (`plain`, a PlainRecords; None: there are none) are taken
+    as they are, the others parsed by parse_line."""
     count = len(lines)
     if plain is None:
       plain = PlainRecords([None] * count, [None] * count, [None] * count)
-    ids, prompts, outputs = (list(plain.ids), list(plain.prompts),
-                             list(plain.outputs))
-    conversations, inputs = [None] * count, list(lines)
-    dropped = []  # blank and rejected lines, in order
+    records = RecordChunk(source, list(numbers), plain.ids, plain.prompts,
+                          plain.outputs, [None] * count, list(lines))
+    dropped = set()  # blank and rejected lines
     blank_lines = 0
     for index in [i for i, plain_id in enumerate(plain.ids)
                   if plain_id is None]:
@@ -484,21 +476,21 @@ class ParseLines(beam.DoFn):
                           totals[index], self._fields, self._max_line_bytes,
                           self._input_format)
       if parsed is None or isinstance(parsed, Rejected):
-        dropped.append(index)
+        dropped.add(index)
         if parsed is None:
           blank_lines += 1
         else:
           yield beam.pvalue.TaggedOutput(self.REJECTED, parsed)
         continue
-      record, inputs[index] = parsed
-      ids[index], prompts[index], outputs[index], conversations[index] = (
-          record.example_id, record.prompt, record.output,
-          record.conversation)
-    columns = [list(numbers), ids, prompts, outputs, conversations, inputs]
+      record, records.inputs[index] = parsed
+      records.example_ids[index] = record.example_id
+      records.prompts[index] = record.prompt
+      records.outputs[index] = record.output
+      records.conversations[index] = record.conversation
     if dropped:
-      kept = sorted(set(range(count)).difference(dropped))
-      columns = [[column[i] for i in kept] for column in columns]
-    return RecordChunk(source, *columns), blank_lines
+      records = records.subset(
+          [index for index in range(count) if index not in dropped])
+    return records, blank_lines
 
 
 # A row with a value in one of these columns may be a chat record.
