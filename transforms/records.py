@@ -220,6 +220,39 @@ def offsets_of(lengths: np.ndarray) -> np.ndarray:
   return offsets
 
 
+# Ranges at least this long on average are copied a slice each, shorter ones
+# by numpy takes (which cost per value, a slice per range).
+_SLICED_RANGE_LENGTH = 96
+
+
+def _copy_ranges(columns, starts, ends, total: int) -> list:
+  """New arrays, one per column: of part k, the values starts[k][i] to
+  ends[k][i] - 1 of each of its columns (`columns[k]`: arrays of one
+  length; column j of every part of one dtype), for every range i of
+  every part in turn; `total` values each."""
+  count = sum(map(len, starts))
+  if count and total < count * _SLICED_RANGE_LENGTH:
+    outs = [np.empty(total, column.dtype) for column in columns[0]]
+    filled = 0
+    for part_columns, part_starts, part_ends in zip(columns, starts, ends):
+      positions = ranges(part_starts, part_ends - part_starts)
+      for column, out in zip(part_columns, outs):
+        np.take(column, positions, out=out[filled:filled + len(positions)])
+      filled += len(positions)
+    return outs
+  bounds = [(part_starts.tolist(), part_ends.tolist())
+            for part_starts, part_ends in zip(starts, ends)]
+  outs = []
+  for column, dtype in enumerate(column.dtype for column in columns[0]):
+    views = []  # a memoryview slice costs less than a numpy one
+    for part_columns, (part_starts, part_ends) in zip(columns, bounds):
+      view = memoryview(np.ascontiguousarray(part_columns[column]))
+      views += [view[start:end] for start, end in zip(part_starts, part_ends)]
+    # bytearray: the array is writable, as np.take's would be.
+    outs.append(np.frombuffer(bytearray().join(views), dtype))
+  return outs
+
+
 class TokenChunk(NamedTuple):
   """Tokenized records held as arrays: what flows from tokenizing to batching.
 
@@ -285,22 +318,16 @@ class TokenChunk(NamedTuple):
     `parts`, in that order, each token copied once."""
     parts = [(chunk, np.asarray(indices, dtype=np.int64))
              for chunk, indices in parts]
-    lengths = np.concatenate([chunk.offsets[indices + 1] -
-                              chunk.offsets[indices]
-                              for chunk, indices in parts])
-    offsets = offsets_of(lengths)
-    ids = np.empty(int(offsets[-1]), np.int64)
-    supervised = np.empty(len(ids), np.bool_)
-    filled = 0
-    for chunk, indices in parts:
-      positions = chunk.token_rows(indices)
-      end = filled + len(positions)
-      np.take(chunk.ids, positions, out=ids[filled:end])
-      np.take(chunk.supervised, positions, out=supervised[filled:end])
-      filled = end
+    starts = [chunk.offsets[indices] for chunk, indices in parts]
+    ends = [chunk.offsets[indices + 1] for chunk, indices in parts]
+    offsets = offsets_of(np.concatenate(ends) - np.concatenate(starts))
+    ids, supervised = _copy_ranges(
+        [(np.asarray(chunk.ids, np.int64),
+          np.asarray(chunk.supervised, np.bool_)) for chunk, _ in parts],
+        starts, ends, int(offsets[-1]))
     return TokenChunk(
-        example_ids=[chunk.example_ids[i] for chunk, indices in parts
-                     for i in indices.tolist()],
+        example_ids=[example_id for chunk, indices in parts for example_id in
+                     map(chunk.example_ids.__getitem__, indices.tolist())],
         ids=ids, offsets=offsets, supervised=supervised,
         prompt_lengths=np.concatenate([chunk.prompt_lengths[indices]
                                        for chunk, indices in parts]),
