@@ -10,13 +10,13 @@ streaming run packs per flush of a stateful step (transforms/batch.py).
 """
 
 import time
-from typing import NamedTuple, Optional, Tuple
+from typing import Iterable, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import pack
+from sftbeam.transforms import chunk_coder, pack
 from sftbeam.transforms.batch import BufferPerKeyFn, EncodeBatchesFn
 from sftbeam.transforms.stats import emit, packing_stats
 from sftbeam.transforms.records import TokenChunk
@@ -64,6 +64,9 @@ def pack_rows(records: TokenChunk, pack_length: int) -> PackedRows:
   rows = pack.best_fit_decreasing(records.lengths - 1, pack_length)
   return PackedRows(records.take(np.concatenate(rows)),
                     np.fromiter(map(len, rows), np.int64, len(rows)))
+
+
+chunk_coder.register(PackedRows)
 
 
 class PackShape(NamedTuple):
@@ -116,7 +119,7 @@ class _PackWithinBundleFn(beam.DoFn):
   def start_bundle(self):
     self._packer = _Packer(self._shape)
 
-  def process(self, chunk: TokenChunk):
+  def process(self, chunk: TokenChunk) -> Iterable[Tuple[int, PackedRows]]:
     for batch in self._packer.add(chunk):
       yield self._shape.pack_length, batch
 
@@ -126,6 +129,7 @@ class _PackWithinBundleFn(beam.DoFn):
     self._packer = None
 
 
+@beam.typehints.with_output_types(Tuple[int, PackedRows])
 class _PackPerFlushFn(BufferPerKeyFn):
   """(0, TokenChunk) -> (pack_length, PackedRows of one batch), streaming.
 

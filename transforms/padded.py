@@ -18,7 +18,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import example_codec, pack, spec_arithmetic, stats
+from sftbeam.transforms import (chunk_coder, example_codec, pack,
+                                spec_arithmetic, stats)
 from sftbeam.transforms.batch import (BATCHING_STRATEGIES, BufferPerKeyFn,
                                       EncodeBatchesFn)
 from sftbeam.transforms.records import TokenChunk
@@ -92,6 +93,9 @@ class BucketBatches(NamedTuple):
       yield self.records.slice(first, end)
 
 
+chunk_coder.register(BucketBatches)
+
+
 class _BatchWithinBundleFn(beam.DoFn):
   """TokenChunk -> BucketBatches, within one bundle.
 
@@ -106,7 +110,7 @@ class _BatchWithinBundleFn(beam.DoFn):
   def start_bundle(self):
     self._open = {}
 
-  def process(self, chunk: TokenChunk) -> Iterator['BucketBatches']:
+  def process(self, chunk: TokenChunk) -> Iterator[BucketBatches]:
     for bucket, indices in self._shape.bucket_indices(chunk):
       # The bucket's open batch, then its records of this chunk: the full
       # batches leave as one group, the rest is the new open batch. Each
@@ -141,6 +145,7 @@ class _ByBucketFn(beam.DoFn):
     yield from self._shape.by_bucket(chunk)
 
 
+@beam.typehints.with_output_types(BucketBatches)
 class _BatchPerBucketFn(BufferPerKeyFn):
   """(bucket, TokenChunk) -> BucketBatches, per key: full batches as soon
   as they fill, a partial one when the buffer is flushed (see

@@ -27,7 +27,7 @@ import apache_beam as beam
 import numpy as np
 import orjson
 
-from sftbeam.transforms import chat_records, stats
+from sftbeam.transforms import chat_records, chunk_coder, stats
 from sftbeam.transforms.records import (MAX_RAW_CHARS, LineChunk, NotUtf8,
                                         RecordChunk, Rejected, RowChunk,
                                         column_values, offsets_of,
@@ -428,6 +428,9 @@ def _plain_id(value) -> Optional[str]:
   if type(value) is int:  # pylint: disable=unidiomatic-typecheck
     return str(value)
   return None
+
+
+chunk_coder.register(RecordChunk)
 
 
 class ParseLines(beam.DoFn):

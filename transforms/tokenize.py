@@ -16,13 +16,14 @@ Reason codes added here:
 import collections
 import concurrent.futures
 import itertools
-from typing import NamedTuple, Optional, Tuple
+from typing import Iterable, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.transforms.window import GlobalWindows
 
-from sftbeam.transforms import chat, gc_thresholds, spec_arithmetic
+from sftbeam.transforms import (chat, chunk_coder, gc_thresholds,
+                                spec_arithmetic)
 from sftbeam.transforms.chat_records import ChatRejected, chat_strings
 from sftbeam.transforms.records import RecordChunk, TokenChunk
 from sftbeam.transforms.stats import backend_stats, emit
@@ -128,6 +129,9 @@ def records_with_special_text(pattern, record_texts) -> int:
   return len({owners[text] for text in found_texts.tolist()})
 
 
+chunk_coder.register(TokenChunk)
+
+
 class TokenizeRecords(beam.DoFn):
   """RecordChunk -> TokenChunk of its records that fit (main output).
 
@@ -175,7 +179,7 @@ class TokenizeRecords(beam.DoFn):
     if self._run_ahead and self._encoding_thread is None:
       self._encoding_thread = concurrent.futures.ThreadPoolExecutor(1)
 
-  def process(self, records: RecordChunk):
+  def process(self, records: RecordChunk) -> Iterable[TokenChunk]:
     if self._encoding_thread is None:
       yield from self._tokenized(records)
       return
