@@ -232,19 +232,30 @@ def _copy_ranges(columns, starts, ends, total: int) -> list:
   every part in turn; `total` values each."""
   count = sum(map(len, starts))
   if count and total < count * _SLICED_RANGE_LENGTH:
-    outs = [np.empty(total, column.dtype) for column in columns[0]]
-    filled = 0
-    for part_columns, part_starts, part_ends in zip(columns, starts, ends):
-      positions = ranges(part_starts, part_ends - part_starts)
-      for column, out in zip(part_columns, outs):
-        np.take(column, positions, out=out[filled:filled + len(positions)])
-      filled += len(positions)
-    return outs
+    return _taken_ranges(columns, starts, ends, total)
+  return _sliced_ranges(columns, starts, ends)
+
+
+def _taken_ranges(columns, starts, ends, total: int) -> list:
+  """_copy_ranges by numpy takes: one per column and part."""
+  outs = [np.empty(total, column.dtype) for column in columns[0]]
+  filled = 0
+  for part_columns, part_starts, part_ends in zip(columns, starts, ends):
+    positions = ranges(part_starts, part_ends - part_starts)
+    for column, out in zip(part_columns, outs):
+      np.take(column, positions, out=out[filled:filled + len(positions)])
+    filled += len(positions)
+  return outs
+
+
+def _sliced_ranges(columns, starts, ends) -> list:
+  """_copy_ranges by a memoryview slice a range (cheaper than a numpy
+  slice), joined once per column."""
   bounds = [(part_starts.tolist(), part_ends.tolist())
             for part_starts, part_ends in zip(starts, ends)]
   outs = []
   for column, dtype in enumerate(column.dtype for column in columns[0]):
-    views = []  # a memoryview slice costs less than a numpy one
+    views = []
     for part_columns, (part_starts, part_ends) in zip(columns, bounds):
       view = memoryview(np.ascontiguousarray(part_columns[column]))
       views += [view[start:end] for start, end in zip(part_starts, part_ends)]
