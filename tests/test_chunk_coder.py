@@ -4,6 +4,7 @@ import pickle
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from sftbeam.pipeline.options import defaults, make_config
@@ -33,7 +34,15 @@ def _record_chunk(records=300):
                      outputs, [None] * records, lines)
 
 
-@pytest.mark.parametrize('make', [_token_chunk, _record_chunk])
+def _parquet_record_chunk(records=300):
+  chunk = _record_chunk(records)
+  rows = pa.RecordBatch.from_pydict({'prompt': chunk.prompts,
+                                     'output': chunk.outputs})
+  return chunk._replace(inputs=list(range(records)), rows=rows)
+
+
+@pytest.mark.parametrize('make', [_token_chunk, _record_chunk,
+                                  _parquet_record_chunk])
 def test_a_chunk_round_trips_and_is_sized_near_its_pickle(make, monkeypatch):
   chunk = make()
   coder = chunk_coder.ChunkCoder()
@@ -46,6 +55,13 @@ def test_a_chunk_round_trips_and_is_sized_near_its_pickle(make, monkeypatch):
   monkeypatch.setattr(chunk_coder.pickle, 'dumps', no_pickling)
   estimate = coder.estimate_size(chunk)
   assert pickled / 2 < estimate < pickled * 2, (estimate, pickled)
+
+
+def test_a_parquet_chunks_arrow_rows_count():
+  chunk = _parquet_record_chunk()
+  without_rows = chunk._replace(rows=None)
+  assert (chunk_coder.estimated_size(chunk) >
+          chunk_coder.estimated_size(without_rows) + chunk.rows.nbytes // 2)
 
 
 def test_a_long_list_is_sized_from_its_first_items():

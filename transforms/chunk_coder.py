@@ -19,17 +19,18 @@ import pickle
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 
 # A longer list is sized from this many of its first items.
 _SIZED_ITEMS = 16
 
 
 def estimated_size(value) -> int:
-  """About the bytes `value` pickles to: its arrays' bytes, its strings'
-  and bytes' lengths, 8 a number; a long list sized from its first items."""
-  if isinstance(value, np.ndarray):
-    return value.nbytes
+  """About the bytes `value` pickles to: its arrays' bytes (numpy's, and a
+  Parquet chunk's Arrow rows), its strings' and bytes' lengths, 8 a number;
+  a long list sized from its first items."""
+  nbytes = getattr(value, 'nbytes', None)
+  if isinstance(nbytes, int):
+    return nbytes
   if isinstance(value, (str, bytes)):
     return len(value)
   if isinstance(value, list) and len(value) > _SIZED_ITEMS:
