@@ -125,8 +125,15 @@ def failure(name, code, log_prefix):
           'status': f'failed (exit {code}): {last} (see {log_prefix}.stderr)'}
 
 
-def make_row(name, measured, timed_s, counts):
-  """A table row from the process measurement and the contender's counts."""
+def dir_bytes(path: str) -> int:
+  """The bytes of every file below `path`."""
+  return sum(os.path.getsize(os.path.join(parent, name))
+             for parent, _, names in os.walk(path) for name in names)
+
+
+def make_row(name, measured, timed_s, counts, output_dir):
+  """A table row from the process measurement, the contender's counts and
+  what it wrote in `output_dir`."""
   records, real = counts['records'], counts['real_tokens']
   stored = counts.get('stored_tokens')
   return {
@@ -139,6 +146,7 @@ def make_row(name, measured, timed_s, counts):
       'records_per_s_process': records / measured.wall_s,
       'tokens_per_s': real / timed_s,
       'peak_rss_mb': measured.peak_rss_bytes / MB,
+      'output_mb': dir_bytes(output_dir) / MB,
       'cpu_s_process': measured.cpu_s,
       'load_before': measured.load_before,
       'ratio_to_raw': None,
@@ -160,6 +168,6 @@ def run_python_worker(name, input_path, workdir, env=None):
     result = json.load(handle)
   row = None
   if 'timed_s' in result:
-    row = make_row(name, measured, result['timed_s'], result)
+    row = make_row(name, measured, result['timed_s'], result, out_dir)
     row['env'] = result['env']
   return result, row

@@ -51,6 +51,11 @@ Measures per contender:
                 polled from /proc every 0.5 s (counts pages shared between
                 forked workers once per process), and (b) the exact peak of
                 its largest single process (wait4's ru_maxrss)
+  output MiB    the bytes the contender wrote (its output directory): on a
+                virtual machine that hands freed memory back to its host,
+                every new page of the page cache costs a fault in the host
+                (docs/performance.md, "What this machine charges"), so
+                writing twice the bytes can cost seconds
   timed s, process s   see above
   load          the machine's 1-minute load average when the contender
                 started: above the core count, other work shared the CPUs
@@ -296,7 +301,8 @@ COLUMNS = (('contender', 'contender', None), ('records', 'records', None),
            ('records/s (process)', 'records_per_s_process', 0),
            ('tokens/s', 'tokens_per_s', 0), ('x raw', 'ratio_to_raw', 2),
            ('pad eff', 'padding_efficiency', 3),
-           ('peak RSS MiB', 'peak_rss_mb', 0), ('timed s', 'timed_s', 1),
+           ('peak RSS MiB', 'peak_rss_mb', 0), ('output MiB', 'output_mb', 0),
+           ('timed s', 'timed_s', 1),
            ('process s', 'process_s', 1), ('load', 'load_before', 1))
 
 

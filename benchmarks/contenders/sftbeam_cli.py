@@ -53,4 +53,4 @@ def run(input_path, workdir, name='sftbeam', options=()):
       'records': counts['records_in'],
       'records_written': counts['records_written'],
       'real_tokens': counts['real_tokens'],
-      'stored_tokens': counts['stored_tokens']})
+      'stored_tokens': counts['stored_tokens']}, out_dir)
