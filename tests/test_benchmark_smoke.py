@@ -24,6 +24,7 @@ from sftbeam.transforms.tfrecord import iter_records
 # run as a script.
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 # pylint: disable=wrong-import-position,wrong-import-order
+import measure
 import run_benchmark
 from contenders import hf_datasets, loop, loop_fast
 # pylint: enable=wrong-import-position,wrong-import-order
@@ -82,7 +83,7 @@ def test_table_and_ratios_are_printed(workdir):
   assert 'sftbeam / loop-fast' in stdout
 
 
-def test_every_contender_ran_on_the_same_records(report):
+def test_every_contender_ran_on_the_same_records(report, workdir):
   by_name = rows(report)
   assert list(by_name) == CONTENDERS
   for row in by_name.values():
@@ -94,6 +95,9 @@ def test_every_contender_ran_on_the_same_records(report):
   for name in CONTENDERS:
     if name not in ('raw', 'raw-fast'):
       assert by_name[name]['records_written'] == RECORDS
+      assert by_name[name]['output_mb'] * (1 << 20) == measure.dir_bytes(
+          str(workdir / 'workdir' / f'out-{name}'))
+      assert by_name[name]['output_mb'] > 0
   # Same tokenizer, same records: the same real tokens everywhere.
   assert len({by_name[name]['real_tokens'] for name in PROMPT_OUTPUT}) == 1
   # A conversation holds more than one prompt/output pair's tokens.
