@@ -3,10 +3,14 @@
 Run from the project root:
 
   .venv/bin/python benchmarks/workers.py --records 1000000 --workers 1,2
+  .venv/bin/python benchmarks/workers.py --records 200000 --chat
 
 Input: run_benchmark.py's WORKDIR/input-N.jsonl (one file, built once), and
 the same lines cut into two files of about equal size
 (WORKDIR/input-N-halves/part-0.jsonl and part-1.jsonl, written once).
+With --chat, the chat input instead (WORKDIR/chat-input-N.jsonl, GSM8K
+conversations, and its halves): the work per record is rendering the chat
+template, many times the prompt/output records', so start-up weighs less.
 
 Each run is the real CLI (`sftbeam run`, default options but `--workers W`)
 in its own measured process (benchmarks/measure.py), on one file, then on
@@ -58,8 +62,10 @@ def build_halves(input_path: str) -> str:
   return pattern
 
 
-def run_case(input_pattern, workdir, files: int, workers: int) -> dict:
-  row = sftbeam_cli.run(input_pattern, workdir, f'sftbeam-{files}f-{workers}w',
+def run_case(input_pattern, workdir, files: int, workers: int,
+             kind: str) -> dict:
+  row = sftbeam_cli.run(input_pattern, workdir,
+                        f'sftbeam-{kind}{files}f-{workers}w',
                         ('--workers', str(workers)))
   return dict(row, files=files, workers=workers)
 
@@ -115,10 +121,13 @@ def _parser():
   parser.add_argument('--records', type=int, default=1_000_000)
   parser.add_argument('--workers', default='1,2',
                       help='worker counts, comma-separated (default 1,2)')
+  parser.add_argument('--chat', action='store_true',
+                      help='the chat input (conversations) instead of '
+                      'prompt/output records')
   parser.add_argument('--repeat', type=int, default=1)
   parser.add_argument('--workdir', default='/tmp/sftbeam-bench')
   parser.add_argument('--json', help='results file (default '
-                      'WORKDIR/workers.json)')
+                      'WORKDIR/workers.json, with --chat workers-chat.json)')
   return parser
 
 
@@ -127,14 +136,18 @@ def main(argv=None) -> int:
   counts = [int(count) for count in args.workers.split(',')]
   args.workdir = os.path.abspath(args.workdir)
   os.makedirs(args.workdir, exist_ok=True)
-  one_file = run_benchmark.build_input(args.workdir, args.records)
+  kind = 'chat-' if args.chat else ''
+  build = run_benchmark.build_chat_input if args.chat else (
+      run_benchmark.build_input)
+  one_file = build(args.workdir, args.records)
   inputs = {1: one_file, 2: build_halves(one_file)}
   runs = {(files, workers): [] for files in inputs for workers in counts}
   for round_number in range(args.repeat):
     for (files, workers), found in runs.items():
       print(f'{files} input file(s), {workers} worker(s), round '
             f'{round_number + 1}/{args.repeat} ...', flush=True)
-      found.append(run_case(inputs[files], args.workdir, files, workers))
+      found.append(run_case(inputs[files], args.workdir, files, workers,
+                            kind))
   rows = [fastest(found) for found in runs.values()]
   set_scaling(rows)
   print(format_table(rows))
@@ -143,7 +156,8 @@ def main(argv=None) -> int:
         f'{len(started["all_process_s"])}): {started["process_s"]:.2f} s '
         f'whole process, {started["wall_s"]:.2f} s wall time, '
         f'{started["before_first_record_s"]:.2f} s before it')
-  json_path = args.json or os.path.join(args.workdir, 'workers.json')
+  json_path = args.json or os.path.join(
+      args.workdir, 'workers-chat.json' if args.chat else 'workers.json')
   with open(json_path, 'w', encoding='utf-8') as handle:
     json.dump({'command': ' '.join(sys.argv), 'cpus': os.cpu_count(),
                'rows': rows, 'runs': [run for found in runs.values()
