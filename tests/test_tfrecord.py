@@ -73,6 +73,28 @@ def test_describe_gzip_shard_hashes_the_stored_bytes(tmp_path):
   assert description['sha256'] == hashlib.sha256(content).hexdigest()
 
 
+@pytest.mark.parametrize('compress', [False, True])
+@pytest.mark.parametrize('block', [1, 7, 4096])
+def test_describe_shard_reading_in_blocks(tmp_path, monkeypatch, compress,
+                                          block):
+  """describe_shard hashes a block at a time and serves the record walk
+  from it: with blocks of 1, 7 and 4096 bytes every record and CRC crosses
+  block ends somewhere, and the description and the damage found stay."""
+  monkeypatch.setattr(tfrecord, '_READ_CHUNK', block)
+  records = RECORDS + [os.urandom(10000), b'z' * 4097]
+  path = write_file(tmp_path / ('a.tfrecord' + '.gz' * compress), records,
+                    compress)
+  with open(path, 'rb') as handle:
+    content = handle.read()
+  assert tfrecord.describe_shard(path) == {
+      'name': os.path.basename(path), 'records': len(records),
+      'bytes': len(content), 'sha256': hashlib.sha256(content).hexdigest()}
+  if not compress:
+    flip_byte(path, record_offsets(records)[4] + 12 + 9999)
+    with pytest.raises(tfrecord.CorruptRecord, match='record 4 .*data CRC'):
+      tfrecord.describe_shard(path)
+
+
 def flip_byte(path, offset):
   with open(path, 'r+b') as handle:
     handle.seek(offset)

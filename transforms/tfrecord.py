@@ -168,16 +168,40 @@ def iter_records(path: str) -> Iterator[bytes]:
 
 
 class _HashingReader:
-  """A read-only file wrapper that hashes and counts the bytes read."""
+  """A read-only file wrapper that hashes and counts the bytes read.
+
+  It reads and hashes the file _READ_CHUNK bytes at a time and serves the
+  small reads of the record walk from that block: one hash update per
+  block releases the GIL for long enough that shards described on threads
+  hash side by side (an update per record part did not: 4 shards took as
+  long on 2 threads as on 1).
+  """
 
   def __init__(self, raw):
     self._raw = raw
     self.sha256 = hashlib.sha256()
-    self.bytes_read = 0
+    self.bytes_read = 0  # served to the caller
+    self._block = memoryview(b'')
+    self._position = 0  # in _block
 
-  def read(self, size: int = -1) -> bytes:
-    data = self._raw.read(size)
-    self.sha256.update(data)
+  def _next_block(self) -> bool:
+    block = self._raw.read(_READ_CHUNK)
+    self.sha256.update(block)
+    self._block, self._position = memoryview(block), 0
+    return bool(block)
+
+  def read(self, size: int) -> bytes:
+    """`size` bytes, fewer only at the end of the file (as a file's read:
+    gzip counts on it)."""
+    parts = []
+    while size > 0:
+      if self._position == len(self._block) and not self._next_block():
+        break
+      part = self._block[self._position:self._position + size]
+      self._position += len(part)
+      size -= len(part)
+      parts.append(part)
+    data = b''.join(parts)
     self.bytes_read += len(data)
     return data
 
